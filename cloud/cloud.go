@@ -1,0 +1,139 @@
+// Package cloud defines the one storage interface that every repository
+// backend implements: the local filesystem, S3, Google Cloud Storage and
+// Azure Blob Storage. Backends live in subpackages; callers depend only on
+// this package.
+//
+// Keys are slash-separated paths relative to the repository root, such as
+// "wal/0000000100000000/000000010000000000000001.zst". A key never starts or
+// ends with a slash and never contains "." or ".." segments.
+package cloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Named errors. Backends translate their SDK's errors into these; callers
+// test with errors.Is.
+var (
+	// ErrNotExist: the object (or the bucket/container) does not exist.
+	ErrNotExist = errors.New("object does not exist")
+	// ErrExist: a conditional create found the object already present.
+	ErrExist = errors.New("object already exists")
+	// ErrPermission: the credentials were refused. Never retried.
+	ErrPermission = errors.New("access denied")
+	// ErrNoBucket: the bucket or container named by the repository URL is
+	// missing. Never retried.
+	ErrNoBucket = errors.New("bucket or container does not exist")
+)
+
+// SizeUnknown is passed to Put when the length of the stream is not known
+// in advance.
+const SizeUnknown int64 = -1
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// Storage is the interface every backend implements. All methods are safe
+// for concurrent use.
+type Storage interface {
+	// Put stores the stream under key, replacing any object there. The
+	// object becomes visible whole, or not at all: a Put that fails or
+	// whose context is cancelled leaves no (new) object behind. size is the
+	// exact length of r, or SizeUnknown.
+	Put(ctx context.Context, key string, r io.Reader, size int64) error
+	// Get opens the object for reading. A missing object gives ErrNotExist.
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	// Stat describes the object. A missing object gives ErrNotExist.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	// List calls fn for every object whose key starts with prefix, in
+	// lexical key order, fetching one page at a time. An empty result is
+	// not an error. If fn returns an error, List stops and returns it.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	// Delete removes the object. Deleting a missing object is not an error.
+	Delete(ctx context.Context, key string) error
+	// Close releases the backend's resources.
+	Close() error
+}
+
+// Creator is implemented by backends that can create an object only if it
+// does not exist yet, atomically, with the store's native precondition.
+// Every backend in this module implements it.
+type Creator interface {
+	// Create stores the stream under key only if no object exists there.
+	// If one does, it returns an error that wraps ErrExist and leaves the
+	// existing object untouched.
+	Create(ctx context.Context, key string, r io.Reader, size int64) error
+}
+
+// Create stores r under key only if key is absent, using the backend's
+// native conditional create.
+func Create(ctx context.Context, s Storage, key string, r io.Reader, size int64) error {
+	c, ok := s.(Creator)
+	if !ok {
+		return fmt.Errorf("create %s: %T has no conditional create", key, s)
+	}
+	return c.Create(ctx, key, r, size)
+}
+
+// ValidKey reports whether key is a well-formed object key.
+func ValidKey(key string) error {
+	if key == "" {
+		return errors.New("empty object key")
+	}
+	if strings.HasPrefix(key, "/") || strings.HasSuffix(key, "/") {
+		return fmt.Errorf("object key %q must not start or end with a slash", key)
+	}
+	for _, seg := range strings.Split(key, "/") {
+		switch seg {
+		case "", ".", "..":
+			return fmt.Errorf("object key %q has an empty, \".\" or \"..\" segment", key)
+		}
+	}
+	return nil
+}
+
+// JoinPrefix joins a repository prefix (as taken from a URL path, possibly
+// with leading or trailing slashes, possibly empty) and a key into the name
+// the store uses.
+func JoinPrefix(prefix, key string) string {
+	prefix = strings.Trim(prefix, "/")
+	if prefix == "" {
+		return key
+	}
+	return prefix + "/" + key
+}
+
+// TrimPrefix is the inverse of JoinPrefix.
+func TrimPrefix(prefix, name string) string {
+	prefix = strings.Trim(prefix, "/")
+	if prefix == "" {
+		return name
+	}
+	return strings.TrimPrefix(name, prefix+"/")
+}
+
+// OpError wraps an error with the operation and key it happened on, so
+// that a message names the object.
+func OpError(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &opError{op: op, key: key, err: err}
+}
+
+type opError struct {
+	op, key string
+	err     error
+}
+
+func (e *opError) Error() string { return e.op + " " + e.key + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }

@@ -1,0 +1,109 @@
+package fs_test
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cloud/fs"
+	"github.com/cellar-backup/cellar/cloud/storagetest"
+)
+
+func newStorage(t *testing.T) cloud.Storage {
+	s, err := fs.New(context.Background(), fs.Config{Root: filepath.Join(t.TempDir(), "repo")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The file backend writes through a 1 MiB copy buffer; it is given the
+// same nominal part size and concurrency as the cloud backends so that
+// the suite's sizes match.
+var opts = storagetest.Options{PartSize: 16 << 20, Concurrency: 4}
+
+func TestConformance(t *testing.T) { storagetest.Run(t, newStorage, opts) }
+
+func TestMemoryBound(t *testing.T) { storagetest.RunMemoryBound(t, newStorage(t), opts) }
+
+func BenchmarkStorage(b *testing.B) {
+	s, err := fs.New(context.Background(), fs.Config{Root: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	storagetest.Bench(b, s)
+}
+
+func TestNoTempFilesLeft(t *testing.T) {
+	root := t.TempDir()
+	s, _ := fs.New(context.Background(), fs.Config{Root: root})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Put(ctx, "a/b", strings.NewReader("data"), 4); err == nil {
+		t.Fatal("Put with a cancelled context succeeded")
+	}
+	if err := s.Put(context.Background(), "a/c", strings.NewReader("data"), 5); err == nil {
+		t.Fatal("Put with a short stream succeeded")
+	}
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			t.Errorf("left behind: %s", p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestListOrderAcrossDirectories(t *testing.T) {
+	s := newStorage(t)
+	ctx := context.Background()
+	for _, k := range []string{"a/b", "a-c", "a0", "a/a/z"} {
+		if err := s.Put(ctx, k, strings.NewReader("x"), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	if err := s.List(ctx, "a", func(o cloud.ObjectInfo) error { got = append(got, o.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want := "a-c a/a/z a/b a0"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("List order = %v, want %s", got, want)
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	for in, want := range map[string]string{"file:///var/lib/cellar": "/var/lib/cellar", "file://localhost/x/": "/x"} {
+		u, _ := url.Parse(in)
+		got, err := fs.ParseURL(u)
+		if err != nil || got != want {
+			t.Errorf("ParseURL(%s) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"file://host/x", "file:relative/path"} {
+		u, _ := url.Parse(in)
+		if _, err := fs.ParseURL(u); err == nil {
+			t.Errorf("ParseURL(%s) accepted a bad URL", in)
+		}
+	}
+}
+
+func TestStatBelowFile(t *testing.T) {
+	root := t.TempDir()
+	s, _ := fs.New(context.Background(), fs.Config{Root: root})
+	if err := os.WriteFile(filepath.Join(root, "file"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A key below a regular file cannot exist.
+	_, err := s.Stat(context.Background(), "file/below")
+	if !errors.Is(err, cloud.ErrNotExist) {
+		t.Fatalf("Stat below a file = %v, want ErrNotExist", err)
+	}
+}

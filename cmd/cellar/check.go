@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+)
+
+// checkResult is one line of `cellar check`.
+type checkResult struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // OK or FAILED
+	Hint   string `json:"hint,omitempty"`
+}
+
+// Time limits of the repository checks. Together they stay under the 30 s
+// within which `check` must answer even when the endpoint is unreachable.
+const (
+	reachTimeout = 12 * time.Second
+	writeTimeout = 15 * time.Second
+)
+
+func checkCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "check",
+		Usage:     "check every precondition for backup and archiving; exit 0 only if all are OK",
+		ArgsUsage: "SERVER",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "nagios", Usage: "print one line in the Nagios plugin format; exit 0 OK, 2 CRITICAL"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usagef("check takes exactly one SERVER argument")
+			}
+			name := c.Args().First()
+			srv, err := st.server(c)
+			var results []checkResult
+			code := exitOK
+			if err != nil {
+				var ce *config.Error
+				if !errors.As(err, &ce) {
+					return err
+				}
+				// A configuration error is a failed check and, as for every
+				// command, exit status 2.
+				results = append(results, checkResult{"configuration", "FAILED", st.scrub(oneLine(err.Error()))})
+				code = exitUsage
+			} else {
+				results = append(results, checkResult{Name: "configuration", Status: "OK"})
+				results = append(results, st.checkRepository(c.Context, srv)...)
+			}
+			failed := 0
+			for _, r := range results {
+				if r.Status != "OK" {
+					failed++
+				}
+			}
+			if failed > 0 && code == exitOK {
+				code = exitFailure
+			}
+			switch {
+			case c.Bool("nagios"):
+				printNagios(st.stdout, name, results, failed)
+				if failed > 0 {
+					code = 2 // Nagios CRITICAL
+				}
+			case st.format == "json":
+				status := "OK"
+				if failed > 0 {
+					status = "FAILED"
+				}
+				if err := st.printJSON(map[string]any{"server": name, "status": status, "checks": results}); err != nil {
+					return err
+				}
+			default:
+				for _, r := range results {
+					if r.Status == "OK" {
+						fmt.Fprintf(st.stdout, "%s: OK\n", r.Name)
+					} else {
+						fmt.Fprintf(st.stdout, "%s: FAILED (%s)\n", r.Name, r.Hint)
+					}
+				}
+			}
+			if code != exitOK {
+				return &exitError{code: code, silent: true}
+			}
+			return nil
+		},
+	}
+}
+
+func printNagios(w io.Writer, name string, results []checkResult, failed int) {
+	if failed == 0 {
+		fmt.Fprintf(w, "CELLAR OK - server %s: %d checks OK\n", name, len(results))
+		return
+	}
+	var bad []string
+	for _, r := range results {
+		if r.Status != "OK" {
+			bad = append(bad, r.Name+": "+r.Hint)
+		}
+	}
+	fmt.Fprintf(w, "CELLAR CRITICAL - server %s has %d failed checks: %s\n", name, failed, strings.Join(bad, "; "))
+}
+
+// checkRepository checks that the repository answers and that a probe
+// object can be written, read back and deleted.
+func (st *state) checkRepository(ctx context.Context, srv *config.Server) []checkResult {
+	fail := func(name string, err error) checkResult {
+		return checkResult{name, "FAILED", st.scrub(oneLine(err.Error()))}
+	}
+	reachable, writable := "repository reachable", "repository writable"
+	store, err := st.openRepository(ctx, srv)
+	if err != nil {
+		return []checkResult{fail(reachable, err), {writable, "FAILED", "repository not reachable"}}
+	}
+	defer store.Close()
+
+	rctx, cancel := context.WithTimeout(ctx, reachTimeout)
+	err = store.List(rctx, "", func(cloud.ObjectInfo) error { return errStop })
+	cancel()
+	if err != nil && !errors.Is(err, errStop) {
+		return []checkResult{fail(reachable, deadline(err, rctx, reachTimeout)), {writable, "FAILED", "repository not reachable"}}
+	}
+	results := []checkResult{{Name: reachable, Status: "OK"}}
+
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	if err := probeWrite(wctx, store); err != nil {
+		return append(results, fail(writable, deadline(err, wctx, writeTimeout)))
+	}
+	return append(results, checkResult{Name: writable, Status: "OK"})
+}
+
+var errStop = errors.New("stop")
+
+// probeWrite writes a small random object, reads it back and deletes it.
+func probeWrite(ctx context.Context, store cloud.Storage) error {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	host, _ := os.Hostname()
+	key := fmt.Sprintf("check/probe-%s-%d-%s", strings.ReplaceAll(host, "/", "_"), os.Getpid(), hex.EncodeToString(b[:4]))
+	payload := []byte(hex.EncodeToString(b[:]))
+	if err := store.Put(ctx, key, bytes.NewReader(payload), int64(len(payload))); err != nil {
+		return err
+	}
+	defer store.Delete(context.WithoutCancel(ctx), key)
+	rc, err := store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	got, err := io.ReadAll(rc)
+	_ = rc.Close()
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, payload) {
+		return fmt.Errorf("probe object %s read back different bytes than were written", key)
+	}
+	return store.Delete(ctx, key)
+}
+
+// deadline rewrites a context timeout into a message that says what to
+// check.
+func deadline(err error, ctx context.Context, d time.Duration) error {
+	if ctx.Err() != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded)) {
+		return fmt.Errorf("no answer within %v: check the endpoint setting and the network (%v)", d, err)
+	}
+	return err
+}
