@@ -10,7 +10,10 @@ import (
 	"strings"
 
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cloud/azure"
 	"github.com/cellar-backup/cellar/cloud/fs"
+	"github.com/cellar-backup/cellar/cloud/gcs"
+	"github.com/cellar-backup/cellar/cloud/s3"
 )
 
 // Schemes are the repository URL schemes Cellar knows.
@@ -45,20 +48,20 @@ func Parse(raw string) (*url.URL, error) {
 	}
 	switch u.Scheme {
 	case "file":
-		if _, err := fs.ParseURL(u); err != nil {
-			return nil, err
-		}
-	case "s3", "gs", "azure":
-		if u.Host == "" {
-			return nil, fmt.Errorf("%q names no bucket or container: use %s://NAME/prefix", u.Redacted(), u.Scheme)
-		}
-		if u.User != nil || u.Port() != "" || u.RawQuery != "" || u.Fragment != "" {
-			return nil, fmt.Errorf("%q: a %s:// repository URL is %s://NAME/prefix; put endpoints and credentials in their own settings", u.Redacted(), u.Scheme, u.Scheme)
-		}
+		_, err = fs.ParseURL(u)
+	case "s3":
+		_, _, err = s3.ParseURL(u)
+	case "gs":
+		_, _, err = gcs.ParseURL(u)
+	case "azure":
+		_, _, err = azure.ParseURL(u)
 	case "":
 		return nil, fmt.Errorf("%q has no scheme: use file:///path, s3://bucket/prefix, gs://bucket/prefix or azure://container/prefix", raw)
 	default:
 		return nil, fmt.Errorf("unknown scheme %q in %q: use one of %s", u.Scheme, u.Redacted(), strings.Join(Schemes, ", "))
+	}
+	if err != nil {
+		return nil, err
 	}
 	return u, nil
 }
@@ -81,7 +84,38 @@ func Open(ctx context.Context, o Options) (cloud.Storage, error) {
 	switch u.Scheme {
 	case "file":
 		root, _ := fs.ParseURL(u)
-		return fs.New(ctx, fs.Config{Root: root})
+		return storage(fs.New(ctx, fs.Config{Root: root}))
+	case "s3":
+		bucket, prefix, _ := s3.ParseURL(u)
+		return storage(s3.New(ctx, s3.Config{
+			Bucket: bucket, Prefix: prefix,
+			Endpoint: o.S3Endpoint, Region: o.S3Region, ForcePathStyle: o.S3ForcePathStyle,
+			PartSize: o.PartSize, Concurrency: o.Concurrency,
+		}))
+	case "gs":
+		bucket, prefix, _ := gcs.ParseURL(u)
+		return storage(gcs.New(ctx, gcs.Config{
+			Bucket: bucket, Prefix: prefix,
+			Endpoint:  o.GCSEndpoint,
+			ChunkSize: int(o.PartSize),
+		}))
+	case "azure":
+		container, prefix, _ := azure.ParseURL(u)
+		return storage(azure.New(ctx, azure.Config{
+			Container: container, Prefix: prefix,
+			Account: o.AzureAccount, Endpoint: o.AzureEndpoint,
+			ConnectionString: o.AzureConnectionString, Key: o.AzureKey, SASToken: o.AzureSASToken,
+			BlockSize: o.PartSize, Concurrency: o.Concurrency,
+		}))
 	}
-	return nil, fmt.Errorf("repository scheme %s:// is not available in this build", u.Scheme)
+	return nil, fmt.Errorf("unknown repository scheme %q", u.Scheme)
+}
+
+// storage converts a backend's constructor result, so that a failed
+// constructor gives a nil interface rather than a typed nil.
+func storage[T cloud.Storage](s T, err error) (cloud.Storage, error) {
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
