@@ -135,5 +135,10 @@ type opError struct {
 	err     error
 }
 
-func (e *opError) Error() string { return e.op + " " + e.key + ": " + e.err.Error() }
+func (e *opError) Error() string {
+	if e.key == "" {
+		return e.op + ": " + e.err.Error()
+	}
+	return e.op + " " + e.key + ": " + e.err.Error()
+}
 func (e *opError) Unwrap() error { return e.err }

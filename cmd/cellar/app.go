@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 )
@@ -161,11 +159,6 @@ func (st *state) repoOptions(s *config.Server) repo.Options {
 	st.secrets = append(st.secrets, o.AzureKey, o.AzureSASToken, o.AzureConnectionString,
 		st.getenv("AWS_SECRET_ACCESS_KEY"), st.getenv("AWS_SESSION_TOKEN"))
 	return o
-}
-
-// openRepository opens the server's repository.
-func (st *state) openRepository(ctx context.Context, s *config.Server) (cloud.Storage, error) {
-	return repo.Open(ctx, st.repoOptions(s))
 }
 
 // scrub replaces every known secret in text with ***.

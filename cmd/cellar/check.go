@@ -16,6 +16,7 @@ import (
 
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 )
 
 // checkResult is one line of `cellar check`.
@@ -122,7 +123,9 @@ func (st *state) checkRepository(ctx context.Context, srv *config.Server) []chec
 		return checkResult{name, "FAILED", st.scrub(oneLine(err.Error()))}
 	}
 	reachable, writable := "repository reachable", "repository writable"
-	store, err := st.openRepository(ctx, srv)
+	opts := st.repoOptions(srv)
+	where := repo.Endpoint(opts, st.getenv)
+	store, err := repo.Open(ctx, opts)
 	if err != nil {
 		return []checkResult{fail(reachable, err), {writable, "FAILED", "repository not reachable"}}
 	}
@@ -132,14 +135,14 @@ func (st *state) checkRepository(ctx context.Context, srv *config.Server) []chec
 	err = store.List(rctx, "", func(cloud.ObjectInfo) error { return errStop })
 	cancel()
 	if err != nil && !errors.Is(err, errStop) {
-		return []checkResult{fail(reachable, deadline(err, rctx, reachTimeout)), {writable, "FAILED", "repository not reachable"}}
+		return []checkResult{fail(reachable, deadline(err, rctx, reachTimeout, where)), {writable, "FAILED", "repository not reachable"}}
 	}
 	results := []checkResult{{Name: reachable, Status: "OK"}}
 
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	if err := probeWrite(wctx, store); err != nil {
-		return append(results, fail(writable, deadline(err, wctx, writeTimeout)))
+		return append(results, fail(writable, deadline(err, wctx, writeTimeout, where)))
 	}
 	return append(results, checkResult{Name: writable, Status: "OK"})
 }
@@ -174,9 +177,9 @@ func probeWrite(ctx context.Context, store cloud.Storage) error {
 
 // deadline rewrites a context timeout into a message that says what to
 // check.
-func deadline(err error, ctx context.Context, d time.Duration) error {
-	if ctx.Err() != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded)) {
-		return fmt.Errorf("no answer within %v: check the endpoint setting and the network (%v)", d, err)
+func deadline(err error, ctx context.Context, d time.Duration, where string) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("no answer within %v from %s: check that setting, the network and the server (%v)", d, where, err)
 	}
 	return err
 }

@@ -119,3 +119,36 @@ func storage[T cloud.Storage](s T, err error) (cloud.Storage, error) {
 	}
 	return s, nil
 }
+
+// Endpoint names where the repository's requests go and the setting that
+// says so, for messages such as "no answer from ...".
+func Endpoint(o Options, getenv func(string) string) string {
+	u, err := Parse(o.URL)
+	if err != nil {
+		return o.URL
+	}
+	switch u.Scheme {
+	case "s3":
+		if o.S3Endpoint != "" {
+			return o.S3Endpoint + " (s3_endpoint)"
+		}
+		return "AWS S3 (s3_region " + o.S3Region + ")"
+	case "gs":
+		if o.GCSEndpoint != "" {
+			return o.GCSEndpoint + " (gcs_endpoint)"
+		}
+		if h := getenv("STORAGE_EMULATOR_HOST"); h != "" {
+			return h + " (STORAGE_EMULATOR_HOST)"
+		}
+		return "Google Cloud Storage"
+	case "azure":
+		if o.AzureConnectionString != "" {
+			return "the endpoint in AZURE_STORAGE_CONNECTION_STRING"
+		}
+		if o.AzureEndpoint != "" {
+			return o.AzureEndpoint + " (azure_endpoint)"
+		}
+		return "Azure storage account " + o.AzureAccount + " (azure_account)"
+	}
+	return u.Redacted()
+}
