@@ -160,11 +160,9 @@ func ParseURL(u *url.URL) (containerName, prefix string, err error) {
 	if err := validContainer(u.Host); err != nil {
 		return "", "", fmt.Errorf("azure repository URL %q: %w", u.Redacted(), err)
 	}
-	prefix = strings.Trim(u.Path, "/")
-	if prefix != "" {
-		if err := cloud.ValidKey(prefix); err != nil {
-			return "", "", fmt.Errorf("azure repository URL %q has a malformed path: %w", u.Redacted(), err)
-		}
+	prefix, err = cloud.CleanPrefix(u.Path)
+	if err != nil {
+		return "", "", fmt.Errorf("azure repository URL %q has a malformed path: %w", u.Redacted(), err)
 	}
 	return u.Host, prefix, nil
 }
@@ -198,11 +196,9 @@ func New(_ context.Context, cfg Config) (*Storage, error) {
 	if err := validContainer(cfg.Container); err != nil {
 		return nil, fmt.Errorf("azure: %w", err)
 	}
-	prefix := strings.Trim(cfg.Prefix, "/")
-	if prefix != "" {
-		if err := cloud.ValidKey(prefix); err != nil {
-			return nil, fmt.Errorf("azure: prefix: %w", err)
-		}
+	prefix, err := cloud.CleanPrefix(cfg.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("azure: prefix: %w", err)
 	}
 	s := &Storage{
 		name:        cfg.Container,
@@ -474,25 +470,8 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		return nil, s.fail("get", key, err)
 	}
 	rr := resp.NewRetryReader(ctx, &blob.RetryReaderOptions{MaxRetries: readRetries})
-	return &reader{rc: rr, s: s, key: key}, nil
+	return cloud.WrapReadErrors(rr, func(err error) error { return s.fail("get", key, err) }), nil
 }
-
-// reader translates the errors of a download stream.
-type reader struct {
-	rc  io.ReadCloser
-	s   *Storage
-	key string
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	n, err := r.rc.Read(p)
-	if err != nil && err != io.EOF {
-		err = r.s.fail("get", r.key, err)
-	}
-	return n, err
-}
-
-func (r *reader) Close() error { return r.rc.Close() }
 
 // Stat describes the blob.
 func (s *Storage) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {

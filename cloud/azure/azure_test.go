@@ -11,12 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"runtime"
-	"runtime/debug"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +19,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
@@ -32,58 +26,18 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/azure"
 	"github.com/cellar-backup/cellar/cloud/storagetest"
+	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
 )
 
 var opts = storagetest.Options{PartSize: azure.DefaultBlockSize, Concurrency: azure.DefaultConcurrency}
 
-// server is the Azurite instance the tests run against.
-type server struct {
-	endpoint, account, key string
-}
-
-func testServer(t testing.TB) server {
-	t.Helper()
-	return server{
-		endpoint: storagetest.Env(t, "CELLARTEST_AZURE_ENDPOINT"),
-		account:  storagetest.Env(t, "CELLARTEST_AZURE_ACCOUNT"),
-		key:      storagetest.Env(t, "CELLARTEST_AZURE_KEY"),
-	}
-}
-
-// admin returns a plain SDK client with the shared key, for setting up
-// containers and looking behind the backend's back.
-func (srv server) admin(t testing.TB) *azblob.Client {
-	t.Helper()
-	cred, err := azblob.NewSharedKeyCredential(srv.account, srv.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := azblob.NewClientWithSharedKeyCredential(srv.endpoint, cred, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// newContainer creates a fresh container that is deleted after the test.
-func (srv server) newContainer(t testing.TB) string {
-	t.Helper()
-	name := storagetest.UniqueName("cellar-")
-	c := srv.admin(t)
-	if _, err := c.CreateContainer(context.Background(), name, nil); err != nil {
-		t.Fatalf("creating container %s: %v", name, err)
-	}
-	t.Cleanup(func() { _, _ = c.DeleteContainer(context.Background(), name, nil) })
-	return name
-}
-
-// config returns a shared-key Config for a fresh container.
-func (srv server) config(t testing.TB) azure.Config {
+// config returns a shared-key Config for a fresh container on srv.
+func config(t testing.TB, srv testservers.Azurite) azure.Config {
 	return azure.Config{
-		Container: srv.newContainer(t),
-		Endpoint:  srv.endpoint,
-		Account:   srv.account,
-		Key:       srv.key,
+		Container: srv.NewContainer(t),
+		Endpoint:  srv.Endpoint,
+		Account:   srv.Account,
+		Key:       srv.Key,
 	}
 }
 
@@ -98,83 +52,59 @@ func open(t testing.TB, cfg azure.Config) *azure.Storage {
 }
 
 func TestConformance(t *testing.T) {
-	srv := testServer(t)
-	storagetest.Run(t, func(t *testing.T) cloud.Storage { return open(t, srv.config(t)) }, opts)
+	srv := testservers.Azure(t)
+	storagetest.Run(t, func(t *testing.T) cloud.Storage { return open(t, config(t, srv)) }, opts)
 }
 
 func TestMemoryBound(t *testing.T) {
-	srv := testServer(t)
-	storagetest.RunMemoryBound(t, open(t, srv.config(t)), opts)
+	srv := testservers.Azure(t)
+	storagetest.RunMemoryBound(t, open(t, config(t, srv)), opts)
 }
 
 func BenchmarkStorage(b *testing.B) {
-	srv := testServer(b)
-	storagetest.Bench(b, open(b, srv.config(b)))
+	srv := testservers.Azure(b)
+	storagetest.Bench(b, open(b, config(b, srv)))
 }
 
-// proxied returns a Config for a fresh container whose endpoint goes
-// through a FaultProxy.
-func (srv server) proxied(t *testing.T) (azure.Config, *storagetest.FaultProxy) {
-	u, err := url.Parse(srv.endpoint)
+// proxied returns a Config for a fresh container on srv whose endpoint
+// goes through a FaultProxy.
+func proxied(t *testing.T, srv testservers.Azurite) (azure.Config, *storagetest.FaultProxy) {
+	u, err := url.Parse(srv.Endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := storagetest.NewFaultProxy(t, u.Scheme+"://"+u.Host)
-	cfg := srv.config(t)
+	cfg := config(t, srv)
 	cfg.Endpoint = p.URL + u.Path
 	return cfg, p
 }
 
 func TestFaults(t *testing.T) {
-	srv := testServer(t)
-	cfg, p := srv.proxied(t)
+	srv := testservers.Azure(t)
+	cfg, p := proxied(t, srv)
 	storagetest.RunFaults(t, open(t, cfg), p)
 }
 
 // TestListPages lists 250 keys 100 at a time and proves that it took three
 // List requests.
 func TestListPages(t *testing.T) {
-	srv := testServer(t)
-	cfg, p := srv.proxied(t)
+	srv := testservers.Azure(t)
+	cfg, p := proxied(t, srv)
 	cfg.ListPageSize = 100
 	s := open(t, cfg)
-	ctx := context.Background()
 	const n = 250
-	for i := range n {
-		key := fmt.Sprintf("paged/%04d", i)
-		if err := s.Put(ctx, key, strings.NewReader(key), int64(len(key))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.Requests()
-	var got []string
-	err := s.List(ctx, "paged/", func(o cloud.ObjectInfo) error {
-		got = append(got, o.Key)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if reqs := p.Requests(); reqs != 3 {
+	if reqs := storagetest.CountListRequests(t, s, p, n); reqs != 3 {
 		t.Errorf("listing %d keys 100 at a time took %d requests, want 3", n, reqs)
-	}
-	if len(got) != n {
-		t.Fatalf("List gave %d keys, want %d", len(got), n)
-	}
-	for i, k := range got {
-		if want := fmt.Sprintf("paged/%04d", i); k != want {
-			t.Fatalf("List[%d] = %q, want %q", i, k, want)
-		}
 	}
 }
 
 // TestPrefix proves that a repository prefix is prepended to blob names and
 // taken off listed keys, and that neighbours outside it stay invisible.
 func TestPrefix(t *testing.T) {
-	srv := testServer(t)
-	cfg := srv.config(t)
+	srv := testservers.Azure(t)
+	cfg := config(t, srv)
 	ctx := context.Background()
-	admin := srv.admin(t)
+	admin := srv.Admin(t)
 	for _, name := range []string{"repo/subx/outside", "repo/sub-not/x"} {
 		if _, err := admin.UploadBuffer(ctx, cfg.Container, name, []byte("x"), nil); err != nil {
 			t.Fatal(err)
@@ -199,8 +129,8 @@ func TestPrefix(t *testing.T) {
 
 // TestOddKeys round-trips keys with characters that need escaping in a URL.
 func TestOddKeys(t *testing.T) {
-	srv := testServer(t)
-	s := open(t, srv.config(t))
+	srv := testservers.Azure(t)
+	s := open(t, config(t, srv))
 	ctx := context.Background()
 	for _, key := range []string{"odd/a b", "odd/plus+sign", "odd/per%25cent", "odd/q?x=1", "odd/hash#frag", "odd/ünïcødé", "odd/semi;colon"} {
 		if err := s.Put(ctx, key, strings.NewReader(key), int64(len(key))); err != nil {
@@ -234,8 +164,8 @@ func TestOddKeys(t *testing.T) {
 // TestWrongLength proves that a stream shorter or longer than announced
 // fails the upload and commits nothing, for one block and for several.
 func TestWrongLength(t *testing.T) {
-	srv := testServer(t)
-	cfg := srv.config(t)
+	srv := testservers.Azure(t)
+	cfg := config(t, srv)
 	cfg.BlockSize = 1 << 20
 	s := open(t, cfg)
 	ctx := context.Background()
@@ -258,43 +188,13 @@ func TestWrongLength(t *testing.T) {
 // block list: exactly one wins, the others get ErrExist, and the blob is
 // the winner's.
 func TestCreateRaceMultiBlock(t *testing.T) {
-	srv := testServer(t)
-	cfg := srv.config(t)
+	srv := testservers.Azure(t)
+	cfg := config(t, srv)
 	cfg.BlockSize = 1 << 20
 	s := open(t, cfg)
-	ctx := context.Background()
-	const racers = 4
 	const size = 3<<20 + 5
-	var won atomic.Int32
-	winner := -1
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	errs := make([]error, racers)
-	for i := range racers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := s.Create(ctx, "race/big", storagetest.Data(uint64(i), size), cloud.SizeUnknown)
-			switch {
-			case err == nil:
-				won.Add(1)
-				mu.Lock()
-				winner = i
-				mu.Unlock()
-			case !errors.Is(err, cloud.ErrExist):
-				errs[i] = err
-			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatalf("racing Create: %v", err)
-		}
-	}
-	if won.Load() != 1 {
-		t.Fatalf("%d racing creates succeeded, want 1", won.Load())
-	}
+	winner := storagetest.RaceCreates(t, s, "race/big", 4, size)
+	ctx := context.Background()
 	rc, err := s.Get(ctx, "race/big")
 	if err != nil {
 		t.Fatal(err)
@@ -314,10 +214,10 @@ func TestCreateRaceMultiBlock(t *testing.T) {
 // Blob (objects smaller than one block, including empty ones) and Put Block
 // List.
 func TestServerEnforcesIfNoneMatch(t *testing.T) {
-	srv := testServer(t)
-	name := srv.newContainer(t)
+	srv := testservers.Azure(t)
+	name := srv.NewContainer(t)
 	ctx := context.Background()
-	cc := srv.admin(t).ServiceClient().NewContainerClient(name)
+	cc := srv.Admin(t).ServiceClient().NewContainerClient(name)
 	ifNoneMatch := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: to.Ptr(azcore.ETagAny)}}
 
 	bb := cc.NewBlockBlobClient("single")
@@ -360,8 +260,8 @@ func TestServerEnforcesIfNoneMatch(t *testing.T) {
 // SDK retries, the server says the blob exists, and Create must recognise
 // its own blob and succeed, while a later Create still gets ErrExist.
 func TestCreateLostAnswer(t *testing.T) {
-	srv := testServer(t)
-	u, err := url.Parse(srv.endpoint)
+	srv := testservers.Azure(t)
+	u, err := url.Parse(srv.Endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +282,7 @@ func TestCreateLostAnswer(t *testing.T) {
 	}
 	proxy := httptest.NewServer(rp)
 	t.Cleanup(proxy.Close)
-	cfg := srv.config(t)
+	cfg := config(t, srv)
 	cfg.Endpoint = proxy.URL + u.Path
 	cfg.BlockSize = 1 << 20
 	s := open(t, cfg)
@@ -410,8 +310,8 @@ func TestCreateLostAnswer(t *testing.T) {
 // TestWrongKey proves that a refused shared key gives ErrPermission with a
 // hint, without the key in the message, and without retrying.
 func TestWrongKey(t *testing.T) {
-	srv := testServer(t)
-	cfg := srv.config(t)
+	srv := testservers.Azure(t)
+	cfg := config(t, srv)
 	cfg.Key = base64.StdEncoding.EncodeToString([]byte("this is not the key of the account, at all"))
 	s := open(t, cfg)
 	ctx := context.Background()
@@ -427,7 +327,7 @@ func TestWrongKey(t *testing.T) {
 			continue
 		}
 		msg := err.Error()
-		if strings.Contains(msg, cfg.Key) || strings.Contains(msg, srv.key) {
+		if strings.Contains(msg, cfg.Key) || strings.Contains(msg, srv.Key) {
 			t.Errorf("%s: the error shows the key: %s", op, msg)
 		}
 		if !strings.Contains(msg, "azure_account") || !strings.Contains(msg, "shared key") {
@@ -443,12 +343,12 @@ func TestWrongKey(t *testing.T) {
 // TestMissingContainer proves that every operation on a missing container
 // gives ErrNoBucket with a hint at the repository URL.
 func TestMissingContainer(t *testing.T) {
-	srv := testServer(t)
+	srv := testservers.Azure(t)
 	s := open(t, azure.Config{
 		Container: storagetest.UniqueName("missing-"),
-		Endpoint:  srv.endpoint,
-		Account:   srv.account,
-		Key:       srv.key,
+		Endpoint:  srv.Endpoint,
+		Account:   srv.Account,
+		Key:       srv.Key,
 	})
 	ctx := context.Background()
 	errs := map[string]error{}
@@ -497,12 +397,12 @@ func TestUnreachable(t *testing.T) {
 // small round trip, and that a wrong key in it gives ErrPermission naming
 // AZURE_STORAGE_CONNECTION_STRING and not the key.
 func TestConnectionString(t *testing.T) {
-	srv := testServer(t)
-	name := srv.newContainer(t)
+	srv := testservers.Azure(t)
+	name := srv.NewContainer(t)
 	conn := func(key string) string {
-		return fmt.Sprintf("DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=%s;", srv.account, key, srv.endpoint)
+		return fmt.Sprintf("DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=%s;", srv.Account, key, srv.Endpoint)
 	}
-	s := open(t, azure.Config{Container: name, ConnectionString: conn(srv.key), Prefix: "cs"})
+	s := open(t, azure.Config{Container: name, ConnectionString: conn(srv.Key), Prefix: "cs"})
 	roundTrip(t, s)
 
 	bad := base64.StdEncoding.EncodeToString([]byte("a wrong account key for the connection string"))
@@ -517,18 +417,14 @@ func TestConnectionString(t *testing.T) {
 }
 
 // serviceSAS returns a service SAS for the container with the given
-// permissions, signed with the account's shared key.
-func (srv server) serviceSAS(t *testing.T, name string, perm sas.ContainerPermissions) string {
-	cred, err := azblob.NewSharedKeyCredential(srv.account, srv.key)
-	if err != nil {
-		t.Fatal(err)
-	}
+// permissions, signed with the shared key of srv's account.
+func serviceSAS(t *testing.T, srv testservers.Azurite, name string, perm sas.ContainerPermissions) string {
 	q, err := sas.BlobSignatureValues{
 		Protocol:      sas.ProtocolHTTPSandHTTP,
 		ExpiryTime:    time.Now().Add(time.Hour).UTC(),
 		Permissions:   perm.String(),
 		ContainerName: name,
-	}.SignWithSharedKey(cred)
+	}.SignWithSharedKey(srv.Credential(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,10 +436,10 @@ func (srv server) serviceSAS(t *testing.T, name string, perm sas.ContainerPermis
 // the token's signature never appears in an error, even in a transport
 // error that quotes the request URL.
 func TestSAS(t *testing.T) {
-	srv := testServer(t)
-	name := srv.newContainer(t)
-	all := srv.serviceSAS(t, name, sas.ContainerPermissions{Read: true, Add: true, Create: true, Write: true, Delete: true, List: true})
-	s := open(t, azure.Config{Container: name, Endpoint: srv.endpoint, SASToken: "?" + all, Prefix: "sas"})
+	srv := testservers.Azure(t)
+	name := srv.NewContainer(t)
+	all := serviceSAS(t, srv, name, sas.ContainerPermissions{Read: true, Add: true, Create: true, Write: true, Delete: true, List: true})
+	s := open(t, azure.Config{Container: name, Endpoint: srv.Endpoint, SASToken: "?" + all, Prefix: "sas"})
 	roundTrip(t, s)
 
 	sig := func(token string) string {
@@ -558,8 +454,8 @@ func TestSAS(t *testing.T) {
 		return strings.Contains(msg, s) || strings.Contains(msg, url.QueryEscape(s))
 	}
 
-	readOnly := srv.serviceSAS(t, name, sas.ContainerPermissions{Read: true, List: true})
-	s = open(t, azure.Config{Container: name, Endpoint: srv.endpoint, SASToken: readOnly})
+	readOnly := serviceSAS(t, srv, name, sas.ContainerPermissions{Read: true, List: true})
+	s = open(t, azure.Config{Container: name, Endpoint: srv.Endpoint, SASToken: readOnly})
 	err := s.Put(context.Background(), "k", strings.NewReader("x"), 1)
 	if !errors.Is(err, cloud.ErrPermission) {
 		t.Fatalf("Put with a read-only SAS = %v, want ErrPermission", err)
@@ -618,66 +514,9 @@ func roundTrip(t *testing.T, s cloud.Storage) {
 
 // TestMemoryBoundRSS complements TestMemoryBound: the SDK stages blocks in
 // memory-mapped buffers outside the Go heap, which the heap figure does not
-// see, so this samples the process's resident set while uploading 1 GiB
-// from an unsized stream and bounds its growth the same way.
+// see, so this bounds the growth of the process's resident set the same
+// way.
 func TestMemoryBoundRSS(t *testing.T) {
-	srv := testServer(t)
-	if _, err := rssBytes(); err != nil {
-		t.Skipf("no resident set size on this system: %v", err)
-	}
-	s := open(t, srv.config(t))
-	const size = 1 << 30
-	bound := uint64(opts.PartSize)*uint64(opts.Concurrency) + 64<<20
-	defer debug.SetGCPercent(debug.SetGCPercent(10))
-	runtime.GC()
-	base, _ := rssBytes()
-	var peak atomic.Uint64
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if r, err := rssBytes(); err == nil && r > peak.Load() {
-				peak.Store(r)
-			}
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	err := s.Put(context.Background(), "memory/rss", storagetest.Data(2, size), cloud.SizeUnknown)
-	close(done)
-	wg.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grew := uint64(0)
-	if p := peak.Load(); p > base {
-		grew = p - base
-	}
-	t.Logf("uploading 1 GiB from an unsized stream grew the resident set by %d MiB (bound %d MiB)", grew>>20, bound>>20)
-	if grew > bound {
-		t.Errorf("resident set grew by %d MiB, bound is block size x concurrency + 64 MiB = %d MiB", grew>>20, bound>>20)
-	}
-	_ = s.Delete(context.Background(), "memory/rss")
-}
-
-// rssBytes returns the resident set size of this process (Linux).
-func rssBytes() (uint64, error) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc/self/status")
+	srv := testservers.Azure(t)
+	storagetest.RunMemoryBoundRSS(t, open(t, config(t, srv)), opts)
 }

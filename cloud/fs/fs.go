@@ -113,12 +113,12 @@ func (s *Storage) write(ctx context.Context, key string, r io.Reader, size int64
 			_ = os.Remove(tmp.Name())
 		}
 	}()
-	n, err := io.CopyBuffer(tmp, ctxReader{ctx, r}, make([]byte, 1<<20))
+	n, err := io.CopyBuffer(tmp, cloud.ContextReader(ctx, r), make([]byte, 1<<20))
 	if err != nil {
 		return cloud.OpError(op, key, err)
 	}
-	if size != cloud.SizeUnknown && n != size {
-		return cloud.OpError(op, key, fmt.Errorf("stream had %d bytes, %d announced", n, size))
+	if err := cloud.CheckSize(n, size); err != nil {
+		return cloud.OpError(op, key, err)
 	}
 	if err := tmp.Sync(); err != nil {
 		return cloud.OpError(op, key, err)
@@ -173,7 +173,9 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		_ = f.Close()
 		return nil, cloud.OpError("get", key, cloud.ErrNotExist)
 	}
-	return &ctxFile{ctx: ctx, f: f}, nil
+	// Only Read and Close, so that io.Copy cannot bypass the context
+	// check through (*os.File).WriteTo.
+	return cloud.ContextReadCloser(ctx, f), nil
 }
 
 // Stat describes the object.
@@ -302,33 +304,3 @@ func translate(err error) error {
 	}
 	return err
 }
-
-// ctxReader stops a copy once the context is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
-
-// ctxFile is an open object whose reads fail once the context is done.
-// It deliberately exposes only Read and Close, so that io.Copy cannot
-// bypass the check through (*os.File).WriteTo.
-type ctxFile struct {
-	ctx context.Context
-	f   *os.File
-}
-
-func (f *ctxFile) Read(p []byte) (int, error) {
-	if err := f.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return f.f.Read(p)
-}
-
-func (f *ctxFile) Close() error { return f.f.Close() }

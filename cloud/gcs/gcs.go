@@ -125,11 +125,9 @@ func ParseURL(u *url.URL) (bucket, prefix string, err error) {
 	if err := validBucket(u.Host); err != nil {
 		return "", "", fmt.Errorf("gcs: repository URL %q: %w", u.Redacted(), err)
 	}
-	prefix = strings.Trim(u.Path, "/")
-	if prefix != "" {
-		if err := cloud.ValidKey(prefix); err != nil {
-			return "", "", fmt.Errorf("gcs: repository URL %q: bad prefix: %w", u.Redacted(), err)
-		}
+	prefix, err = cloud.CleanPrefix(u.Path)
+	if err != nil {
+		return "", "", fmt.Errorf("gcs: repository URL %q: bad prefix: %w", u.Redacted(), err)
 	}
 	return u.Host, prefix, nil
 }
@@ -151,11 +149,9 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	if err := validBucket(cfg.Bucket); err != nil {
 		return nil, fmt.Errorf("gcs: %w", err)
 	}
-	prefix := strings.Trim(cfg.Prefix, "/")
-	if prefix != "" {
-		if err := cloud.ValidKey(prefix); err != nil {
-			return nil, fmt.Errorf("gcs: bad prefix: %w", err)
-		}
+	prefix, err := cloud.CleanPrefix(cfg.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("gcs: bad prefix: %w", err)
 	}
 	if cfg.ChunkSize < 0 || cfg.ListPageSize < 0 || cfg.MaxAttempts < 0 {
 		return nil, errors.New("gcs: ChunkSize, ListPageSize and MaxAttempts must not be negative")
@@ -174,7 +170,6 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	opts := []option.ClientOption{}
 	endpoint := ""
 	if cfg.Endpoint != "" {
-		var err error
 		if endpoint, err = apiEndpoint(cfg.Endpoint); err != nil {
 			return nil, err
 		}
@@ -190,7 +185,6 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 			Client: &http.Client{Transport: s.transport},
 		}
 		var creds *auth.Credentials
-		var err error
 		if cfg.CredentialsFile != "" {
 			s.hint = fmt.Sprintf("check the service-account key file %q and the account's roles on the bucket", cfg.CredentialsFile)
 			creds, err = credentials.NewCredentialsFromFile(credentials.ServiceAccount, cfg.CredentialsFile, dopts)
@@ -364,25 +358,8 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, s.translateMissing(ctx, "get", key, err)
 	}
-	return &reader{r: r, s: s, key: key}, nil
+	return cloud.WrapReadErrors(r, func(err error) error { return s.translate("get", key, err) }), nil
 }
-
-// reader names the object in the errors of an open Get.
-type reader struct {
-	r   *storage.Reader
-	s   *Storage
-	key string
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = r.s.translate("get", r.key, err)
-	}
-	return n, err
-}
-
-func (r *reader) Close() error { return r.r.Close() }
 
 // Stat describes the object.
 func (s *Storage) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {

@@ -20,54 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/storage"
-	"google.golang.org/api/iterator"
-	"google.golang.org/api/option"
-
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/gcs"
 	"github.com/cellar-backup/cellar/cloud/storagetest"
+	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
 )
-
-const hostEnv = "CELLARTEST_GCS_HOST"
-
-// emulator returns fake-gcs-server's host:port.
-func emulator(t testing.TB) string {
-	t.Helper()
-	return storagetest.Env(t, hostEnv)
-}
-
-// newBucket creates an empty bucket on the emulator and removes it, with
-// whatever is left in it, when the test ends.
-func newBucket(t testing.TB, host string) string {
-	t.Helper()
-	ctx := context.Background()
-	c, err := storage.NewClient(ctx, option.WithEndpoint("http://"+host+"/storage/v1/"),
-		option.WithoutAuthentication(), storage.WithJSONReads())
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := storagetest.UniqueName("cellar-")
-	if err := c.Bucket(name).Create(ctx, "cellar-test", nil); err != nil {
-		t.Fatalf("creating bucket %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		defer c.Close()
-		it := c.Bucket(name).Objects(ctx, nil)
-		for {
-			o, err := it.Next()
-			if err != nil {
-				if err != iterator.Done {
-					t.Logf("cleanup of bucket %s: %v", name, err)
-				}
-				break
-			}
-			_ = c.Bucket(name).Object(o.Name).Delete(ctx)
-		}
-		_ = c.Bucket(name).Delete(ctx)
-	})
-	return name
-}
 
 func mustNew(t testing.TB, cfg gcs.Config) *gcs.Storage {
 	t.Helper()
@@ -84,11 +41,11 @@ var opts = storagetest.Options{PartSize: gcs.DefaultChunkSize, Concurrency: 1}
 // TestConformance runs the suite against fake-gcs-server, found through
 // STORAGE_EMULATOR_HOST as a user would, in a repository under a prefix.
 func TestConformance(t *testing.T) {
-	host := emulator(t)
-	t.Setenv("STORAGE_EMULATOR_HOST", host)
+	g := testservers.GCS(t)
+	t.Setenv("STORAGE_EMULATOR_HOST", g.Host)
 	storagetest.Run(t, func(t *testing.T) cloud.Storage {
 		s, err := gcs.New(context.Background(), gcs.Config{
-			Bucket: newBucket(t, host),
+			Bucket: g.NewBucket(t),
 			Prefix: "/" + storagetest.UniqueName("repo-") + "/pg/",
 		})
 		if err != nil {
@@ -101,8 +58,8 @@ func TestConformance(t *testing.T) {
 // TestConformanceEndpoint runs the quick part of the suite through an
 // explicit Config.Endpoint at the bucket's root.
 func TestConformanceEndpoint(t *testing.T) {
-	host := emulator(t)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: "http://" + host})
+	g := testservers.GCS(t)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: "http://" + g.Host})
 	ctx := context.Background()
 	for _, n := range []int{0, 1000, 3<<20 + 1} {
 		key := fmt.Sprintf("ep/%d", n)
@@ -139,8 +96,8 @@ func TestConformanceEndpoint(t *testing.T) {
 // ifGenerationMatch=0 precondition both for a single-request upload and for
 // a resumable one, with sized and unsized streams.
 func TestCreateUploadPaths(t *testing.T) {
-	host := emulator(t)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: "http://" + host, ChunkSize: 256 << 10})
+	g := testservers.GCS(t)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: "http://" + g.Host, ChunkSize: 256 << 10})
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name string
@@ -172,8 +129,8 @@ func TestCreateUploadPaths(t *testing.T) {
 }
 
 func TestMemoryBound(t *testing.T) {
-	host := emulator(t)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: "http://" + host})
+	g := testservers.GCS(t)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: "http://" + g.Host})
 	storagetest.RunMemoryBound(t, s, opts)
 }
 
@@ -181,9 +138,9 @@ func TestMemoryBound(t *testing.T) {
 // puts are small, so they are single requests: a resumable upload would
 // send its chunks to the Location the emulator returns, past the proxy.
 func TestFaults(t *testing.T) {
-	host := emulator(t)
-	p := storagetest.NewFaultProxy(t, "http://"+host)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: p.URL + "/storage/v1/"})
+	g := testservers.GCS(t)
+	p := storagetest.NewFaultProxy(t, "http://"+g.Host)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: p.URL + "/storage/v1/"})
 	storagetest.RunFaults(t, s, p)
 }
 
@@ -191,9 +148,9 @@ func TestFaults(t *testing.T) {
 // fake-gcs-server builds the session URL from the request's Host header,
 // which the proxy passes on, so every chunk goes through the proxy.
 func TestResumableFaults(t *testing.T) {
-	host := emulator(t)
-	p := storagetest.NewFaultProxy(t, "http://"+host)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: p.URL, ChunkSize: 256 << 10})
+	g := testservers.GCS(t)
+	p := storagetest.NewFaultProxy(t, "http://"+g.Host)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: p.URL, ChunkSize: 256 << 10})
 	ctx := context.Background()
 	const n = 4*256<<10 + 5 // a session request, five chunks
 
@@ -250,47 +207,24 @@ func TestResumableFaults(t *testing.T) {
 
 // TestListPaging lists 250 objects 100 at a time and counts the requests.
 func TestListPaging(t *testing.T) {
-	host := emulator(t)
-	p := storagetest.NewFaultProxy(t, "http://"+host)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: p.URL, ListPageSize: 100})
-	ctx := context.Background()
+	g := testservers.GCS(t)
+	p := storagetest.NewFaultProxy(t, "http://"+g.Host)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: p.URL, ListPageSize: 100})
+	// A neighbour that shares the textual prefix, outside it.
+	if err := s.Put(context.Background(), "paged-not/x", strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
 	const n = 250
-	for i := range n {
-		key := fmt.Sprintf("paged/%04d", i)
-		if err := s.Put(ctx, key, strings.NewReader(key), int64(len(key))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Put(ctx, "paged-not/x", strings.NewReader("x"), 1); err != nil {
-		t.Fatal(err)
-	}
-	p.Requests()
-	var got []string
-	if err := s.List(ctx, "paged/", func(o cloud.ObjectInfo) error {
-		got = append(got, o.Key)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	requests := p.Requests()
-	if len(got) != n {
-		t.Fatalf("List gave %d objects, want %d", len(got), n)
-	}
-	for i, k := range got {
-		if want := fmt.Sprintf("paged/%04d", i); k != want {
-			t.Fatalf("List[%d] = %q, want %q", i, k, want)
-		}
-	}
-	if requests != 3 {
+	if requests := storagetest.CountListRequests(t, s, p, n); requests != 3 {
 		t.Fatalf("listing %d objects 100 at a time took %d requests, want 3", n, requests)
 	}
 }
 
 // TestPermissionDenied answers every kind of request with 401 or 403.
 func TestPermissionDenied(t *testing.T) {
-	host := emulator(t)
-	p := storagetest.NewFaultProxy(t, "http://"+host)
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: p.URL})
+	g := testservers.GCS(t)
+	p := storagetest.NewFaultProxy(t, "http://"+g.Host)
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: p.URL})
 	ctx := context.Background()
 	ops := map[string]func() error{
 		"put":    func() error { return s.Put(ctx, "denied/obj", strings.NewReader("x"), 1) },
@@ -329,7 +263,7 @@ func TestPermissionDenied(t *testing.T) {
 // TestBadCredentialsFile authenticates with a service-account key that the
 // token endpoint (a local stand-in) refuses.
 func TestBadCredentialsFile(t *testing.T) {
-	host := emulator(t)
+	g := testservers.GCS(t)
 	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
@@ -358,7 +292,7 @@ func TestBadCredentialsFile(t *testing.T) {
 	if err := os.WriteFile(file, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := mustNew(t, gcs.Config{Bucket: newBucket(t, host), Endpoint: "http://" + host, CredentialsFile: file})
+	s := mustNew(t, gcs.Config{Bucket: g.NewBucket(t), Endpoint: "http://" + g.Host, CredentialsFile: file})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	_, err = s.Stat(ctx, "some/key")
@@ -392,14 +326,14 @@ func TestNoCredentials(t *testing.T) {
 }
 
 func TestMissingBucket(t *testing.T) {
-	host := emulator(t)
+	g := testservers.GCS(t)
 	for _, via := range []string{"endpoint", "emulator-host"} {
 		t.Run(via, func(t *testing.T) {
 			cfg := gcs.Config{Bucket: storagetest.UniqueName("missing-"), Prefix: "pg"}
 			if via == "endpoint" {
-				cfg.Endpoint = "http://" + host
+				cfg.Endpoint = "http://" + g.Host
 			} else {
-				t.Setenv("STORAGE_EMULATOR_HOST", host)
+				t.Setenv("STORAGE_EMULATOR_HOST", g.Host)
 			}
 			s := mustNew(t, cfg)
 			ctx := context.Background()
@@ -500,7 +434,7 @@ func TestParseURL(t *testing.T) {
 }
 
 func BenchmarkStorage(b *testing.B) {
-	host := emulator(b)
-	s := mustNew(b, gcs.Config{Bucket: newBucket(b, host), Endpoint: "http://" + host})
+	g := testservers.GCS(b)
+	s := mustNew(b, gcs.Config{Bucket: g.NewBucket(b), Endpoint: "http://" + g.Host})
 	storagetest.Bench(b, s)
 }

@@ -6,7 +6,6 @@ package mem
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"sort"
 	"strings"
@@ -51,8 +50,8 @@ func (s *Storage) read(ctx context.Context, op, key string, r io.Reader, size in
 	if err == nil {
 		err = ctx.Err()
 	}
-	if err == nil && size != cloud.SizeUnknown && n != size {
-		err = fmt.Errorf("stream had %d bytes, %d announced", n, size)
+	if err == nil {
+		err = cloud.CheckSize(n, size)
 	}
 	return buf.Bytes(), cloud.OpError(op, key, err)
 }
@@ -103,7 +102,7 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ctxReader{ctx: ctx, r: bytes.NewReader(o.data)}, nil
+	return cloud.ContextReadCloser(ctx, io.NopCloser(bytes.NewReader(o.data))), nil
 }
 
 // Stat describes the object.
@@ -150,17 +149,3 @@ func (s *Storage) Delete(_ context.Context, key string) error {
 
 // Close does nothing.
 func (s *Storage) Close() error { return nil }
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
-
-func (c *ctxReader) Close() error { return nil }

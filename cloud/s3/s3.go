@@ -159,11 +159,9 @@ func ParseURL(u *url.URL) (bucket, prefix string, err error) {
 	if u.RawQuery != "" || u.Fragment != "" {
 		return "", "", fmt.Errorf("s3: repository URL %q: unexpected query or fragment", u.Redacted())
 	}
-	prefix = strings.Trim(u.Path, "/")
-	if prefix != "" {
-		if err := cloud.ValidKey(prefix); err != nil {
-			return "", "", fmt.Errorf("s3: repository URL %q: bad prefix: %v", u.Redacted(), err)
-		}
+	prefix, err = cloud.CleanPrefix(u.Path)
+	if err != nil {
+		return "", "", fmt.Errorf("s3: repository URL %q: bad prefix: %v", u.Redacted(), err)
 	}
 	return u.Host, prefix, nil
 }
@@ -446,24 +444,8 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, s.translate(ctx, "get", key, err)
 	}
-	return &objectReader{body: out.Body, key: key}, nil
+	return cloud.WrapReadErrors(out.Body, func(err error) error { return cloud.OpError("read", key, err) }), nil
 }
-
-// objectReader names the key in read errors.
-type objectReader struct {
-	body io.ReadCloser
-	key  string
-}
-
-func (r *objectReader) Read(p []byte) (int, error) {
-	n, err := r.body.Read(p)
-	if err != nil && err != io.EOF {
-		err = cloud.OpError("read", r.key, err)
-	}
-	return n, err
-}
-
-func (r *objectReader) Close() error { return r.body.Close() }
 
 // Stat describes the object with a HEAD request.
 func (s *Storage) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {

@@ -15,88 +15,25 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/cellar-backup/cellar/cloud"
 	s3 "github.com/cellar-backup/cellar/cloud/s3"
 	"github.com/cellar-backup/cellar/cloud/storagetest"
+	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
 )
 
-// server is the MinIO instance the tests run against.
-type server struct {
-	endpoint, accessKey, secretKey string
-}
-
-func minio(t testing.TB) server {
-	t.Helper()
-	return server{
-		endpoint:  storagetest.Env(t, "CELLARTEST_S3_ENDPOINT"),
-		accessKey: storagetest.Env(t, "CELLARTEST_S3_ACCESS_KEY"),
-		secretKey: storagetest.Env(t, "CELLARTEST_S3_SECRET_KEY"),
-	}
-}
-
-// config is a Config for bucket on the server, reached through endpoint
-// (the server's, or a proxy's).
-func (m server) config(bucket, endpoint string) s3.Config {
+// config is a Config for bucket on the MinIO server m, reached through
+// endpoint (the server's, or a proxy's).
+func config(m testservers.MinIO, bucket, endpoint string) s3.Config {
 	return s3.Config{
 		Bucket:          bucket,
 		Endpoint:        endpoint,
 		Region:          "us-east-1",
 		ForcePathStyle:  true,
-		AccessKeyID:     m.accessKey,
-		SecretAccessKey: m.secretKey,
+		AccessKeyID:     m.AccessKey,
+		SecretAccessKey: m.SecretKey,
 	}
-}
-
-// admin is a plain SDK client for setting up and inspecting buckets.
-func (m server) admin() *awss3.Client {
-	return awss3.New(awss3.Options{
-		BaseEndpoint: aws.String(m.endpoint),
-		Region:       "us-east-1",
-		UsePathStyle: true,
-		Credentials:  credentials.NewStaticCredentialsProvider(m.accessKey, m.secretKey, ""),
-	})
-}
-
-// newBucket creates a fresh bucket and removes it (and all in it) after
-// the test.
-func (m server) newBucket(t testing.TB) string {
-	t.Helper()
-	ctx := context.Background()
-	name := storagetest.UniqueName("cellar-test-")
-	c := m.admin()
-	if _, err := c.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("creating bucket %s: %v", name, err)
-	}
-	t.Cleanup(func() { emptyAndRemove(c, name) })
-	return name
-}
-
-func emptyAndRemove(c *awss3.Client, bucket string) {
-	ctx := context.Background()
-	p := awss3.NewListObjectsV2Paginator(c, &awss3.ListObjectsV2Input{Bucket: aws.String(bucket)})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			break
-		}
-		var ids []types.ObjectIdentifier
-		for _, o := range page.Contents {
-			ids = append(ids, types.ObjectIdentifier{Key: o.Key})
-		}
-		if len(ids) > 0 {
-			_, _ = c.DeleteObjects(ctx, &awss3.DeleteObjectsInput{Bucket: aws.String(bucket), Delete: &types.Delete{Objects: ids}})
-		}
-	}
-	if ups, err := c.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: aws.String(bucket)}); err == nil {
-		for _, u := range ups.Uploads {
-			_, _ = c.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: aws.String(bucket), Key: u.Key, UploadId: u.UploadId})
-		}
-	}
-	_, _ = c.DeleteBucket(ctx, &awss3.DeleteBucketInput{Bucket: aws.String(bucket)})
 }
 
 func open(t testing.TB, cfg s3.Config) *s3.Storage {
@@ -110,17 +47,17 @@ func open(t testing.TB, cfg s3.Config) *s3.Storage {
 }
 
 func TestConformance(t *testing.T) {
-	m := minio(t)
+	m := testservers.S3(t)
 	t.Run("Defaults", func(t *testing.T) {
 		storagetest.Run(t, func(t *testing.T) cloud.Storage {
-			cfg := m.config(m.newBucket(t), m.endpoint)
+			cfg := config(m, m.NewBucket(t), m.Endpoint)
 			cfg.Prefix = "/" + storagetest.UniqueName("repo/r") + "/"
 			return open(t, cfg)
 		}, storagetest.Options{PartSize: s3.DefaultPartSize, Concurrency: s3.DefaultConcurrency})
 	})
 	t.Run("SmallPartsBucketRoot", func(t *testing.T) {
 		storagetest.Run(t, func(t *testing.T) cloud.Storage {
-			cfg := m.config(m.newBucket(t), m.endpoint)
+			cfg := config(m, m.NewBucket(t), m.Endpoint)
 			cfg.PartSize = s3.MinPartSize
 			cfg.Concurrency = 2
 			return open(t, cfg)
@@ -129,53 +66,31 @@ func TestConformance(t *testing.T) {
 }
 
 func TestMemoryBound(t *testing.T) {
-	m := minio(t)
-	s := open(t, m.config(m.newBucket(t), m.endpoint))
+	m := testservers.S3(t)
+	s := open(t, config(m, m.NewBucket(t), m.Endpoint))
 	storagetest.RunMemoryBound(t, s, storagetest.Options{PartSize: s3.DefaultPartSize, Concurrency: s3.DefaultConcurrency})
 }
 
 func TestFaults(t *testing.T) {
-	m := minio(t)
-	bucket := m.newBucket(t)
-	p := storagetest.NewFaultProxy(t, m.endpoint)
-	s := open(t, m.config(bucket, p.URL))
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
+	p := storagetest.NewFaultProxy(t, m.Endpoint)
+	s := open(t, config(m, bucket, p.URL))
 	storagetest.RunFaults(t, s, p)
 }
 
 // TestListPageSize proves that List pages: with 100 keys a page, 250 keys
 // take at least three requests, and all arrive, in order.
 func TestListPageSize(t *testing.T) {
-	m := minio(t)
-	bucket := m.newBucket(t)
-	p := storagetest.NewFaultProxy(t, m.endpoint)
-	cfg := m.config(bucket, p.URL)
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
+	p := storagetest.NewFaultProxy(t, m.Endpoint)
+	cfg := config(m, bucket, p.URL)
 	cfg.Prefix = "pfx"
 	cfg.ListPageSize = 100
 	s := open(t, cfg)
-	ctx := context.Background()
 	const n = 250
-	for i := range n {
-		key := fmt.Sprintf("paged/%04d", i)
-		if err := s.Put(ctx, key, strings.NewReader(key), int64(len(key))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.Requests()
-	i := 0
-	err := s.List(ctx, "paged/", func(o cloud.ObjectInfo) error {
-		if want := fmt.Sprintf("paged/%04d", i); o.Key != want || o.Size != int64(len(want)) {
-			return fmt.Errorf("object %d is %q (%d bytes), want %q", i, o.Key, o.Size, want)
-		}
-		i++
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if i != n {
-		t.Fatalf("List gave %d objects, want %d", i, n)
-	}
-	if reqs := p.Requests(); reqs < 3 {
+	if reqs := storagetest.CountListRequests(t, s, p, n); reqs < 3 {
 		t.Fatalf("List of %d keys with page size 100 made %d requests, want at least 3", n, reqs)
 	}
 }
@@ -183,16 +98,16 @@ func TestListPageSize(t *testing.T) {
 // TestPrefix checks that the repository prefix maps keys both ways and
 // that List ignores what lies outside it, and console "folder" markers.
 func TestPrefix(t *testing.T) {
-	m := minio(t)
-	bucket := m.newBucket(t)
-	cfg := m.config(bucket, m.endpoint)
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
+	cfg := config(m, bucket, m.Endpoint)
 	cfg.Prefix = "a/b"
 	s := open(t, cfg)
 	ctx := context.Background()
 	if err := s.Put(ctx, "k/obj", strings.NewReader("x"), 1); err != nil {
 		t.Fatal(err)
 	}
-	admin := m.admin()
+	admin := m.Admin()
 	for _, name := range []string{"a/bc/obj", "a/b/k/folder/", "other"} {
 		if _, err := admin.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(name), Body: strings.NewReader("")}); err != nil {
 			t.Fatal(err)
@@ -216,9 +131,9 @@ func TestPrefix(t *testing.T) {
 // TestMissingBucket: every operation on a bucket that does not exist
 // reports cloud.ErrNoBucket and names the bucket.
 func TestMissingBucket(t *testing.T) {
-	m := minio(t)
+	m := testservers.S3(t)
 	bucket := storagetest.UniqueName("cellar-missing-")
-	s := open(t, m.config(bucket, m.endpoint))
+	s := open(t, config(m, bucket, m.Endpoint))
 	ctx := context.Background()
 	big := int64(2*s3.DefaultPartSize + 1)
 	ops := map[string]func() error{
@@ -253,15 +168,15 @@ func TestMissingBucket(t *testing.T) {
 // TestWrongCredentials: refused credentials give cloud.ErrPermission
 // with a hint, without retrying and without the secret in the message.
 func TestWrongCredentials(t *testing.T) {
-	m := minio(t)
-	bucket := m.newBucket(t)
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
 	ctx := context.Background()
 	for _, tc := range []struct{ name, id, secret string }{
 		{"UnknownKey", "no-such-key-id", "some-secret-value"},
-		{"WrongSecret", m.accessKey, "wrong-secret-value"},
+		{"WrongSecret", m.AccessKey, "wrong-secret-value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := m.config(bucket, m.endpoint)
+			cfg := config(m, bucket, m.Endpoint)
 			cfg.AccessKeyID, cfg.SecretAccessKey = tc.id, tc.secret
 			s := open(t, cfg)
 			start := time.Now()
@@ -297,7 +212,7 @@ func TestWrongCredentials(t *testing.T) {
 // TestNoCredentials: with no static keys and nothing in the AWS chain, the
 // error says where credentials come from.
 func TestNoCredentials(t *testing.T) {
-	m := minio(t)
+	m := testservers.S3(t)
 	dir := t.TempDir()
 	for k, v := range map[string]string{
 		"AWS_ACCESS_KEY_ID":                      "",
@@ -313,7 +228,7 @@ func TestNoCredentials(t *testing.T) {
 	} {
 		t.Setenv(k, v)
 	}
-	cfg := m.config("any-bucket", m.endpoint)
+	cfg := config(m, "any-bucket", m.Endpoint)
 	cfg.AccessKeyID, cfg.SecretAccessKey = "", ""
 	s := open(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -328,8 +243,8 @@ func TestNoCredentials(t *testing.T) {
 // TestUnreachable: an endpoint where nothing listens fails within the
 // caller's deadline, and (once retries are spent) says what to check.
 func TestUnreachable(t *testing.T) {
-	m := minio(t)
-	cfg := m.config("any-bucket", "http://127.0.0.1:1")
+	m := testservers.S3(t)
+	cfg := config(m, "any-bucket", "http://127.0.0.1:1")
 	s := open(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -356,9 +271,9 @@ func TestUnreachable(t *testing.T) {
 // TestAbortedUploads: a multipart upload that fails or is cancelled is
 // aborted, so no parts are left stored in the bucket.
 func TestAbortedUploads(t *testing.T) {
-	m := minio(t)
-	bucket := m.newBucket(t)
-	cfg := m.config(bucket, m.endpoint)
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
+	cfg := config(m, bucket, m.Endpoint)
 	cfg.PartSize = s3.MinPartSize
 	s := open(t, cfg)
 	for _, create := range []bool{false, true} {
@@ -366,10 +281,12 @@ func TestAbortedUploads(t *testing.T) {
 			t.Run(fmt.Sprintf("create=%v/cancelled=%v", create, cancelled), func(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				r := &failingReader{r: storagetest.Data(3, 1<<30), n: 3*s3.MinPartSize + 100, err: errors.New("disk read error")}
+				var cut func()
+				readErr := errors.New("disk read error")
 				if cancelled {
-					r.cut, r.err = cancel, context.Canceled
+					cut, readErr = cancel, context.Canceled
 				}
+				r := storagetest.FailingReader(storagetest.Data(3, 1<<30), 3*s3.MinPartSize+100, cut, readErr)
 				var err error
 				if create {
 					err = s.Create(ctx, "aborted/obj", r, cloud.SizeUnknown)
@@ -379,7 +296,7 @@ func TestAbortedUploads(t *testing.T) {
 				if err == nil {
 					t.Fatal("upload from a failing reader succeeded")
 				}
-				ups, lerr := m.admin().ListMultipartUploads(context.Background(), &awss3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
+				ups, lerr := m.Admin().ListMultipartUploads(context.Background(), &awss3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
 				if lerr != nil {
 					t.Fatal(lerr)
 				}
@@ -391,34 +308,11 @@ func TestAbortedUploads(t *testing.T) {
 	}
 }
 
-// failingReader delivers n bytes of r, then calls cut and fails with err.
-type failingReader struct {
-	r   io.Reader
-	n   int64
-	cut func()
-	err error
-}
-
-func (f *failingReader) Read(p []byte) (int, error) {
-	if f.n <= 0 {
-		if f.cut != nil {
-			f.cut()
-		}
-		return 0, f.err
-	}
-	if int64(len(p)) > f.n {
-		p = p[:f.n]
-	}
-	n, err := f.r.Read(p)
-	f.n -= int64(n)
-	return n, err
-}
-
 // TestSizeChecked: a stream shorter or longer than its given size fails
 // and stores nothing.
 func TestSizeChecked(t *testing.T) {
-	m := minio(t)
-	s := open(t, m.config(m.newBucket(t), m.endpoint))
+	m := testservers.S3(t)
+	s := open(t, config(m, m.NewBucket(t), m.Endpoint))
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name string
@@ -522,8 +416,8 @@ func TestParseURL(t *testing.T) {
 }
 
 func BenchmarkStorage(b *testing.B) {
-	m := minio(b)
-	s := open(b, m.config(m.newBucket(b), m.endpoint))
+	m := testservers.S3(b)
+	s := open(b, config(m, m.NewBucket(b), m.Endpoint))
 	storagetest.Bench(b, s)
 }
 
@@ -555,16 +449,16 @@ func conflictProxy(t *testing.T, upstream string) string {
 // conditional write; if that one lands the Create reports ErrExist,
 // otherwise an error that is not ErrExist (to be retried).
 func TestCreateConflict(t *testing.T) {
-	m := minio(t)
-	bucket := m.newBucket(t)
-	s := open(t, m.config(bucket, conflictProxy(t, m.endpoint)))
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
+	s := open(t, config(m, bucket, conflictProxy(t, m.Endpoint)))
 	ctx := context.Background()
 
 	t.Run("OtherWriterLands", func(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			time.Sleep(700 * time.Millisecond)
-			_, err := m.admin().PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("conflict/landed"), Body: strings.NewReader("theirs")})
+			_, err := m.Admin().PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("conflict/landed"), Body: strings.NewReader("theirs")})
 			done <- err
 		}()
 		err := s.Create(ctx, "conflict/landed", strings.NewReader("mine"), cloud.SizeUnknown)

@@ -50,7 +50,14 @@ func hashAll(r io.Reader) (int64, [32]byte, error) {
 	return n, d, err
 }
 
-// cutReader delivers n bytes of Data, then calls cut (which typically
+// FailingReader returns a reader that delivers n bytes of r, then calls
+// cut (if not nil; typically a context's cancel) once and fails every
+// further Read with err.
+func FailingReader(r io.Reader, n int64, cut func(), err error) io.Reader {
+	return &cutReader{r: r, n: n, cut: cut, err: err}
+}
+
+// cutReader delivers n bytes of r, then calls cut (which typically
 // cancels the context) and fails every further Read with err.
 type cutReader struct {
 	r   io.Reader

@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,4 +173,38 @@ func RunFaults(t *testing.T, s cloud.Storage, p *FaultProxy) {
 	})
 	_ = s.Delete(ctx, "faults/obj")
 	_ = s.Delete(ctx, "faults/put")
+}
+
+// CountListRequests puts n small objects "paged/0000", "paged/0001"...
+// (each holding its own key) through s, then lists "paged/" and checks
+// that all n arrive, in order, with their sizes. It returns the number of
+// requests that List made through p, for the caller to hold against the
+// page size it configured.
+func CountListRequests(t *testing.T, s cloud.Storage, p *FaultProxy, n int) int {
+	t.Helper()
+	ctx := context.Background()
+	for i := range n {
+		key := fmt.Sprintf("paged/%04d", i)
+		if err := s.Put(ctx, key, strings.NewReader(key), int64(len(key))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Requests()
+	var got []cloud.ObjectInfo
+	if err := s.List(ctx, "paged/", func(o cloud.ObjectInfo) error {
+		got = append(got, o)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	requests := p.Requests()
+	if len(got) != n {
+		t.Fatalf("List gave %d objects, want %d", len(got), n)
+	}
+	for i, o := range got {
+		if want := fmt.Sprintf("paged/%04d", i); o.Key != want || o.Size != int64(len(want)) {
+			t.Fatalf("List[%d] is %q (%d bytes), want %q (%d bytes)", i, o.Key, o.Size, want, len(want))
+		}
+	}
+	return requests
 }

@@ -144,15 +144,22 @@ func Azure(t testing.TB) Azurite {
 	}
 }
 
-// Admin returns a plain SDK client with the shared key, for setting up
-// containers and looking behind a backend's back.
-func (a Azurite) Admin(t testing.TB) *azblob.Client {
+// Credential returns the account's shared key credential, for signing
+// SAS tokens.
+func (a Azurite) Credential(t testing.TB) *azblob.SharedKeyCredential {
 	t.Helper()
 	cred, err := azblob.NewSharedKeyCredential(a.Account, a.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := azblob.NewClientWithSharedKeyCredential(a.Endpoint, cred, nil)
+	return cred
+}
+
+// Admin returns a plain SDK client with the shared key, for setting up
+// containers and looking behind a backend's back.
+func (a Azurite) Admin(t testing.TB) *azblob.Client {
+	t.Helper()
+	c, err := azblob.NewClientWithSharedKeyCredential(a.Endpoint, a.Credential(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
