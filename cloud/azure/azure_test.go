@@ -418,19 +418,6 @@ func TestConnectionString(t *testing.T) {
 
 // serviceSAS returns a service SAS for the container with the given
 // permissions, signed with the shared key of srv's account.
-func serviceSAS(t *testing.T, srv testservers.Azurite, name string, perm sas.ContainerPermissions) string {
-	q, err := sas.BlobSignatureValues{
-		Protocol:      sas.ProtocolHTTPSandHTTP,
-		ExpiryTime:    time.Now().Add(time.Hour).UTC(),
-		Permissions:   perm.String(),
-		ContainerName: name,
-	}.SignWithSharedKey(srv.Credential(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return q.Encode()
-}
-
 // TestSAS proves the SAS-token credential with a small round trip, that a
 // SAS without write permission gives ErrPermission with a hint, and that
 // the token's signature never appears in an error, even in a transport
@@ -438,7 +425,7 @@ func serviceSAS(t *testing.T, srv testservers.Azurite, name string, perm sas.Con
 func TestSAS(t *testing.T) {
 	srv := testservers.Azure(t)
 	name := srv.NewContainer(t)
-	all := serviceSAS(t, srv, name, sas.ContainerPermissions{Read: true, Add: true, Create: true, Write: true, Delete: true, List: true})
+	all := srv.ContainerSAS(t, name, sas.ContainerPermissions{Read: true, Add: true, Create: true, Write: true, Delete: true, List: true})
 	s := open(t, azure.Config{Container: name, Endpoint: srv.Endpoint, SASToken: "?" + all, Prefix: "sas"})
 	roundTrip(t, s)
 
@@ -454,7 +441,7 @@ func TestSAS(t *testing.T) {
 		return strings.Contains(msg, s) || strings.Contains(msg, url.QueryEscape(s))
 	}
 
-	readOnly := serviceSAS(t, srv, name, sas.ContainerPermissions{Read: true, List: true})
+	readOnly := srv.ContainerSAS(t, name, sas.ContainerPermissions{Read: true, List: true})
 	s = open(t, azure.Config{Container: name, Endpoint: srv.Endpoint, SASToken: readOnly})
 	err := s.Put(context.Background(), "k", strings.NewReader("x"), 1)
 	if !errors.Is(err, cloud.ErrPermission) {

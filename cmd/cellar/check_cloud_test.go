@@ -4,9 +4,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
 
 	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
 )
@@ -133,8 +136,8 @@ func blackHole(t *testing.T) string {
 	return "http://" + l.Addr().String()
 }
 
-// checkFails runs check and asserts exactly one repository check failed
-// first with a hint containing want (case-insensitive), exit status 1, no
+// checkFails runs check and asserts that exactly one check failed, the
+// repository being reachable, with a hint containing want (case-insensitive), exit status 1, no
 // secret printed, and an answer within the 30 s that check promises.
 func checkFails(t *testing.T, conf string, env []string, secret, want string) {
 	t.Helper()
@@ -143,7 +146,7 @@ func checkFails(t *testing.T, conf string, env []string, secret, want string) {
 	if r.code != 1 {
 		t.Fatalf("check exit %d, want 1; output:\n%s", r.code, out)
 	}
-	if !strings.HasPrefix(r.stdout, "configuration: OK\nrepository reachable: FAILED (") {
+	if !strings.HasPrefix(r.stdout, "configuration: OK\nrepository reachable: FAILED (") || strings.Count(r.stdout, "\n") != 2 {
 		t.Fatalf("check output:\n%s", out)
 	}
 	first := strings.Split(r.stdout, "\n")[1]
@@ -188,5 +191,29 @@ func TestCheckCloudRepositories(t *testing.T) {
 				checkFails(t, conf, env, "", "does not exist")
 			})
 		})
+	}
+}
+
+// TestCheckReadOnlyRepository: credentials that may list and read but not
+// write pass the reachability check and fail the write check, with the
+// token never printed.
+func TestCheckReadOnlyRepository(t *testing.T) {
+	a := testservers.Azure(t)
+	container := a.NewContainer(t)
+	token := a.ContainerSAS(t, container, sas.ContainerPermissions{Read: true, List: true})
+	conf := "[main]\nrepository = azure://" + container + "/pg\nazure_endpoint = " + a.Endpoint + "\nazure_sas_token = " + token + "\n"
+	r := cellar(t, nil, "--config", writeConfig(t, conf), "check", "main")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 1 || len(lines) != 3 || lines[1] != "repository reachable: OK" ||
+		!strings.HasPrefix(lines[2], "repository writable: FAILED (") || !strings.Contains(lines[2], "denied") {
+		t.Fatalf("check with a read-only SAS: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	sig, _ := url.ParseQuery(token)
+	if s := sig.Get("sig"); s == "" || strings.Contains(r.stdout+r.stderr, s) || strings.Contains(r.stdout+r.stderr, url.QueryEscape(s)) {
+		t.Fatalf("check printed the SAS signature (or there is none):\n%s", r.stdout)
+	}
+	r = cellar(t, nil, "--config", writeConfig(t, conf), "show-server", "main")
+	if !strings.Contains(r.stdout, "azure_sas_token: ***") {
+		t.Fatalf("show-server does not redact the SAS token:\n%s", r.stdout)
 	}
 }

@@ -159,7 +159,7 @@ func TestCheckFileRepository(t *testing.T) {
 	}
 	cfg = writeConfig(t, "[main]\nrepository = file://"+file+"\n")
 	r = cellar(t, nil, "--config", cfg, "check", "main")
-	if r.code != 1 || !strings.Contains(r.stdout, "repository reachable: FAILED (") || !strings.Contains(r.stdout, "repository writable: FAILED") {
+	if r.code != 1 || !strings.HasPrefix(r.stdout, "configuration: OK\nrepository reachable: FAILED (") || strings.Count(r.stdout, "FAILED") != 1 {
 		t.Fatalf("check of an unusable repository = %+v", r)
 	}
 	r = cellar(t, nil, "--config", cfg, "check", "main", "--nagios")

@@ -9,9 +9,11 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -176,4 +178,20 @@ func (a Azurite) NewContainer(t testing.TB) string {
 	}
 	t.Cleanup(func() { _, _ = c.DeleteContainer(context.Background(), name, nil) })
 	return name
+}
+
+// ContainerSAS returns a service SAS query string for the container with
+// the given permissions, signed with the shared key, valid for an hour.
+func (a Azurite) ContainerSAS(t testing.TB, container string, perm sas.ContainerPermissions) string {
+	t.Helper()
+	q, err := sas.BlobSignatureValues{
+		Protocol:      sas.ProtocolHTTPSandHTTP,
+		ExpiryTime:    time.Now().Add(time.Hour).UTC(),
+		Permissions:   perm.String(),
+		ContainerName: container,
+	}.SignWithSharedKey(a.Credential(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Encode()
 }
