@@ -76,12 +76,12 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 	@touch $@
 
 # Storage throughput (MB/s up and down, bytes allocated per op) for every
-# backend against the same real servers, 256 MiB objects, five runs each;
+# backend against the same real servers, 256 MiB objects, six runs each;
 # benchstat prints the medians. The page cache is dropped first where we
 # may (root), as the machine is shared and noisy.
 bench: tools $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	@sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-	testdata/servers.sh $(TOOLS) $(GO) test -run '^$$' -bench . -benchtime 3x -count 5 ./cloud/... | tee bench.out
+	testdata/servers.sh $(TOOLS) $(GO) test -run '^$$' -bench . -benchtime 3x -count 6 ./cloud/... | tee bench.out
 	$(TOOLS)/bin/benchstat bench.out
 
 demo: build
