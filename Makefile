@@ -30,15 +30,21 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # cores) and a generous timeout; the 1 GiB memory-bound uploads dominate.
 TEST_FLAGS ?= -count=1 -timeout 60m
 
-.PHONY: all build test test-go lint tools bench demo clean
+.PHONY: all build test lint tools postgres bench demo clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cellar ./cmd/cellar
 
-tools: $(STAMPS)/minio-$(MINIO_VERSION) $(STAMPS)/fake-gcs-server-$(FAKE_GCS_VERSION) \
+tools: postgres $(STAMPS)/minio-$(MINIO_VERSION) $(STAMPS)/fake-gcs-server-$(FAKE_GCS_VERSION) \
 	$(STAMPS)/azurite-$(AZURITE_VERSION) $(STAMPS)/staticcheck-$(STATICCHECK_VERSION)
+
+# PostgreSQL 15 for the end-to-end tests, and, when the tests run as root,
+# the ordinary user PostgreSQL runs as (it refuses to run as root).
+postgres:
+	@test -x /usr/lib/postgresql/15/bin/initdb || { echo "installing PostgreSQL 15"; apt-get update -qq && apt-get install -y -qq postgresql-15; }
+	@if [ "$$(id -u)" = 0 ] && ! id cellartest >/dev/null 2>&1; then echo "adding user cellartest for the PostgreSQL tests"; useradd -m cellartest; fi
 
 $(STAMPS)/minio-$(MINIO_VERSION):
 	@mkdir -p $(TOOLS)/bin $(STAMPS)
@@ -63,7 +69,7 @@ $(STAMPS)/staticcheck-$(STATICCHECK_VERSION):
 	@touch $@
 
 lint: $(STAMPS)/staticcheck-$(STATICCHECK_VERSION)
-	@out=$$(gofmt -l cmd cloud); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/bin/staticcheck ./...
 

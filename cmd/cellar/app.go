@@ -73,6 +73,8 @@ func newApp(st *state) *cli.App {
 			listServersCommand(st),
 			showServerCommand(st),
 			checkCommand(st),
+			walPushCommand(st),
+			walFetchCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

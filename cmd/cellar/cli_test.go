@@ -21,6 +21,11 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	// PostgreSQL, running as an ordinary user, runs this binary from
+	// archive_command: the directory must be open to it.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		panic(err)
+	}
 	cellarBin = filepath.Join(dir, "cellar")
 	build := exec.Command("go", "build", "-ldflags", "-X main.version=1.2.3-test -X main.commit=abc123", "-o", cellarBin, ".")
 	build.Stderr = os.Stderr

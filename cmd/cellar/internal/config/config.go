@@ -47,6 +47,11 @@ type Server struct {
 	UploadPartSize    Size   `ini:"upload_part_size" default:"16MiB" min:"5242880" max:"5368709120"`
 	UploadConcurrency int    `ini:"upload_concurrency" default:"4" min:"1" max:"64"`
 
+	WALPushParallel int      `ini:"wal_push_parallel" default:"4" min:"1" max:"64"`
+	WALSpoolDir     string   `ini:"wal_spool_dir"`
+	WALPushTimeout  Duration `ini:"wal_push_timeout" default:"60s" min:"1" max:"86400"`
+	WALFetchTimeout Duration `ini:"wal_fetch_timeout" default:"300s" min:"1" max:"86400"`
+
 	PGData            string `ini:"pgdata"`
 	Conninfo          string `ini:"conninfo" secret:"conninfo"`
 	BackupMethod      string `ini:"backup_method" default:"local" enum:"local,stream"`
@@ -72,6 +77,10 @@ type Server struct {
 
 // Size is a byte count written as 16MiB, 64MB, 1GiB or a plain number.
 type Size int64
+
+// Duration is a time span written as 60s, 5m, 1h30m or a plain number of
+// seconds. Its min and max tags are in seconds.
+type Duration time.Duration
 
 // Config is the loaded configuration.
 type Config struct {

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // setting describes one field of Server, read from its struct tags.
@@ -101,6 +102,16 @@ func (d *setting) set(s *Server, value string) error {
 			return err
 		}
 		v.SetInt(n)
+	case Duration:
+		dur, err := ParseDuration(value)
+		if err != nil {
+			return err
+		}
+		secs := func(n int64, _ int) string { return (time.Duration(n) * time.Second).String() }
+		if err := d.inRange(int64((dur+time.Second-1)/time.Second), secs); err != nil {
+			return err
+		}
+		v.SetInt(int64(dur))
 	default:
 		panic("config: unsupported setting type " + v.Type().String())
 	}
@@ -144,6 +155,8 @@ func (d *setting) show(s *Server) string {
 		return strconv.Itoa(x)
 	case Size:
 		return FormatSize(int64(x))
+	case Duration:
+		return time.Duration(x).String()
 	}
 	return fmt.Sprint(v.Interface())
 }
@@ -179,6 +192,18 @@ func ParseSize(v string) (int64, error) {
 		return 0, fmt.Errorf("%q is too large", v)
 	}
 	return n << shift, nil
+}
+
+// ParseDuration parses "60s", "5m", "1h30m" or a plain number of seconds.
+func ParseDuration(v string) (time.Duration, error) {
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 && n < 1<<33 {
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration: write e.g. 60s, 5m or a number of seconds", v)
+	}
+	return d, nil
 }
 
 // FormatSize writes a byte count the way ParseSize reads it.

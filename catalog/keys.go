@@ -1,0 +1,41 @@
+package catalog
+
+import "fmt"
+
+// The key layout of one server's objects in a repository. Every key starts
+// with the server's name, so that servers may share a repository URL.
+//
+//	<server>/identity                                   Identity
+//	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>             a WAL segment
+//	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>.partial     a partial segment
+//	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>.<off>.backup a backup history file
+//	<server>/wal/history/<TTTTTTTT>.history               a timeline history file
+//
+// Grouping segments by timeline and log (4 GiB of WAL) keeps every listing
+// that retention and list-wal need to a bounded number of calls; history
+// files have a prefix of their own so that all timelines can be listed at
+// once. Keys carry no codec extension: the codec is in the object's
+// envelope, so a changed compression setting can never make a second copy
+// of the same WAL file.
+
+// IdentityKey is the key of the server's Identity.
+func IdentityKey(server string) string { return server + "/identity" }
+
+// WALPrefix is the prefix of all of a server's WAL objects.
+func WALPrefix(server string) string { return server + "/wal/" }
+
+// HistoryPrefix is the prefix of a server's timeline history files.
+func HistoryPrefix(server string) string { return server + "/wal/history/" }
+
+// WALDirPrefix is the prefix of the segments of one timeline and log.
+func WALDirPrefix(server string, timeline, log uint32) string {
+	return fmt.Sprintf("%s/wal/%08X%08X/", server, timeline, log)
+}
+
+// WALKey is the key of an archived WAL file.
+func WALKey(server string, w WALName) string {
+	if w.Kind == History {
+		return HistoryPrefix(server) + w.Name
+	}
+	return WALDirPrefix(server, w.Timeline, w.Log) + w.Name
+}

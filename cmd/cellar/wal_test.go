@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+)
+
+// repoKinds are the four repository kinds every end-to-end test runs on.
+var repoKinds = []string{"file", "s3", "gcs", "azure"}
+
+// repository sets up an empty repository of the given kind and returns the
+// configuration lines for it and the environment that reaches it.
+func repository(t *testing.T, kind string, dir func(string) string) (conf string, env []string) {
+	t.Helper()
+	switch kind {
+	case "file":
+		return "repository = file://" + dir("repo") + "\n", nil
+	case "s3":
+		m := testservers.S3(t)
+		return "repository = s3://" + m.NewBucket(t) + "/pg\ns3_endpoint = " + m.Endpoint + "\ns3_region = us-east-1\ns3_force_path_style = on\n",
+			s3Env(m.AccessKey, m.SecretKey)
+	case "gcs":
+		g := testservers.GCS(t)
+		return "repository = gs://" + g.NewBucket(t) + "/pg\n", []string{"STORAGE_EMULATOR_HOST=" + g.Host}
+	case "azure":
+		a := testservers.Azure(t)
+		return "repository = azure://" + a.NewContainer(t) + "/pg\nazure_account = " + a.Account + "\nazure_endpoint = " + a.Endpoint + "\n",
+			[]string{"AZURE_STORAGE_KEY=" + a.Key}
+	}
+	t.Fatalf("unknown repository kind %s", kind)
+	return "", nil
+}
+
+// archivingCluster starts PostgreSQL with archive_command calling cellar
+// for server "main" on a repository of the given kind. It returns the
+// cluster, the configuration file and the environment cellar needs.
+func archivingCluster(t *testing.T, kind string, extraConf string) (*pgtest.Cluster, string, []string) {
+	t.Helper()
+	base, err := os.MkdirTemp("", "cellar-wal-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dirs := map[string]string{}
+	mkdir := func(name string) string {
+		if d, ok := dirs[name]; ok {
+			return d
+		}
+		d := filepath.Join(base, name)
+		if err := os.MkdirAll(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.Chmod(d, 0o777)
+		dirs[name] = d
+		return d
+	}
+	repoConf, env := repository(t, kind, mkdir)
+	conf := filepath.Join(base, "cellar.conf")
+	text := "[cellar]\n" + repoConf + extraConf + "\n[main]\ndescription = \"archiving test\"\n"
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := pgtest.New(t, pgtest.Options{
+		Conf: map[string]string{
+			"archive_mode":    "on",
+			"archive_command": fmt.Sprintf("%s --config %s wal-push main %%p", cellarBin, conf),
+			"wal_keep_size":   "4GB",
+			"max_wal_size":    "4GB",
+		},
+		Env: env,
+	})
+	return c, conf, env
+}
+
+// makeSegments produces at least n completed WAL segments with real data
+// in them and returns the name of the last one completed.
+func makeSegments(t *testing.T, c *pgtest.Cluster, n int) (first, last string) {
+	t.Helper()
+	first = c.SwitchWAL(t)
+	c.Pgbench(t, "-i", "-s", "4", "-q")
+	last = c.SwitchWAL(t)
+	c.Exec(t, "CREATE TABLE marker (id int primary key, note text)")
+	for i := 0; i < n; i++ {
+		c.Exec(t, fmt.Sprintf("INSERT INTO marker VALUES (%d, repeat('x', 1000))", i))
+		last = c.SwitchWAL(t)
+	}
+	return first, last
+}
+
+func TestWALArchivingEveryRepositoryKind(t *testing.T) {
+	for _, kind := range repoKinds {
+		t.Run(kind, func(t *testing.T) {
+			c, conf, env := archivingCluster(t, kind, "")
+			first, last := makeSegments(t, c, 30)
+			c.WaitArchived(t, last, 3*time.Minute)
+			archived, failed, _, _ := c.ArchiverStats(t)
+			if failed != 0 {
+				t.Fatalf("pg_stat_archiver failed_count = %d", failed)
+			}
+			// Every segment from the first switch to the last is archived
+			// and comes back byte-identical.
+			segs := c.WALFiles(t)
+			fetched := 0
+			dest := t.TempDir()
+			for _, seg := range segs {
+				if seg <= first || seg > last {
+					continue
+				}
+				out := filepath.Join(dest, seg)
+				r := cellar(t, env, "--config", conf, "wal-fetch", "main", seg, out)
+				if r.code != 0 {
+					t.Fatalf("wal-fetch %s: exit %d: %s", seg, r.code, r.stderr)
+				}
+				want, err := os.ReadFile(filepath.Join(c.DataDir(), "pg_wal", seg))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := os.ReadFile(out)
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("wal-fetch %s: %d bytes, identical %v (%v)", seg, len(got), bytes.Equal(got, want), err)
+				}
+				fetched++
+			}
+			if fetched < 30 {
+				t.Fatalf("only %d segments between %s and %s were checked (archived_count %d), want at least 30", fetched, first, last, archived)
+			}
+			// A file the repository does not have: exit 1, nothing printed.
+			for _, missing := range []string{"00000001000000FF000000FF", "00000009.history"} {
+				r := cellar(t, env, "--config", conf, "wal-fetch", "main", missing, filepath.Join(dest, missing))
+				if r.code != 1 || r.stderr != "" || r.stdout != "" {
+					t.Fatalf("wal-fetch of a missing %s: exit %d, output %q%q", missing, r.code, r.stdout, r.stderr)
+				}
+				if _, err := os.Stat(filepath.Join(dest, missing)); !os.IsNotExist(err) {
+					t.Fatalf("wal-fetch of a missing file created %s", missing)
+				}
+			}
+			t.Logf("%s: %d segments archived and fetched back identical", kind, fetched)
+		})
+	}
+}
+
+// TestWALPushRules covers what wal-push must refuse and what it must
+// accept, on a local repository with real segments.
+func TestWALPushRules(t *testing.T) {
+	c, conf, env := archivingCluster(t, "file", "")
+	_, last := makeSegments(t, c, 2)
+	c.WaitArchived(t, last, time.Minute)
+	seg := filepath.Join(c.DataDir(), "pg_wal", last)
+	original, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+
+	t.Run("IdenticalRepush", func(t *testing.T) {
+		r := cellar(t, env, "--config", conf, "wal-push", "main", seg)
+		if r.code != 0 {
+			t.Fatalf("re-push of identical content: exit %d: %s", r.code, r.stderr)
+		}
+	})
+	t.Run("DifferentContent", func(t *testing.T) {
+		changed := bytes.Clone(original)
+		changed[len(changed)/2] ^= 0xFF
+		p := filepath.Join(work, last)
+		if err := os.WriteFile(p, changed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := cellar(t, env, "--config", conf, "wal-push", "main", p)
+		if r.code == 0 || !strings.Contains(r.stderr, "different content") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Fatalf("push of different content: exit %d: %q", r.code, r.stderr)
+		}
+		out := filepath.Join(work, "fetched")
+		if r := cellar(t, env, "--config", conf, "wal-fetch", "main", last, out); r.code != 0 {
+			t.Fatalf("wal-fetch: %s", r.stderr)
+		}
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, original) {
+			t.Fatal("the archived segment changed after a conflicting push")
+		}
+	})
+	t.Run("WrongCluster", func(t *testing.T) {
+		other := pgtest.New(t, pgtest.Options{})
+		otherSeg := other.SwitchWAL(t)
+		// Push the other cluster's segment (any name) to this server.
+		r := cellar(t, env, "--config", conf, "wal-push", "main", filepath.Join(other.DataDir(), "pg_wal", otherSeg))
+		mine, theirs := c.SystemIdentifier(t), other.SystemIdentifier(t)
+		if r.code == 0 || !strings.Contains(r.stderr, fmt.Sprint(mine)) || !strings.Contains(r.stderr, fmt.Sprint(theirs)) {
+			t.Fatalf("push from another cluster: exit %d: %q (want both %d and %d named)", r.code, r.stderr, mine, theirs)
+		}
+	})
+	t.Run("GarbageNames", func(t *testing.T) {
+		for _, name := range []string{"postgresql.conf", "00000001000000000000000", "000000010000000000000001.gz", "xlogtemp.123"} {
+			p := filepath.Join(work, name)
+			if err := os.WriteFile(p, original, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := cellar(t, env, "--config", conf, "wal-push", "main", p)
+			if r.code != 2 || !strings.Contains(r.stderr, "not a WAL file name") {
+				t.Errorf("push of %s: exit %d: %q", name, r.code, r.stderr)
+			}
+		}
+		r := cellar(t, env, "--config", conf, "wal-fetch", "main", "../etc/passwd", filepath.Join(work, "x"))
+		if r.code != 2 {
+			t.Errorf("wal-fetch of a garbage name: exit %d", r.code)
+		}
+	})
+	t.Run("NotASegment", func(t *testing.T) {
+		// A file with a segment's name but not a segment's content.
+		p := filepath.Join(work, "000000010000000000000099")
+		if err := os.WriteFile(p, bytes.Repeat([]byte{1}, len(original)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := cellar(t, env, "--config", conf, "wal-push", "main", p)
+		if r.code == 0 || r.code == 2 {
+			t.Fatalf("push of a non-segment: exit %d: %q", r.code, r.stderr)
+		}
+	})
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/wal"
+)
+
+// openStore opens a server's repository.
+func (st *state) openStore(ctx context.Context, srv *config.Server) (cloud.Storage, error) {
+	return repo.Open(ctx, st.repoOptions(srv))
+}
+
+// boundedError rewrites an error after a command's own time limit into a
+// line that says so and names the endpoint.
+func (st *state) boundedError(ctx context.Context, err error, srv *config.Server, setting string, limit time.Duration) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from %s within %v (%s; check the endpoint and the network): %w",
+			repo.Endpoint(st.repoOptions(srv), st.getenv), limit, setting, err)
+	}
+	return err
+}
+
+func walPushCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "wal-push",
+		Usage:     "archive one WAL file (for archive_command = 'cellar wal-push SERVER %p'); exit 0 only once it is durable",
+		ArgsUsage: "SERVER WAL_PATH",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return usagef("wal-push takes SERVER and WAL_PATH (archive_command = 'cellar wal-push SERVER %%p')")
+			}
+			path := c.Args().Get(1)
+			if _, err := catalog.ParseWALName(filepath.Base(path)); err != nil {
+				return usagef("wal-push: %v", err)
+			}
+			srv, err := st.server(c)
+			if err != nil {
+				return err
+			}
+			cod, err := codec.Parse(srv.Compression)
+			if err != nil {
+				return err
+			}
+			limit := time.Duration(srv.WALPushTimeout)
+			ctx, cancel := context.WithTimeout(c.Context, limit)
+			defer cancel()
+			store, err := st.openStore(ctx, srv)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			start := time.Now()
+			res, err := wal.Push(ctx, wal.PushOptions{
+				Store: store, Server: srv.Name, Path: path,
+				Codec: cod, Level: srv.CompressionLevel, Version: version,
+			})
+			if err != nil {
+				return st.boundedError(ctx, fmt.Errorf("wal-push %s: %w", filepath.Base(path), err), srv, "wal_push_timeout", limit)
+			}
+			st.log.Debug("archived", "wal", res.Name, "key", res.Key, "bytes", res.Size,
+				"already_archived", res.AlreadyArchived, "seconds", time.Since(start).Seconds())
+			return nil
+		},
+	}
+}
+
+func walFetchCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "wal-fetch",
+		Usage:     "fetch one WAL file (for restore_command = 'cellar wal-fetch SERVER %f %p'); exit 1 quietly when it does not exist",
+		ArgsUsage: "SERVER WAL_NAME DEST_PATH",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 3 {
+				return usagef("wal-fetch takes SERVER, WAL_NAME and DEST_PATH (restore_command = 'cellar wal-fetch SERVER %%f %%p')")
+			}
+			name, dest := c.Args().Get(1), c.Args().Get(2)
+			if _, err := catalog.ParseWALName(name); err != nil {
+				return usagef("wal-fetch: %v", err)
+			}
+			srv, err := st.server(c)
+			if err != nil {
+				return err
+			}
+			limit := time.Duration(srv.WALFetchTimeout)
+			ctx, cancel := context.WithTimeout(c.Context, limit)
+			defer cancel()
+			store, err := st.openStore(ctx, srv)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			err = wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: srv.Name, Name: name, Dest: dest})
+			if errors.Is(err, wal.ErrNotFound) {
+				// PostgreSQL probes for files that do not exist all the
+				// time; that is no cause for alarm.
+				st.log.Debug("not in the repository", "wal", name)
+				return &exitError{code: exitFailure, silent: true}
+			}
+			if err != nil {
+				return st.boundedError(ctx, fmt.Errorf("wal-fetch %s: %w", name, err), srv, "wal_fetch_timeout", limit)
+			}
+			return nil
+		},
+	}
+}
