@@ -75,6 +75,8 @@ func newApp(st *state) *cli.App {
 			checkCommand(st),
 			walPushCommand(st),
 			walFetchCommand(st),
+			listWALCommand(st),
+			switchWALCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

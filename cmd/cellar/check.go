@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
@@ -61,6 +62,10 @@ func checkCommand(st *state) *cli.Command {
 			} else {
 				results = append(results, checkResult{Name: "configuration", Status: "OK"})
 				results = append(results, st.checkRepository(c.Context, srv)...)
+				// PostgreSQL is checked when Cellar knows how to reach it.
+				if srv.Conninfo != "" {
+					results = append(results, st.checkPostgres(c.Context, srv)...)
+				}
 			}
 			failed := 0
 			for _, r := range results {
@@ -184,4 +189,101 @@ func deadline(err error, ctx context.Context, d time.Duration, where string) err
 		return fmt.Errorf("no answer within %v from %s: check that setting, the network and the server (%v)", d, where, err)
 	}
 	return err
+}
+
+// checkPostgres checks what archiving needs of PostgreSQL: that it answers
+// on conninfo, that wal_level, archive_mode and archive_command are set
+// for Cellar, that the archiver is not failing, and that the repository
+// belongs to this cluster.
+func (st *state) checkPostgres(ctx context.Context, srv *config.Server) []checkResult {
+	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
+	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := connect(cctx, srv)
+	if err != nil {
+		return []checkResult{fail("PostgreSQL", err.Error())}
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	results := []checkResult{ok("PostgreSQL")}
+	show := func(name string) string {
+		var v string
+		if err := conn.QueryRow(cctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+			return "?" + err.Error()
+		}
+		return v
+	}
+	if v := show("wal_level"); v == "replica" || v == "logical" {
+		results = append(results, ok("wal_level"))
+	} else {
+		results = append(results, fail("wal_level", fmt.Sprintf("wal_level is %s: set wal_level = replica and restart PostgreSQL", v)))
+	}
+	if v := show("archive_mode"); v == "on" || v == "always" {
+		results = append(results, ok("archive_mode"))
+	} else {
+		results = append(results, fail("archive_mode", fmt.Sprintf("archive_mode is %s: set archive_mode = on and restart PostgreSQL", v)))
+	}
+	if v := show("archive_command"); archiveCommandOK(v, srv.Name) {
+		results = append(results, ok("archive_command"))
+	} else {
+		results = append(results, fail("archive_command", fmt.Sprintf("archive_command is %q: set archive_command = 'cellar wal-push %s %%p' and reload PostgreSQL", v, srv.Name)))
+	}
+	var failed int64
+	var lastFailedWAL *string
+	var failedLater bool
+	err = conn.QueryRow(cctx, `SELECT failed_count, last_failed_wal,
+		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)
+		FROM pg_stat_archiver`).Scan(&failed, &lastFailedWAL, &failedLater)
+	switch {
+	case err != nil:
+		results = append(results, fail("continuous archiving", err.Error()))
+	case failedLater:
+		results = append(results, fail("continuous archiving", fmt.Sprintf("the archiver is failing: %d failures, last on %s; see the PostgreSQL log", failed, deref(lastFailedWAL))))
+	default:
+		results = append(results, ok("continuous archiving"))
+	}
+	var sysid uint64
+	if err := conn.QueryRow(cctx, "SELECT system_identifier FROM pg_control_system()").Scan(&sysid); err != nil {
+		return append(results, fail("system identifier", err.Error()))
+	}
+	store, err := st.openStore(cctx, srv)
+	if err != nil {
+		return append(results, fail("system identifier", err.Error()))
+	}
+	defer store.Close()
+	id, err := catalog.ReadIdentity(cctx, store, srv.Name)
+	switch {
+	case errors.Is(err, cloud.ErrNotExist):
+		results = append(results, ok("system identifier")) // nothing archived yet
+	case err != nil:
+		results = append(results, fail("system identifier", err.Error()))
+	case id.SystemIdentifier != sysid:
+		results = append(results, fail("system identifier", fmt.Sprintf("the repository of server %s belongs to the cluster %d, PostgreSQL is cluster %d: point the server at its own repository", srv.Name, id.SystemIdentifier, sysid)))
+	default:
+		results = append(results, ok("system identifier"))
+	}
+	return results
+}
+
+// archiveCommandOK reports whether archive_command runs cellar's wal-push
+// for this server.
+func archiveCommandOK(cmd, server string) bool {
+	f := strings.Fields(cmd)
+	for i, w := range f {
+		if w == "wal-push" && i+2 < len(f) && f[i+1] == server && strings.Contains(f[i+2], "%p") {
+			for _, prev := range f[:i] {
+				if strings.HasSuffix(prev, "cellar") {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "?"
+	}
+	return *s
 }
