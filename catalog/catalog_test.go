@@ -112,8 +112,8 @@ func TestEnvelope(t *testing.T) {
 		}
 		lying.Write(stored[12+binary.BigEndian.Uint32(stored[8:12]):])
 		for what, b := range map[string][]byte{"flipped": flipped, "truncated": truncated, "lying": lying.Bytes()} {
-			if _, err := read(b); err == nil {
-				t.Errorf("%s: a %s object read without error", c, what)
+			if _, err := read(b); !errors.Is(err, catalog.ErrCorrupt) {
+				t.Errorf("%s: reading a %s object = %v, want ErrCorrupt", c, what, err)
 			}
 		}
 		// The header of a newer format is refused with advice.

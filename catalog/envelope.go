@@ -160,6 +160,9 @@ type verifier struct {
 
 func (v *verifier) Read(p []byte) (int, error) {
 	n, err := v.r.Read(p)
+	if err != nil && err != io.EOF && errors.Is(err, codec.ErrCorrupt) {
+		return n, fmt.Errorf("%w: %s: %v", ErrCorrupt, v.h.Name, err)
+	}
 	v.sum.Write(p[:n])
 	v.n += int64(n)
 	if v.n > v.h.Size {

@@ -52,6 +52,7 @@ type FaultProxy struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	failures []int // status codes to answer the next requests with
+	down     bool  // answer every request with 503
 	requests int
 }
 
@@ -68,7 +69,9 @@ func NewFaultProxy(t testing.TB, upstream string) *FaultProxy {
 		p.mu.Lock()
 		p.requests++
 		var code int
-		if len(p.failures) > 0 {
+		if p.down {
+			code = http.StatusServiceUnavailable
+		} else if len(p.failures) > 0 {
 			code, p.failures = p.failures[0], p.failures[1:]
 		}
 		p.mu.Unlock()
@@ -89,6 +92,14 @@ func (p *FaultProxy) FailNext(codes ...int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.failures = append(p.failures, codes...)
+}
+
+// Down makes the proxy answer every request with 503 Service Unavailable
+// (an outage of the store) until Down(false).
+func (p *FaultProxy) Down(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = on
 }
 
 // Requests returns the number of requests seen so far and resets it.

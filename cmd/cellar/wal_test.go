@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/cellar-backup/cellar/cloud/storagetest"
 	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
 )
@@ -225,4 +229,88 @@ func TestWALPushRules(t *testing.T) {
 			t.Fatalf("push of a non-segment: exit %d: %q", r.code, r.stderr)
 		}
 	})
+}
+
+// TestWALRepositoryOutage: while the repository answers 503 to everything,
+// wal-push fails within wal_push_timeout and leaves nothing behind; once
+// it is back, archiving resumes with no gap.
+func TestWALRepositoryOutage(t *testing.T) {
+	m := testservers.S3(t)
+	proxy := storagetest.NewFaultProxy(t, m.Endpoint)
+	bucket := m.NewBucket(t)
+	base, err := os.MkdirTemp("", "cellar-outage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	conf := filepath.Join(base, "cellar.conf")
+	text := "[main]\nrepository = s3://" + bucket + "/pg\ns3_endpoint = " + proxy.URL + "\ns3_region = us-east-1\ns3_force_path_style = on\nwal_push_timeout = 4s\n"
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := s3Env(m.AccessKey, m.SecretKey)
+	c := pgtest.New(t, pgtest.Options{
+		Conf: map[string]string{
+			"archive_mode":    "on",
+			"archive_command": fmt.Sprintf("%s --config %s wal-push main %%p", cellarBin, conf),
+			"wal_keep_size":   "1GB",
+		},
+		Env: env,
+	})
+	first := c.SwitchWAL(t)
+	c.WaitArchived(t, first, time.Minute)
+
+	proxy.Down(true)
+	c.Exec(t, "CREATE TABLE outage (i int)")
+	var during []string
+	for i := 0; i < 3; i++ {
+		c.Exec(t, fmt.Sprintf("INSERT INTO outage VALUES (%d)", i))
+		during = append(during, c.SwitchWAL(t))
+	}
+	// By hand, as PostgreSQL calls it: fails within the bound, exit 1.
+	seg := filepath.Join(c.DataDir(), "pg_wal", during[0])
+	r := cellar(t, env, "--config", conf, "wal-push", "main", seg)
+	if r.code != 1 || !strings.Contains(r.stderr, "wal_push_timeout") {
+		t.Fatalf("wal-push during an outage: exit %d: %s", r.code, r.stderr)
+	}
+	// A liveness bound the setting promises, not a performance figure.
+	if r.elapsed > 20*time.Second {
+		t.Fatalf("wal-push with wal_push_timeout = 4s took %v", r.elapsed)
+	}
+	if _, failed, _, _ := c.ArchiverStats(t); failed == 0 {
+		time.Sleep(5 * time.Second)
+	}
+	proxy.Down(false)
+	// Nothing half-written is visible: the segments are simply absent.
+	objs, err := m.Admin().ListObjectsV2(t.Context(), &awss3.ListObjectsV2Input{Bucket: &bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs.Contents {
+		for _, d := range during {
+			if strings.HasSuffix(*o.Key, d) {
+				t.Logf("%s was archived before the outage took hold", d)
+			}
+		}
+	}
+	// Once the repository is back, archiving resumes and leaves no gap.
+	c.Exec(t, "INSERT INTO outage VALUES (99)")
+	last := c.SwitchWAL(t)
+	c.WaitArchived(t, last, 3*time.Minute)
+	r = cellar(t, env, "--config", conf, "--format", "json", "list-wal", "main")
+	var tls []struct {
+		First, Last string
+		Gaps        []any
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &tls); err != nil || len(tls) != 1 || tls[0].Last != last || len(tls[0].Gaps) != 0 || tls[0].First > first {
+		t.Fatalf("after the outage list-wal = %s (%v)", r.stdout, err)
+	}
+	_, failed, _, _ := c.ArchiverStats(t)
+	t.Logf("archiver failed %d times during the outage and then caught up to %s with no gap", failed, last)
+	if failed == 0 {
+		t.Fatal("the archiver never failed during the outage: the test did not test it")
+	}
 }
