@@ -85,10 +85,17 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # backend against the same real servers, 256 MiB objects, six runs each;
 # benchstat prints the medians. The page cache is dropped first where we
 # may (root), as the machine is shared and noisy.
-bench: tools $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
+#
+# Then WAL archiving side by side with pgBackRest (testdata/bench-wal.sh):
+# 100 real segments pushed and fetched one process call at a time against a
+# TLS MinIO, interleaved, page cache dropped before each batch, medians of
+# three runs.
+bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	@sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 	testdata/servers.sh $(TOOLS) $(GO) test -run '^$$' -bench . -benchtime 3x -count 6 ./cloud/... | tee bench.out
 	$(TOOLS)/bin/benchstat bench.out
+	$(GO) build -o bin/walbench ./cmd/cellar/internal/walbench
+	testdata/bench-wal.sh $(TOOLS) bin/cellar bin/walbench 100 3
 
 demo: build
 	@testdata/demo.sh bin/cellar

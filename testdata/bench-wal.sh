@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# WAL archiving benchmark, side by side with pgBackRest, as `make bench` runs
+# it: 100 real 16 MiB segments from pgbench, pushed one process call at a
+# time (as archive_command does) to a TLS MinIO, by `cellar wal-push` (zstd
+# at its fastest level) and `pgbackrest archive-push` (zst level 1),
+# interleaved run by run with the page cache dropped before each batch;
+# then the same with cellar's parallel push; then fetched back one call at
+# a time by `cellar wal-fetch` and `pgbackrest archive-get`.
+#
+#   testdata/bench-wal.sh TOOLS_DIR CELLAR_BIN WALBENCH_BIN [SEGMENTS] [RUNS]
+set -euo pipefail
+tools=$1
+cellar=$(realpath "$2")
+walbench=$(realpath "$3")
+nseg=${4:-100}
+runs=${5:-3}
+pgbin=/usr/lib/postgresql/15/bin
+command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest; }
+
+user=$(id -un)
+as=()
+if [ "$(id -u)" = 0 ]; then
+	user=cellartest
+	id "$user" >/dev/null 2>&1 || useradd -m "$user"
+	as=(runuser -u "$user" --)
+fi
+dir=$(mktemp -d /tmp/cellar-bench.XXXXXX)
+chmod 755 "$dir"
+pids=()
+cleanup() {
+	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+	done
+}
+
+# MinIO over TLS: pgBackRest speaks only HTTPS to S3.
+mkdir -p "$dir/certs" "$dir/minio"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+	-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+	-keyout "$dir/certs/private.key" -out "$dir/certs/public.crt" >/dev/null 2>&1
+chmod 644 "$dir/certs/public.crt"
+s3port=$(free_port)
+MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_BROWSER=off MINIO_UPDATE=off \
+	"$tools/bin/minio" server "$dir/minio" --quiet --address "127.0.0.1:$s3port" \
+	--console-address "127.0.0.1:$(free_port)" --certs-dir "$dir/certs" >"$dir/minio.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 120); do
+	curl -skf -o /dev/null "https://127.0.0.1:$s3port/minio/health/live" && break
+	sleep 0.25
+done
+curl -sk --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user minioadmin:minioadmin -X PUT "https://127.0.0.1:$s3port/bench" >/dev/null
+
+# PostgreSQL, and real WAL from pgbench.
+pgport=$(free_port)
+chown "$user" "$dir"
+"${as[@]}" "$pgbin/initdb" -D "$dir/pg" -A trust -E UTF8 --locale=C >/dev/null
+cat >>"$dir/pg/postgresql.conf" <<CONF
+port = $pgport
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+wal_keep_size = '8GB'
+max_wal_size = '8GB'
+archive_mode = on
+archive_command = '/bin/true'
+CONF
+"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
+echo "== generating $nseg WAL segments with pgbench"
+scale=10
+while :; do
+	"${as[@]}" "$pgbin/pgbench" -h "$dir" -p "$pgport" -i -s "$scale" -q postgres >/dev/null 2>&1
+	"${as[@]}" "$pgbin/psql" -h "$dir" -p "$pgport" -qAt -c "SELECT pg_switch_wal()" postgres >/dev/null
+	have=$(ls "$dir/pg/pg_wal" | grep -cE '^[0-9A-F]{24}$' || true)
+	[ "$have" -gt $((nseg + 2)) ] && break
+done
+mkdir -p "$dir/wal/archive_status" "$dir/walpar/archive_status" "$dir/fetch"
+ls "$dir/pg/pg_wal" | grep -E '^[0-9A-F]{24}$' | sort | head -n "$nseg" | while read -r s; do
+	cp "$dir/pg/pg_wal/$s" "$dir/wal/$s"
+	cp "$dir/pg/pg_wal/$s" "$dir/walpar/$s"
+done
+chown -R "$user" "$dir"
+segs=("$dir"/wal/[0-9A-F]*)
+
+# Configurations: a fresh server (cellar) or stanza (pgBackRest) per run,
+# so that every run archives into an empty place.
+{
+	echo "[cellar]"
+	echo "repository = s3://bench/cellar"
+	echo "s3_endpoint = https://127.0.0.1:$s3port"
+	echo "s3_region = us-east-1"
+	echo "s3_force_path_style = on"
+	echo "compression = zstd"
+	echo "wal_push_parallel = 1"
+	for r in $(seq 1 "$runs"); do
+		echo "[bench$r]"
+		echo "[par$r]"
+		echo "wal_push_parallel = 4"
+	done
+} >"$dir/cellar.conf"
+{
+	echo "[global]"
+	echo "repo1-type=s3"
+	echo "repo1-s3-endpoint=127.0.0.1"
+	echo "repo1-storage-port=$s3port"
+	echo "repo1-storage-verify-tls=n"
+	echo "repo1-s3-uri-style=path"
+	echo "repo1-s3-bucket=bench"
+	echo "repo1-s3-region=us-east-1"
+	echo "repo1-s3-key=minioadmin"
+	echo "repo1-s3-key-secret=minioadmin"
+	echo "repo1-path=/pgbackrest"
+	echo "compress-type=zst"
+	echo "compress-level=1"
+	echo "archive-async=n"
+	echo "log-path=$dir/pgbr-log"
+	echo "lock-path=$dir/pgbr-lock"
+	echo "spool-path=$dir/pgbr-spool"
+	echo "log-level-console=warn"
+	echo "log-level-file=off"
+	for r in $(seq 1 "$runs"); do
+		echo "[bench$r]"
+		echo "pg1-path=$dir/pg"
+		echo "pg1-port=$pgport"
+		echo "pg1-socket-path=$dir"
+	done
+} >"$dir/pgbackrest.conf"
+chmod 644 "$dir/cellar.conf" "$dir/pgbackrest.conf"
+for r in $(seq 1 "$runs"); do
+	"${as[@]}" pgbackrest --config="$dir/pgbackrest.conf" --stanza="bench$r" stanza-create >/dev/null
+done
+
+export AWS_ACCESS_KEY_ID=minioadmin AWS_SECRET_ACCESS_KEY=minioadmin AWS_CA_BUNDLE="$dir/certs/public.crt"
+asuser=()
+[ -n "${as[*]}" ] && asuser=(-as "$user")
+
+echo
+echo "== wal-push, one call per segment ($nseg segments of 16 MiB, MinIO over TLS)"
+"$walbench" "${asuser[@]}" -runs "$runs" \
+	-tool "cellar=$cellar --config $dir/cellar.conf wal-push bench{run} {path}" \
+	-tool "pgbackrest=pgbackrest --config=$dir/pgbackrest.conf --stanza=bench{run} archive-push {path}" \
+	"${segs[@]}"
+
+echo
+echo "== wal-push with wal_push_parallel = 4 (PostgreSQL's .ready files present, .done written after each call)"
+"$walbench" "${asuser[@]}" -runs "$runs" -done \
+	-setup "cd $dir/walpar && rm -rf archive_status cellar && mkdir archive_status && for s in [0-9A-F]*; do touch archive_status/\$s.ready; done && chown -R $user $dir/walpar" \
+	-tool "cellar-par=$cellar --config $dir/cellar.conf wal-push par{run} {path}" \
+	"$dir"/walpar/[0-9A-F]*
+
+echo
+echo "== wal-fetch, one call per segment"
+"$walbench" "${asuser[@]}" -runs "$runs" \
+	-setup "rm -rf $dir/fetch && mkdir -p $dir/fetch && chown $user $dir/fetch" \
+	-tool "cellar=$cellar --config $dir/cellar.conf wal-fetch bench{run} {name} $dir/fetch/{name}" \
+	-tool "pgbackrest=pgbackrest --config=$dir/pgbackrest.conf --stanza=bench{run} archive-get {name} $dir/fetch/{name}" \
+	"${segs[@]}"
+
+echo
+echo "== compression"
+"$cellar" --config "$dir/cellar.conf" list-wal bench1
