@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
@@ -20,37 +24,174 @@ type FetchOptions struct {
 	Name string
 	// Dest is where to write it (%p).
 	Dest string
+	// Prefetch is how many of the following segments of the same
+	// timeline to fetch ahead into the spool; 0 turns prefetching off (a
+	// segment already in the spool is still used).
+	Prefetch int
+	// SpoolDir is where prefetched segments wait until PostgreSQL asks
+	// for them; empty means <dir of Dest>/cellar/prefetch.
+	SpoolDir string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Log receives debug messages about prefetching and the spool; nil
+	// discards them.
+	Log *slog.Logger
+}
+
+func (o FetchOptions) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o FetchOptions) spoolDir() string {
+	if o.SpoolDir != "" {
+		return o.SpoolDir
+	}
+	return filepath.Join(filepath.Dir(o.Dest), "cellar", "prefetch")
+}
+
+// FetchResult says what a fetch did.
+type FetchResult struct {
+	Name string
+	Size int64
+	// FromSpool is true when an earlier call had prefetched the file: it
+	// was checked against its recorded checksum and moved to Dest.
+	FromSpool bool
+	// Prefetched are the following segments this call stored in the
+	// spool, in order.
+	Prefetched []string
 }
 
 // Fetch writes an archived WAL file to Dest, atomically, after checking
 // its checksum. A file the repository does not have gives ErrNotFound.
-func Fetch(ctx context.Context, o FetchOptions) error {
+//
+// For a segment, Fetch first looks in the prefetch spool. When the segment
+// after the requested one is not there yet, it also fetches the following
+// Prefetch segments of the same timeline that are missing, concurrently
+// with the requested one, and waits for them before it returns: one call
+// in every Prefetch or so does the downloads, the others are served from
+// the spool. A segment missing from the repository (the end of the
+// archive) is not an error for a prefetch, and no prefetch fails the call.
+func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	w, err := catalog.ParseWALName(o.Name)
 	if err != nil {
-		return err
+		return FetchResult{}, err
 	}
-	key := catalog.WALKey(o.Server, w)
-	rc, err := o.Store.Get(ctx, key)
-	if errors.Is(err, cloud.ErrNotExist) {
-		return fmt.Errorf("%s: %w", o.Name, ErrNotFound)
+	res := FetchResult{Name: o.Name}
+	if w.Kind != catalog.Segment {
+		res.Size, err = fetchTo(ctx, o, w, o.Dest)
+		return res, err
 	}
+	sp := openPrefetchSpool(o.spoolDir(), o.now(), logger(o.Log))
+	size, fromSpool := sp.take(w.Name, o.Dest)
+
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	prefetch := func(segSize int64) {
+		next := sp.wanted(w, segSize, o.Prefetch)
+		if len(next) == 0 {
+			return
+		}
+		if o.SpoolDir == "" {
+			// The default spool is beside Dest: never create Dest's
+			// directory along with it.
+			if _, err := os.Stat(filepath.Dir(o.Dest)); err != nil {
+				return
+			}
+		}
+		if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+			sp.log.Debug("no prefetch: cannot create the spool", "dir", sp.dir, "error", err)
+			return
+		}
+		for _, name := range next {
+			wg.Go(func() {
+				if err := sp.prefetch(pctx, o, name); err != nil {
+					sp.log.Debug("not prefetched", "wal", name, "error", err)
+					return
+				}
+				mu.Lock()
+				res.Prefetched = append(res.Prefetched, name)
+				mu.Unlock()
+			})
+		}
+	}
+
+	if fromSpool {
+		res.Size, res.FromSpool = size, true
+		prefetch(size)
+	} else {
+		body, h, err := openWAL(ctx, o.Store, o.Server, w)
+		if err != nil {
+			return res, err
+		}
+		prefetch(h.Size)
+		err = writeAtomic(o.Dest, body)
+		body.Close()
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return res, err
+		}
+		res.Size = h.Size
+	}
+	wg.Wait()
+	slices.Sort(res.Prefetched)
+	sp.cleanPast(w)
+	return res, nil
+}
+
+// fetchTo writes a WAL file from the repository to dest.
+func fetchTo(ctx context.Context, o FetchOptions, w catalog.WALName, dest string) (int64, error) {
+	body, h, err := openWAL(ctx, o.Store, o.Server, w)
 	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	h, err := catalog.ReadHeader(rc)
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
-	}
-	if h.Type != "wal" || h.Name != o.Name {
-		return fmt.Errorf("%s: %w: holds %s %q", key, catalog.ErrCorrupt, h.Type, h.Name)
-	}
-	body, err := catalog.Decode(rc, h)
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
+		return 0, err
 	}
 	defer body.Close()
-	return writeAtomic(o.Dest, body)
+	return h.Size, writeAtomic(dest, body)
+}
+
+// openWAL opens an archived WAL file and returns a reader of its original
+// bytes, which fails at the end at the latest if they do not match the
+// checksum in the object's header.
+func openWAL(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) (io.ReadCloser, catalog.Header, error) {
+	key := catalog.WALKey(server, w)
+	rc, err := store.Get(ctx, key)
+	if errors.Is(err, cloud.ErrNotExist) {
+		return nil, catalog.Header{}, fmt.Errorf("%s: %w", w.Name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, catalog.Header{}, err
+	}
+	h, err := catalog.ReadHeader(rc)
+	if err == nil && (h.Type != "wal" || h.Name != w.Name) {
+		err = fmt.Errorf("%w: holds %s %q", catalog.ErrCorrupt, h.Type, h.Name)
+	}
+	var body io.ReadCloser
+	if err == nil {
+		body, err = catalog.Decode(rc, h)
+	}
+	if err != nil {
+		rc.Close()
+		return nil, h, fmt.Errorf("%s: %w", key, err)
+	}
+	return readClosers{body, rc}, h, nil
+}
+
+// readClosers reads from the first and closes all.
+type readClosers []io.ReadCloser
+
+func (r readClosers) Read(p []byte) (int, error) { return r[0].Read(p) }
+
+func (r readClosers) Close() error {
+	var errs []error
+	for _, c := range r {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // writeAtomic writes r to a temporary file beside dest, fsyncs it and
@@ -86,6 +227,11 @@ func writeAtomic(dest string, r io.Reader) error {
 		return err
 	}
 	done = true
+	return syncDir(dir)
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
@@ -39,6 +41,30 @@ type PushOptions struct {
 	Version string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Parallel is how many segments one call may push at once: Path and
+	// up to Parallel-1 of the following segments that PostgreSQL has
+	// marked ready in archive_status beside it. 0 or 1 pushes Path alone.
+	Parallel int
+	// SpoolDir is where segments pushed ahead are remembered until
+	// PostgreSQL asks for them; empty means <dir of Path>/cellar/pushed.
+	SpoolDir string
+	// Log receives debug messages about pushes ahead and the spool; nil
+	// discards them.
+	Log *slog.Logger
+}
+
+func (o PushOptions) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o PushOptions) spoolDir() string {
+	if o.SpoolDir != "" {
+		return o.SpoolDir
+	}
+	return filepath.Join(filepath.Dir(o.Path), "cellar", "pushed")
 }
 
 // PushResult says what a push did.
@@ -46,45 +72,136 @@ type PushResult struct {
 	Name string
 	Key  string
 	// AlreadyArchived is true when the repository already held this file
-	// with identical content (PostgreSQL re-archives after a crash).
+	// with identical content (PostgreSQL re-archives after a crash, or an
+	// earlier call pushed it ahead).
 	AlreadyArchived bool
 	Size            int64
+	SHA256          string
+	// FromSpool is true when an earlier call pushed this segment ahead:
+	// the spool entry matched the file and the object is still in the
+	// repository, so nothing was uploaded.
+	FromSpool bool
+	// Ahead are the following segments this call pushed ahead, in order.
+	Ahead []AheadResult
+}
+
+// AheadResult is one segment pushed ahead. Err is why it was not; its own
+// call will push it.
+type AheadResult struct {
+	PushResult
+	Err error
 }
 
 // Push archives one WAL file. It returns only once the object is durable
 // in the repository, and never replaces an archived file: identical
 // content is success, different content is ErrConflict.
+//
+// For a segment, Push first looks in the spool: if an earlier call pushed
+// it ahead, the file still has the recorded size and checksum and the
+// object is still in the repository, it returns at once. Otherwise it
+// pushes the segment and, concurrently, up to Parallel-1 of the following
+// segments marked ready, and remembers each of those in the spool once it
+// is durable. A failure to push one of those never fails this call.
+// PostgreSQL's archive_status files are only read, never written.
 func Push(ctx context.Context, o PushOptions) (PushResult, error) {
 	name := filepath.Base(o.Path)
 	w, err := catalog.ParseWALName(name)
 	if err != nil {
 		return PushResult{}, err
 	}
-	f, err := os.Open(o.Path)
+	p := &pusher{o: o, log: logger(o.Log)}
+	if w.Kind != catalog.Segment {
+		return p.push(ctx, o.Path, w)
+	}
+	sp := newPushSpool(o, p.log)
+	sp.clean(name)
+	if res, ok := sp.answer(ctx, o, w); ok {
+		return res, nil
+	}
+	var ahead []string
+	if o.Parallel > 1 {
+		ahead = sp.candidates(name, o.Parallel-1)
+	}
+	if len(ahead) == 0 {
+		return p.push(ctx, o.Path, w)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make([]AheadResult, len(ahead))
+	var wg sync.WaitGroup
+	for i, next := range ahead {
+		wg.Go(func() {
+			results[i] = p.pushAhead(actx, sp, filepath.Join(filepath.Dir(o.Path), next))
+		})
+	}
+	res, err := p.push(ctx, o.Path, w)
 	if err != nil {
-		return PushResult{}, fmt.Errorf("opening %s: %w", o.Path, err)
+		// This call fails and PostgreSQL retries it: do not keep it
+		// waiting for the others.
+		cancel()
+	}
+	wg.Wait()
+	res.Ahead = results
+	return res, err
+}
+
+// pusher pushes files for one call, checking the repository's identity
+// once for all of them.
+type pusher struct {
+	o   PushOptions
+	log *slog.Logger
+
+	mu       sync.Mutex
+	verified *catalog.SegmentHeader // the header whose identity was checked
+}
+
+// pushAhead pushes a following segment and remembers it in the spool once
+// it is durable.
+func (p *pusher) pushAhead(ctx context.Context, sp *pushSpool, path string) AheadResult {
+	name := filepath.Base(path)
+	w, err := catalog.ParseWALName(name)
+	if err != nil {
+		return AheadResult{PushResult: PushResult{Name: name}, Err: err}
+	}
+	res, err := p.push(ctx, path, w)
+	if err == nil {
+		err = sp.remember(res)
+	}
+	if err != nil {
+		p.log.Debug("not pushed ahead; its own call will push it", "wal", name, "error", err)
+	}
+	return AheadResult{PushResult: res, Err: err}
+}
+
+// push archives one file.
+func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (PushResult, error) {
+	o := p.o
+	name := w.Name
+	f, err := os.Open(path)
+	if err != nil {
+		return PushResult{Name: name}, fmt.Errorf("opening %s: %w", path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return PushResult{}, err
+		return PushResult{Name: name}, err
 	}
 	h := catalog.Header{Type: "wal", Name: name, Codec: o.Codec}
 	if w.Kind == catalog.Segment || w.Kind == catalog.Partial {
 		sh, err := checkSegment(f, fi.Size(), w)
 		if err != nil {
-			return PushResult{}, fmt.Errorf("%s: %w", o.Path, err)
+			return PushResult{Name: name}, fmt.Errorf("%s: %w", path, err)
 		}
 		h.SystemIdentifier = sh.SystemIdentifier
-		if err := checkIdentity(ctx, o, sh); err != nil {
-			return PushResult{}, err
+		if err := p.checkIdentity(ctx, sh); err != nil {
+			return PushResult{Name: name}, err
 		}
 	}
 	if h.Size, h.SHA256, err = digestAt(f); err != nil {
-		return PushResult{}, fmt.Errorf("reading %s: %w", o.Path, err)
+		return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
 	}
 	key := catalog.WALKey(o.Server, w)
-	res := PushResult{Name: name, Key: key, Size: h.Size}
+	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
 	err = create(ctx, o.Store, key, h, o.Level, f)
 	if errors.Is(err, cloud.ErrExist) {
 		return res, sameContent(ctx, o.Store, key, h, &res)
@@ -109,16 +226,19 @@ func checkSegment(f *os.File, size int64, w catalog.WALName) (catalog.SegmentHea
 }
 
 // checkIdentity records the cluster's identity on the first push and
-// refuses WAL from any other cluster afterwards.
-func checkIdentity(ctx context.Context, o PushOptions, sh catalog.SegmentHeader) error {
-	now := time.Now
-	if o.Now != nil {
-		now = o.Now
+// refuses WAL from any other cluster afterwards. Within one call, a header
+// of the cluster already checked needs no second look.
+func (p *pusher) checkIdentity(ctx context.Context, sh catalog.SegmentHeader) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v := p.verified; v != nil && v.SystemIdentifier == sh.SystemIdentifier && v.SegmentSize == sh.SegmentSize {
+		return nil
 	}
+	o := p.o
 	id, err := catalog.EnsureIdentity(ctx, o.Store, o.Server, catalog.Identity{
 		SystemIdentifier: sh.SystemIdentifier,
 		WALSegmentSize:   sh.SegmentSize,
-		CreatedAt:        now().UTC(),
+		CreatedAt:        o.now().UTC(),
 		CreatedBy:        "cellar " + o.Version,
 	})
 	if err != nil {
@@ -131,6 +251,7 @@ func checkIdentity(ctx context.Context, o PushOptions, sh catalog.SegmentHeader)
 	if id.WALSegmentSize != sh.SegmentSize {
 		return fmt.Errorf("%w: the repository of server %s holds WAL segments of %d bytes, this one has %d", ErrWrongCluster, o.Server, id.WALSegmentSize, sh.SegmentSize)
 	}
+	p.verified = &sh
 	return nil
 }
 
@@ -171,6 +292,6 @@ func sameContent(ctx context.Context, store cloud.Storage, key string, h catalog
 		res.AlreadyArchived = true
 		return nil
 	}
-	return fmt.Errorf("%s is already %s (%d bytes, sha256 %.12s; this file %d bytes, sha256 %.12s): refusing to overwrite it. Another cluster may be archiving to the same server in the repository, or this server was restored without a new timeline",
+	return fmt.Errorf("%s is already %w (%d bytes, sha256 %.12s; this file %d bytes, sha256 %.12s): refusing to overwrite it. Another cluster may be archiving to the same server in the repository, or this server was restored without a new timeline",
 		h.Name, ErrConflict, old.Size, old.SHA256, h.Size, h.SHA256)
 }

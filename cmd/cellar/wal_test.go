@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -312,5 +314,139 @@ func TestWALRepositoryOutage(t *testing.T) {
 	t.Logf("archiver failed %d times during the outage and then caught up to %s with no gap", failed, last)
 	if failed == 0 {
 		t.Fatal("the archiver never failed during the outage: the test did not test it")
+	}
+}
+
+// TestWALParallelPushAndPrefetch archives 30 segments that are all ready
+// at once with wal_push_parallel = 4, and checks that most of PostgreSQL's
+// calls were answered from the push spool, that every segment arrived and
+// that the spool is empty at the end; then it fetches consecutive segments
+// by hand and checks that the second comes from the prefetch spool,
+// byte-identical.
+func TestWALParallelPushAndPrefetch(t *testing.T) {
+	c, conf, env := archivingCluster(t, "file", "wal_push_parallel = 4\nparallel = 3\n")
+	command := fmt.Sprintf("%s --debug --config %s wal-push main %%p", cellarBin, conf)
+	c.WaitArchived(t, c.SwitchWAL(t), time.Minute)
+
+	// With an empty archive_command PostgreSQL keeps the segments ready
+	// without failing; they are all there when archiving resumes.
+	c.SetConf(t, "archive_command", "")
+	c.Exec(t, "CREATE TABLE marker (id int primary key, note text)")
+	var segs []string
+	for i := 0; i < 30; i++ {
+		c.Exec(t, fmt.Sprintf("INSERT INTO marker VALUES (%d, repeat('x', 1000))", i))
+		segs = append(segs, c.SwitchWAL(t))
+	}
+	c.SetConf(t, "archive_command", command)
+	last := segs[len(segs)-1]
+	c.WaitArchived(t, last, 3*time.Minute)
+	if _, failed, _, _ := c.ArchiverStats(t); failed != 0 {
+		t.Fatalf("pg_stat_archiver failed_count = %d", failed)
+	}
+
+	// Every segment is in the repository.
+	text, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`repository = file://(\S+)`).FindSubmatch(text)
+	if m == nil {
+		t.Fatalf("no file repository in %s", text)
+	}
+	for _, seg := range segs {
+		if _, err := os.Stat(filepath.Join(string(m[1]), "main", "wal", seg[:16], seg)); err != nil {
+			t.Errorf("%s is not in the repository: %v", seg, err)
+		}
+	}
+
+	// Most calls were answered from the spool: far fewer uploaded.
+	logText, err := os.ReadFile(c.LogFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	uploaded, fromSpool := 0, 0
+	for _, line := range strings.Split(string(logText), "\n") {
+		if !strings.Contains(line, "msg=archived") || !slices.ContainsFunc(segs, func(s string) bool { return strings.Contains(line, "wal="+s) }) {
+			continue
+		}
+		if strings.Contains(line, "from_spool=true") {
+			fromSpool++
+		} else {
+			uploaded++
+		}
+	}
+	if uploaded+fromSpool < len(segs) || fromSpool == 0 || uploaded >= len(segs)/2 {
+		t.Fatalf("of %d segments, %d calls uploaded and %d were answered from the spool; want most answered from the spool", len(segs), uploaded, fromSpool)
+	}
+	t.Logf("%d segments: %d archive_command calls uploaded, %d were answered from the push spool", len(segs), uploaded, fromSpool)
+
+	// Nothing is left in the push spool once PostgreSQL has asked for all.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ready, _ := filepath.Glob(filepath.Join(c.DataDir(), "pg_wal", "archive_status", "*.ready"))
+		if len(ready) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still ready: %v", ready)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	spool := filepath.Join(c.DataDir(), "pg_wal", "cellar", "pushed")
+	if ents, err := os.ReadDir(spool); err != nil || len(ents) != 0 {
+		t.Fatalf("push spool %s at the end: %v, %v", spool, ents, err)
+	}
+
+	// wal-fetch by hand, as restore_command would: the first call
+	// prefetches the next three, the next call is served from the spool.
+	for _, spoolEnv := range []string{"", "CELLAR_WAL_SPOOL_DIR=" + t.TempDir()} {
+		pgwal := filepath.Join(t.TempDir(), "pg_wal")
+		if err := os.Mkdir(pgwal, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		prefetch := filepath.Join(pgwal, "cellar", "prefetch")
+		fenv := env
+		if spoolEnv != "" {
+			fenv = append(slices.Clone(env), spoolEnv)
+			prefetch = filepath.Join(strings.TrimPrefix(spoolEnv, "CELLAR_WAL_SPOOL_DIR="), "main", "prefetch")
+		}
+		dest := filepath.Join(pgwal, "RECOVERYXLOG")
+		for i, seg := range segs[10:14] {
+			spooled, _ := filepath.Glob(filepath.Join(prefetch, seg+".*"))
+			r := cellar(t, fenv, "--debug", "--config", conf, "wal-fetch", "main", seg, dest)
+			if r.code != 0 {
+				t.Fatalf("wal-fetch %s: exit %d: %s", seg, r.code, r.stderr)
+			}
+			want, err := os.ReadFile(filepath.Join(c.DataDir(), "pg_wal", seg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := os.ReadFile(dest); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("wal-fetch %s: not byte-identical (%v)", seg, err)
+			}
+			if i == 0 {
+				if len(spooled) != 0 || !strings.Contains(r.stderr, "from_spool=false") ||
+					!strings.Contains(r.stderr, "prefetched="+strings.Join(segs[11:14], ",")) {
+					t.Fatalf("first wal-fetch %s: spooled before %v; log:\n%s", seg, spooled, r.stderr)
+				}
+				continue
+			}
+			if len(spooled) != 1 || !strings.Contains(r.stderr, "from_spool=true") {
+				t.Fatalf("wal-fetch %s: spooled before %v; want it served from the spool; log:\n%s", seg, spooled, r.stderr)
+			}
+			if _, err := os.Stat(spooled[0]); !os.IsNotExist(err) {
+				t.Fatalf("the spooled %s is still there after it was served", spooled[0])
+			}
+		}
+		// The last call was served from the spool and, its next segment not
+		// being spooled, refilled it; nothing else is left, no temporary file.
+		ents, _ := os.ReadDir(prefetch)
+		var left []string
+		for _, e := range ents {
+			left = append(left, e.Name()[:min(24, len(e.Name()))])
+		}
+		if !slices.Equal(left, segs[14:17]) {
+			t.Fatalf("prefetch spool %s at the end: %v, want %v", prefetch, ents, segs[14:17])
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -30,6 +31,15 @@ func (st *state) boundedError(ctx context.Context, err error, srv *config.Server
 			repo.Endpoint(st.repoOptions(srv), st.getenv), limit, setting, err)
 	}
 	return err
+}
+
+// spoolDir is the directory of a WAL spool (kind "pushed" or "prefetch")
+// under wal_spool_dir, or "" for the default under pg_wal.
+func spoolDir(srv *config.Server, kind string) string {
+	if srv.WALSpoolDir == "" {
+		return ""
+	}
+	return filepath.Join(srv.WALSpoolDir, srv.Name, kind)
 }
 
 func walPushCommand(st *state) *cli.Command {
@@ -65,12 +75,19 @@ func walPushCommand(st *state) *cli.Command {
 			res, err := wal.Push(ctx, wal.PushOptions{
 				Store: store, Server: srv.Name, Path: path,
 				Codec: cod, Level: srv.CompressionLevel, Version: version,
+				Parallel: srv.WALPushParallel, SpoolDir: spoolDir(srv, "pushed"), Log: st.log,
 			})
+			for _, a := range res.Ahead {
+				if a.Err == nil {
+					st.log.Debug("pushed ahead", "wal", a.Name, "key", a.Key, "bytes", a.Size, "already_archived", a.AlreadyArchived)
+				}
+			}
 			if err != nil {
 				return st.boundedError(ctx, fmt.Errorf("wal-push %s: %w", filepath.Base(path), err), srv, "wal_push_timeout", limit)
 			}
 			st.log.Debug("archived", "wal", res.Name, "key", res.Key, "bytes", res.Size,
-				"already_archived", res.AlreadyArchived, "seconds", time.Since(start).Seconds())
+				"already_archived", res.AlreadyArchived, "from_spool", res.FromSpool,
+				"pushed_ahead", len(res.Ahead), "seconds", time.Since(start).Seconds())
 			return nil
 		},
 	}
@@ -101,7 +118,11 @@ func walFetchCommand(st *state) *cli.Command {
 				return err
 			}
 			defer store.Close()
-			err = wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: srv.Name, Name: name, Dest: dest})
+			start := time.Now()
+			res, err := wal.Fetch(ctx, wal.FetchOptions{
+				Store: store, Server: srv.Name, Name: name, Dest: dest,
+				Prefetch: srv.Parallel, SpoolDir: spoolDir(srv, "prefetch"), Log: st.log,
+			})
 			if errors.Is(err, wal.ErrNotFound) {
 				// PostgreSQL probes for files that do not exist all the
 				// time; that is no cause for alarm.
@@ -111,6 +132,8 @@ func walFetchCommand(st *state) *cli.Command {
 			if err != nil {
 				return st.boundedError(ctx, fmt.Errorf("wal-fetch %s: %w", name, err), srv, "wal_fetch_timeout", limit)
 			}
+			st.log.Debug("fetched", "wal", res.Name, "bytes", res.Size, "from_spool", res.FromSpool,
+				"prefetched", strings.Join(res.Prefetched, ","), "seconds", time.Since(start).Seconds())
 			return nil
 		},
 	}

@@ -1,0 +1,223 @@
+package wal
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cellar-backup/cellar/catalog"
+)
+
+// The prefetch spool holds segments fetched ahead of PostgreSQL's requests
+// (FetchOptions.SpoolDir). Each is one file named
+//
+//	<segment>.<size>.<sha256>
+//
+// where size and sha256 are those the repository object's header records
+// for the original bytes. A prefetch writes a temporary file
+// (.<name>.cellar-tmp-*), reads the object to its end through the checksum
+// verifier, fsyncs, and only then renames it to that name; so a file with a
+// final name was complete and verified when it got it. Before a spooled
+// segment is handed to PostgreSQL it is verified again against the size and
+// checksum in its name and discarded (then fetched from the repository) if
+// it does not match; a good one is renamed to the destination (or copied,
+// verifying again, if the spool is on another filesystem).
+//
+// Once a segment has been served, every spooled segment that PostgreSQL
+// will not ask for any more goes: those of the same timeline up to the one
+// served and all of other timelines (recovery has moved to this timeline).
+// Files older than spoolMaxAge and temporary files of killed runs go too.
+
+var spoolName = regexp.MustCompile(`^([0-9A-F]{24})\.([0-9]+)\.([0-9a-f]{64})$`)
+
+// spooled is one prefetched segment in the spool.
+type spooled struct {
+	path   string
+	name   string
+	size   int64
+	sha256 string
+}
+
+type prefetchSpool struct {
+	dir   string
+	files map[string][]spooled // by segment name
+	log   *slog.Logger
+}
+
+// openPrefetchSpool lists the spool, removing what is too old.
+func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpool {
+	sp := &prefetchSpool{dir: dir, files: map[string][]spooled{}, log: log}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return sp
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		name, age := e.Name(), now.Sub(fi.ModTime())
+		var why string
+		m := spoolName.FindStringSubmatch(name)
+		switch {
+		case strings.HasPrefix(name, "."):
+			if age > tempMaxAge {
+				why = "temporary file of a killed run"
+			}
+		case m == nil:
+			// Not ours: leave it.
+		case age > spoolMaxAge:
+			why = "older than " + spoolMaxAge.String()
+		default:
+			size, err := strconv.ParseInt(m[2], 10, 64)
+			if err != nil {
+				why = "bad size in its name"
+				break
+			}
+			sp.files[m[1]] = append(sp.files[m[1]], spooled{path: filepath.Join(dir, name), name: m[1], size: size, sha256: m[3]})
+		}
+		if why != "" {
+			err := os.Remove(filepath.Join(dir, name))
+			sp.log.Debug("removed from the prefetch spool", "file", name, "reason", why, "error", err)
+		}
+	}
+	return sp
+}
+
+// take moves the spooled segment called name to dest, after checking it.
+// A spooled file that does not check out is removed. It returns the
+// segment's size, and false when the spool had no good copy.
+func (sp *prefetchSpool) take(name, dest string) (int64, bool) {
+	files := sp.files[name]
+	delete(sp.files, name)
+	for _, f := range files {
+		err := handOver(f, dest)
+		if err == nil {
+			return f.size, true
+		}
+		sp.log.Debug("discarded a prefetched segment; fetching it from the repository", "file", f.path, "error", err)
+		os.Remove(f.path)
+	}
+	return 0, false
+}
+
+// handOver checks a spooled segment against the size and checksum in its
+// name and moves it to dest, atomically.
+func handOver(f spooled, dest string) error {
+	src, err := os.Open(f.path)
+	if err != nil {
+		return err
+	}
+	size, sum, err := catalog.Digest(src)
+	src.Close()
+	if err != nil {
+		return err
+	}
+	if size != f.size || sum != f.sha256 {
+		return fmt.Errorf("%w: %s has %d bytes with sha256 %s, it was stored with %d bytes and sha256 %s",
+			catalog.ErrCorrupt, f.path, size, sum, f.size, f.sha256)
+	}
+	if err := os.Rename(f.path, dest); err == nil {
+		return syncDir(filepath.Dir(dest))
+	}
+	// Most likely another filesystem: copy, checking again on the way.
+	src, err = os.Open(f.path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	if err := writeAtomic(dest, &checkingReader{r: src, name: f.path, size: f.size, want: f.sha256, sum: sha256.New()}); err != nil {
+		return err
+	}
+	return os.Remove(f.path)
+}
+
+// wanted returns the segments to prefetch after w: none when the one right
+// after w is spooled already (the spool still runs ahead of recovery), else
+// each of the next n that is not spooled.
+func (sp *prefetchSpool) wanted(w catalog.WALName, segSize int64, n int) []string {
+	if n <= 0 || segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
+		return nil
+	}
+	segNo := w.SegNo(segSize)
+	if len(sp.files[catalog.SegmentNameOf(w.Timeline, segNo+1, segSize)]) > 0 {
+		return nil
+	}
+	var names []string
+	for i := uint64(1); i <= uint64(n); i++ {
+		name := catalog.SegmentNameOf(w.Timeline, segNo+i, segSize)
+		if len(sp.files[name]) == 0 {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// prefetch fetches one segment into the spool. ErrNotFound is the end of
+// the archive.
+func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name string) error {
+	w, err := catalog.ParseWALName(name)
+	if err != nil {
+		return err
+	}
+	body, h, err := openWAL(ctx, o.Store, o.Server, w)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if !sha256Hex.MatchString(h.SHA256) || h.Size < 0 {
+		return fmt.Errorf("%s: %w: header records size %d and sha256 %q", name, catalog.ErrCorrupt, h.Size, h.SHA256)
+	}
+	return writeAtomic(filepath.Join(sp.dir, fmt.Sprintf("%s.%d.%s", name, h.Size, h.SHA256)), body)
+}
+
+// cleanPast removes the spooled segments PostgreSQL will not ask for now
+// that it has w: those of w's timeline up to w, and all of other timelines.
+func (sp *prefetchSpool) cleanPast(w catalog.WALName) {
+	for name, files := range sp.files {
+		n, err := catalog.ParseWALName(name)
+		if err == nil && n.Timeline == w.Timeline && name > w.Name {
+			continue
+		}
+		for _, f := range files {
+			err := os.Remove(f.path)
+			sp.log.Debug("removed from the prefetch spool", "file", filepath.Base(f.path), "reason", "recovery is past it", "error", err)
+		}
+		delete(sp.files, name)
+	}
+}
+
+// checkingReader passes r through and fails at its end if the bytes do not
+// have the expected size and SHA-256.
+type checkingReader struct {
+	r    io.Reader
+	name string
+	size int64
+	want string
+	sum  hash.Hash
+	n    int64
+}
+
+func (c *checkingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.sum.Write(p[:n])
+	c.n += int64(n)
+	if err == io.EOF {
+		if got := hex.EncodeToString(c.sum.Sum(nil)); c.n != c.size || got != c.want {
+			return n, fmt.Errorf("%w: %s changed while it was copied (%d bytes, sha256 %s)", catalog.ErrCorrupt, c.name, c.n, got)
+		}
+	}
+	return n, err
+}
