@@ -180,3 +180,32 @@ func (v *verifier) Read(p []byte) (int, error) {
 }
 
 func (v *verifier) Close() error { return v.r.Close() }
+
+// EncodeInMemory compresses r while hashing it, in one pass, and returns
+// the whole object (envelope header and payload) with the header's Size
+// and SHA256 filled in. It is for objects whose compressed form may be
+// held in memory, such as WAL segments: one read of the source instead of
+// a hashing pass and a compressing pass, and a stored object of known size.
+func EncodeInMemory(h Header, level int, r io.Reader) (Header, []byte, error) {
+	var payload bytes.Buffer
+	zw, err := h.Codec.NewWriter(&payload, level)
+	if err != nil {
+		return h, nil, err
+	}
+	sum := sha256.New()
+	n, err := io.CopyBuffer(zw, io.TeeReader(r, sum), make([]byte, 256<<10))
+	if err != nil {
+		return h, nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return h, nil, err
+	}
+	h.Size, h.SHA256 = n, hex.EncodeToString(sum.Sum(nil))
+	var obj bytes.Buffer
+	obj.Grow(payload.Len() + 512)
+	if err := WriteHeader(&obj, h); err != nil {
+		return h, nil, err
+	}
+	obj.Write(payload.Bytes())
+	return h, obj.Bytes(), nil
+}

@@ -4,6 +4,7 @@
 package wal
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -187,27 +188,53 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 		return PushResult{Name: name}, err
 	}
 	h := catalog.Header{Type: "wal", Name: name, Codec: o.Codec}
+	key := catalog.WALKey(o.Server, w)
+	idErr := make(chan error, 1)
 	if w.Kind == catalog.Segment || w.Kind == catalog.Partial {
 		sh, err := checkSegment(f, fi.Size(), w)
 		if err != nil {
 			return PushResult{Name: name}, fmt.Errorf("%s: %w", path, err)
 		}
 		h.SystemIdentifier = sh.SystemIdentifier
-		if err := p.checkIdentity(ctx, sh); err != nil {
-			return PushResult{Name: name}, err
+		// The identity is checked while the segment is compressed; nothing
+		// is stored before both are done.
+		go func() { idErr <- p.checkIdentity(ctx, sh) }()
+	} else {
+		idErr <- nil
+	}
+	var res PushResult
+	if fi.Size() <= inMemoryLimit {
+		// One pass: compress and hash into memory, then store an object
+		// of known size.
+		var obj []byte
+		h, obj, err = catalog.EncodeInMemory(h, o.Level, io.NewSectionReader(f, 0, fi.Size()))
+		if ierr := <-idErr; ierr != nil {
+			return PushResult{Name: name}, ierr
 		}
+		if err != nil {
+			return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
+		}
+		res = PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
+		err = cloud.Create(ctx, o.Store, key, bytes.NewReader(obj), int64(len(obj)))
+	} else {
+		if ierr := <-idErr; ierr != nil {
+			return PushResult{Name: name}, ierr
+		}
+		if h.Size, h.SHA256, err = digestAt(f); err != nil {
+			return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
+		}
+		res = PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
+		err = create(ctx, o.Store, key, h, o.Level, f)
 	}
-	if h.Size, h.SHA256, err = digestAt(f); err != nil {
-		return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
-	}
-	key := catalog.WALKey(o.Server, w)
-	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
-	err = create(ctx, o.Store, key, h, o.Level, f)
 	if errors.Is(err, cloud.ErrExist) {
 		return res, sameContent(ctx, o.Store, key, h, &res)
 	}
 	return res, err
 }
+
+// inMemoryLimit is the largest file pushed in one pass through memory
+// (WAL segments up to 64 MiB); larger ones are hashed, then streamed.
+const inMemoryLimit = 64 << 20
 
 // checkSegment reads a segment's header and checks it against its name
 // and size.
