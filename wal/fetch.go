@@ -38,19 +38,9 @@ type FetchOptions struct {
 	Log *slog.Logger
 }
 
-func (o FetchOptions) now() time.Time {
-	if o.Now != nil {
-		return o.Now()
-	}
-	return time.Now()
-}
+func (o FetchOptions) now() time.Time { return clock(o.Now) }
 
-func (o FetchOptions) spoolDir() string {
-	if o.SpoolDir != "" {
-		return o.SpoolDir
-	}
-	return filepath.Join(filepath.Dir(o.Dest), "cellar", "prefetch")
-}
+func (o FetchOptions) spoolDir() string { return spoolDir(o.SpoolDir, o.Dest, "prefetch") }
 
 // FetchResult says what a fetch did.
 type FetchResult struct {

@@ -54,18 +54,25 @@ type PushOptions struct {
 	Log *slog.Logger
 }
 
-func (o PushOptions) now() time.Time {
-	if o.Now != nil {
-		return o.Now()
+func (o PushOptions) now() time.Time { return clock(o.Now) }
+
+func (o PushOptions) spoolDir() string { return spoolDir(o.SpoolDir, o.Path, "pushed") }
+
+// clock reads now, or the real clock when now is nil.
+func clock(now func() time.Time) time.Time {
+	if now != nil {
+		return now()
 	}
 	return time.Now()
 }
 
-func (o PushOptions) spoolDir() string {
-	if o.SpoolDir != "" {
-		return o.SpoolDir
+// spoolDir is the explicit spool directory, or by default
+// <directory of walPath>/cellar/<kind>, that is under pg_wal.
+func spoolDir(explicit, walPath, kind string) string {
+	if explicit != "" {
+		return explicit
 	}
-	return filepath.Join(filepath.Dir(o.Path), "cellar", "pushed")
+	return filepath.Join(filepath.Dir(walPath), "cellar", kind)
 }
 
 // PushResult says what a push did.

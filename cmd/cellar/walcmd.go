@@ -23,6 +23,23 @@ func (st *state) openStore(ctx context.Context, srv *config.Server) (cloud.Stora
 	return repo.Open(ctx, st.repoOptions(srv))
 }
 
+// serverStore loads the command's server and opens its repository under a
+// context bounded by the server's limit for this command. done releases
+// both.
+func (st *state) serverStore(c *cli.Context, limit func(*config.Server) time.Duration) (*config.Server, context.Context, cloud.Storage, func(), error) {
+	srv, err := st.server(c)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, limit(srv))
+	store, err := st.openStore(ctx, srv)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, nil, err
+	}
+	return srv, ctx, store, func() { store.Close(); cancel() }, nil
+}
+
 // boundedError rewrites an error after a command's own time limit into a
 // line that says so and names the endpoint.
 func (st *state) boundedError(ctx context.Context, err error, srv *config.Server, setting string, limit time.Duration) error {
@@ -55,22 +72,16 @@ func walPushCommand(st *state) *cli.Command {
 			if _, err := catalog.ParseWALName(filepath.Base(path)); err != nil {
 				return usagef("wal-push: %v", err)
 			}
-			srv, err := st.server(c)
+			srv, ctx, store, done, err := st.serverStore(c, func(s *config.Server) time.Duration { return time.Duration(s.WALPushTimeout) })
 			if err != nil {
 				return err
 			}
+			defer done()
+			limit := time.Duration(srv.WALPushTimeout)
 			cod, err := codec.Parse(srv.Compression)
 			if err != nil {
 				return err
 			}
-			limit := time.Duration(srv.WALPushTimeout)
-			ctx, cancel := context.WithTimeout(c.Context, limit)
-			defer cancel()
-			store, err := st.openStore(ctx, srv)
-			if err != nil {
-				return err
-			}
-			defer store.Close()
 			start := time.Now()
 			res, err := wal.Push(ctx, wal.PushOptions{
 				Store: store, Server: srv.Name, Path: path,
@@ -106,18 +117,12 @@ func walFetchCommand(st *state) *cli.Command {
 			if _, err := catalog.ParseWALName(name); err != nil {
 				return usagef("wal-fetch: %v", err)
 			}
-			srv, err := st.server(c)
+			srv, ctx, store, done, err := st.serverStore(c, func(s *config.Server) time.Duration { return time.Duration(s.WALFetchTimeout) })
 			if err != nil {
 				return err
 			}
+			defer done()
 			limit := time.Duration(srv.WALFetchTimeout)
-			ctx, cancel := context.WithTimeout(c.Context, limit)
-			defer cancel()
-			store, err := st.openStore(ctx, srv)
-			if err != nil {
-				return err
-			}
-			defer store.Close()
 			start := time.Now()
 			res, err := wal.Fetch(ctx, wal.FetchOptions{
 				Store: store, Server: srv.Name, Name: name, Dest: dest,
