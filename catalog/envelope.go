@@ -121,19 +121,11 @@ func Encode(w io.Writer, h Header, level int, r io.Reader) error {
 	if err := WriteHeader(w, h); err != nil {
 		return err
 	}
-	zw, err := h.Codec.NewWriter(w, level)
+	n, got, err := compress(w, h.Codec, level, r)
 	if err != nil {
 		return err
 	}
-	sum := sha256.New()
-	n, err := io.CopyBuffer(zw, io.TeeReader(r, sum), make([]byte, 256<<10))
-	if err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(sum.Sum(nil)); n != h.Size || got != h.SHA256 {
+	if n != h.Size || got != h.SHA256 {
 		return fmt.Errorf("the file changed while it was read (%d bytes, sha256 %s; expected %d bytes, %s)", n, got, h.Size, h.SHA256)
 	}
 	return nil
@@ -188,19 +180,11 @@ func (v *verifier) Close() error { return v.r.Close() }
 // a hashing pass and a compressing pass, and a stored object of known size.
 func EncodeInMemory(h Header, level int, r io.Reader) (Header, []byte, error) {
 	var payload bytes.Buffer
-	zw, err := h.Codec.NewWriter(&payload, level)
+	n, sum, err := compress(&payload, h.Codec, level, r)
 	if err != nil {
 		return h, nil, err
 	}
-	sum := sha256.New()
-	n, err := io.CopyBuffer(zw, io.TeeReader(r, sum), make([]byte, 256<<10))
-	if err != nil {
-		return h, nil, err
-	}
-	if err := zw.Close(); err != nil {
-		return h, nil, err
-	}
-	h.Size, h.SHA256 = n, hex.EncodeToString(sum.Sum(nil))
+	h.Size, h.SHA256 = n, sum
 	var obj bytes.Buffer
 	obj.Grow(payload.Len() + 512)
 	if err := WriteHeader(&obj, h); err != nil {
@@ -208,4 +192,22 @@ func EncodeInMemory(h Header, level int, r io.Reader) (Header, []byte, error) {
 	}
 	obj.Write(payload.Bytes())
 	return h, obj.Bytes(), nil
+}
+
+// compress writes r to w compressed with c, and returns the length and
+// SHA-256 of what it read.
+func compress(w io.Writer, c codec.Codec, level int, r io.Reader) (int64, string, error) {
+	zw, err := c.NewWriter(w, level)
+	if err != nil {
+		return 0, "", err
+	}
+	sum := sha256.New()
+	n, err := io.CopyBuffer(zw, io.TeeReader(r, sum), make([]byte, 256<<10))
+	if err != nil {
+		return n, "", err
+	}
+	if err := zw.Close(); err != nil {
+		return n, "", err
+	}
+	return n, hex.EncodeToString(sum.Sum(nil)), nil
 }

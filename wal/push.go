@@ -227,7 +227,7 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 		if ierr := <-idErr; ierr != nil {
 			return PushResult{Name: name}, ierr
 		}
-		if h.Size, h.SHA256, err = digestAt(f); err != nil {
+		if h.Size, h.SHA256, err = catalog.Digest(io.NewSectionReader(f, 0, fi.Size())); err != nil {
 			return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
 		}
 		res = PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
@@ -287,14 +287,6 @@ func (p *pusher) checkIdentity(ctx context.Context, sh catalog.SegmentHeader) er
 	}
 	p.verified = &sh
 	return nil
-}
-
-func digestAt(f *os.File) (int64, string, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, "", err
-	}
-	return catalog.Digest(io.NewSectionReader(f, 0, fi.Size()))
 }
 
 // create encodes the file into the repository with a conditional create,

@@ -61,10 +61,14 @@ func checkCommand(st *state) *cli.Command {
 				code = exitUsage
 			} else {
 				results = append(results, checkResult{Name: "configuration", Status: "OK"})
-				results = append(results, st.checkRepository(c.Context, srv)...)
+				repoResults, store := st.checkRepository(c.Context, srv)
+				results = append(results, repoResults...)
 				// PostgreSQL is checked when Cellar knows how to reach it.
 				if srv.Conninfo != "" {
-					results = append(results, st.checkPostgres(c.Context, srv)...)
+					results = append(results, st.checkPostgres(c.Context, srv, store)...)
+				}
+				if store != nil {
+					store.Close()
 				}
 			}
 			failed := 0
@@ -122,8 +126,10 @@ func printNagios(w io.Writer, name string, results []checkResult, failed int) {
 }
 
 // checkRepository checks that the repository answers and that a probe
-// object can be written, read back and deleted.
-func (st *state) checkRepository(ctx context.Context, srv *config.Server) []checkResult {
+// object can be written, read back and deleted. It returns the opened
+// repository for the checks that follow (nil when it could not be opened);
+// the caller closes it.
+func (st *state) checkRepository(ctx context.Context, srv *config.Server) ([]checkResult, cloud.Storage) {
 	fail := func(name string, err error) checkResult {
 		return checkResult{name, "FAILED", st.scrub(oneLine(err.Error()))}
 	}
@@ -134,24 +140,23 @@ func (st *state) checkRepository(ctx context.Context, srv *config.Server) []chec
 	// one FAILED line names the cause.
 	store, err := repo.Open(ctx, opts)
 	if err != nil {
-		return []checkResult{fail(reachable, err)}
+		return []checkResult{fail(reachable, err)}, nil
 	}
-	defer store.Close()
 
 	rctx, cancel := context.WithTimeout(ctx, reachTimeout)
 	err = store.List(rctx, "", func(cloud.ObjectInfo) error { return errStop })
 	cancel()
 	if err != nil && !errors.Is(err, errStop) {
-		return []checkResult{fail(reachable, deadline(err, rctx, reachTimeout, where))}
+		return []checkResult{fail(reachable, noAnswer(rctx, err, reachTimeout, where, ""))}, store
 	}
 	results := []checkResult{{Name: reachable, Status: "OK"}}
 
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	if err := probeWrite(wctx, store); err != nil {
-		return append(results, fail(writable, deadline(err, wctx, writeTimeout, where)))
+		return append(results, fail(writable, noAnswer(wctx, err, writeTimeout, where, ""))), store
 	}
-	return append(results, checkResult{Name: writable, Status: "OK"})
+	return append(results, checkResult{Name: writable, Status: "OK"}), store
 }
 
 var errStop = errors.New("stop")
@@ -182,20 +187,11 @@ func probeWrite(ctx context.Context, store cloud.Storage) error {
 	return store.Delete(ctx, key)
 }
 
-// deadline rewrites a context timeout into a message that says what to
-// check.
-func deadline(err error, ctx context.Context, d time.Duration, where string) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("no answer within %v from %s: check that setting, the network and the server (%v)", d, where, err)
-	}
-	return err
-}
-
 // checkPostgres checks what archiving needs of PostgreSQL: that it answers
 // on conninfo, that wal_level, archive_mode and archive_command are set
 // for Cellar, that the archiver is not failing, and that the repository
 // belongs to this cluster.
-func (st *state) checkPostgres(ctx context.Context, srv *config.Server) []checkResult {
+func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cloud.Storage) []checkResult {
 	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
 	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -246,11 +242,9 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server) []checkR
 	if err := conn.QueryRow(cctx, "SELECT system_identifier FROM pg_control_system()").Scan(&sysid); err != nil {
 		return append(results, fail("system identifier", err.Error()))
 	}
-	store, err := st.openStore(cctx, srv)
-	if err != nil {
-		return append(results, fail("system identifier", err.Error()))
+	if store == nil {
+		return append(results, fail("system identifier", "the repository could not be opened (see repository reachable)"))
 	}
-	defer store.Close()
 	id, err := catalog.ReadIdentity(cctx, store, srv.Name)
 	switch {
 	case errors.Is(err, cloud.ErrNotExist):
