@@ -303,6 +303,23 @@ func newRetryer(maxAttempts int, maxBackoff time.Duration) aws.Retryer {
 	})
 }
 
+// createRetryer is the retryer of a conditional create. A request that
+// got no answer at all is retried only if the key still does not exist:
+// MinIO resets the connection when it refuses a conditional write of a
+// large body, and the reset discards its 412, so the retries would only
+// meet the same refusal, after a backoff each.
+type createRetryer struct {
+	aws.Retryer
+	exists func() bool
+}
+
+func (r *createRetryer) IsErrorRetryable(err error) bool {
+	if !r.Retryer.IsErrorRetryable(err) {
+		return false
+	}
+	return statusOf(err) != 0 || !r.exists()
+}
+
 // isThrottle makes a bare 429 count as throttling.
 func isThrottle(err error) aws.Ternary {
 	var re *awshttp.ResponseError
@@ -357,6 +374,16 @@ func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size 
 	if ps := partSizeFor(size, s.partSize); ps != s.partSize {
 		perCall = append(perCall, func(u *manager.Uploader) { u.PartSize = ps })
 	}
+	if create {
+		perCall = append(perCall, func(u *manager.Uploader) {
+			u.ClientOptions = append(u.ClientOptions, func(o *s3.Options) {
+				o.Retryer = &createRetryer{Retryer: o.Retryer, exists: func() bool {
+					_, err := s.Stat(ctx, key)
+					return err == nil
+				}}
+			})
+		})
+	}
 	_, err = s.uploader.Upload(ctx, in, perCall...)
 	if err == nil {
 		s.bucketSeen.Store(true)
@@ -365,6 +392,20 @@ func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size 
 	s.abortLeftover(ctx, name, err)
 	if create && isConflict(err) {
 		return s.resolveConflict(ctx, key, err)
+	}
+	if create && statusOf(err) == 0 && ctx.Err() == nil {
+		// No answer at all: MinIO resets the connection when it refuses
+		// a conditional write of a large body, and the reset discards its
+		// 412. If the key exists now, report that: whether another
+		// writer's object or this one's (landed, its answer lost), the
+		// caller must compare contents anyway.
+		if _, serr := s.Stat(ctx, key); serr == nil {
+			return cloud.OpError(op, key, &kindError{
+				kind: cloud.ErrExist,
+				msg:  fmt.Sprintf("s3: object %q exists (the conditional write got no answer)", name),
+				err:  err,
+			})
+		}
 	}
 	return s.translate(ctx, op, key, err)
 }

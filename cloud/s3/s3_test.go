@@ -3,6 +3,7 @@ package s3_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -477,4 +478,39 @@ func TestCreateConflict(t *testing.T) {
 		}
 		t.Log(err)
 	})
+}
+
+// TestCreateExistingLargeBody creates over an existing key with a body
+// larger than MinIO reads before it refuses: MinIO then resets the
+// connection and its 412 is lost. Create must still say ErrExist, here
+// with a single attempt allowed, so that no retry can paper over it.
+func TestCreateExistingLargeBody(t *testing.T) {
+	m := testservers.S3(t)
+	bucket := m.NewBucket(t)
+	cfg := config(m, bucket, m.Endpoint)
+	cfg.MaxAttempts = 1
+	s := open(t, cfg)
+	ctx := context.Background()
+	const n = 4 << 20
+	if err := s.Create(ctx, "big", storagetest.Data(1, n), n); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		err := s.Create(ctx, "big", storagetest.Data(2, n), n)
+		if !errors.Is(err, cloud.ErrExist) {
+			t.Fatalf("Create %d over an existing key = %v, want ErrExist", i, err)
+		}
+	}
+	rc, err := s.Get(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, rc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := [32]byte(h.Sum(nil)), storagetest.Digest(1, n); got != want {
+		t.Fatalf("the first object was replaced: sha256 %x, want %x", got, want)
+	}
 }
