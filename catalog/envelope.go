@@ -173,27 +173,6 @@ func (v *verifier) Read(p []byte) (int, error) {
 
 func (v *verifier) Close() error { return v.r.Close() }
 
-// EncodeInMemory compresses r while hashing it, in one pass, and returns
-// the whole object (envelope header and payload) with the header's Size
-// and SHA256 filled in. It is for objects whose compressed form may be
-// held in memory, such as WAL segments: one read of the source instead of
-// a hashing pass and a compressing pass, and a stored object of known size.
-func EncodeInMemory(h Header, level int, r io.Reader) (Header, []byte, error) {
-	var payload bytes.Buffer
-	n, sum, err := compress(&payload, h.Codec, level, r)
-	if err != nil {
-		return h, nil, err
-	}
-	h.Size, h.SHA256 = n, sum
-	var obj bytes.Buffer
-	obj.Grow(payload.Len() + 512)
-	if err := WriteHeader(&obj, h); err != nil {
-		return h, nil, err
-	}
-	obj.Write(payload.Bytes())
-	return h, obj.Bytes(), nil
-}
-
 // compress writes r to w compressed with c, and returns the length and
 // SHA-256 of what it read.
 func compress(w io.Writer, c codec.Codec, level int, r io.Reader) (int64, string, error) {

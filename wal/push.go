@@ -196,47 +196,76 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 	}
 	h := catalog.Header{Type: "wal", Name: name, Codec: o.Codec}
 	key := catalog.WALKey(o.Server, w)
-	idErr := make(chan error, 1)
+	var check func() error // the identity check, for WAL with a header
 	if w.Kind == catalog.Segment || w.Kind == catalog.Partial {
 		sh, err := checkSegment(f, fi.Size(), w)
 		if err != nil {
 			return PushResult{Name: name}, fmt.Errorf("%s: %w", path, err)
 		}
 		h.SystemIdentifier = sh.SystemIdentifier
-		// The identity is checked while the segment is compressed; nothing
-		// is stored before both are done.
-		go func() { idErr <- p.checkIdentity(ctx, sh) }()
-	} else {
-		idErr <- nil
+		check = func() error { return p.checkIdentity(ctx, sh) }
 	}
-	var res PushResult
+	// While the file is compressed: the identity check, then a look at
+	// what the repository already has under the key. PostgreSQL archives
+	// a file again after a crash; finding it there saves the upload, and
+	// saves sending a large body that the server refuses (MinIO resets
+	// the connection when it refuses a conditional write, and the SDK
+	// retries that with backoff). Nothing is stored before both are done.
+	var archived *catalog.Header
+	pre := make(chan error, 1)
+	go func() {
+		if check != nil {
+			if err := check(); err != nil {
+				pre <- err
+				return
+			}
+		}
+		var err error
+		archived, err = archivedHeader(ctx, o.Store, key, name)
+		pre <- err
+	}()
 	if fi.Size() <= inMemoryLimit {
 		// One pass: compress and hash into memory, then store an object
 		// of known size.
 		var obj []byte
-		h, obj, err = catalog.EncodeInMemory(h, o.Level, io.NewSectionReader(f, 0, fi.Size()))
-		if ierr := <-idErr; ierr != nil {
-			return PushResult{Name: name}, ierr
+		if data, unmap, merr := mapFile(f, fi.Size()); merr == nil {
+			h, obj, err = catalog.EncodeBytes(h, o.Level, data)
+			unmap()
+		} else {
+			h, obj, err = catalog.EncodeInMemory(h, o.Level, f, fi.Size())
+		}
+		if perr := <-pre; perr != nil {
+			return PushResult{Name: name}, perr
 		}
 		if err != nil {
 			return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
 		}
-		res = PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
-		err = cloud.Create(ctx, o.Store, key, bytes.NewReader(obj), int64(len(obj)))
-	} else {
-		if ierr := <-idErr; ierr != nil {
-			return PushResult{Name: name}, ierr
+		res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
+		if archived != nil {
+			return res, compareArchived(*archived, h, &res)
 		}
-		if h.Size, h.SHA256, err = catalog.Digest(io.NewSectionReader(f, 0, fi.Size())); err != nil {
-			return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
-		}
-		res = PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
-		err = create(ctx, o.Store, key, h, o.Level, f)
+		return res, settle(ctx, o.Store, key, h, &res, cloud.Create(ctx, o.Store, key, bytes.NewReader(obj), int64(len(obj))))
 	}
+	if perr := <-pre; perr != nil {
+		return PushResult{Name: name}, perr
+	}
+	if h.Size, h.SHA256, err = catalog.Digest(io.NewSectionReader(f, 0, fi.Size())); err != nil {
+		return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
+	}
+	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
+	if archived != nil {
+		return res, compareArchived(*archived, h, &res)
+	}
+	return res, settle(ctx, o.Store, key, h, &res, create(ctx, o.Store, key, h, o.Level, f))
+}
+
+// settle finishes a conditional create: an object that another push
+// stored meanwhile is compared with this one.
+func settle(ctx context.Context, store cloud.Storage, key string, h catalog.Header, res *PushResult, err error) error {
 	if errors.Is(err, cloud.ErrExist) {
-		return res, sameContent(ctx, o.Store, key, h, &res)
+		return sameContent(ctx, store, key, h, res)
 	}
-	return res, err
+	return err
 }
 
 // inMemoryLimit is the largest file pushed in one pass through memory
@@ -305,15 +334,37 @@ func create(ctx context.Context, store cloud.Storage, key string, h catalog.Head
 
 // sameContent compares an existing object with what was to be pushed.
 func sameContent(ctx context.Context, store cloud.Storage, key string, h catalog.Header, res *PushResult) error {
-	rc, err := store.Get(ctx, key)
+	old, err := archivedHeader(ctx, store, key, h.Name)
 	if err != nil {
-		return fmt.Errorf("reading the archived %s to compare: %w", h.Name, err)
+		return err
+	}
+	if old == nil {
+		return fmt.Errorf("reading the archived %s to compare: %w", h.Name, cloud.ErrNotExist)
+	}
+	return compareArchived(*old, h, res)
+}
+
+// archivedHeader reads the envelope header of what the repository has
+// under key, or returns nil when it has nothing there.
+func archivedHeader(ctx context.Context, store cloud.Storage, key, name string) (*catalog.Header, error) {
+	rc, err := store.Get(ctx, key)
+	if errors.Is(err, cloud.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the archived %s to compare: %w", name, err)
 	}
 	defer rc.Close()
 	old, err := catalog.ReadHeader(rc)
 	if err != nil {
-		return fmt.Errorf("the archived %s (%s) is unreadable: %w", h.Name, key, err)
+		return nil, fmt.Errorf("the archived %s (%s) is unreadable: %w", name, key, err)
 	}
+	return &old, nil
+}
+
+// compareArchived succeeds when the archived object holds the same bytes
+// as this file, and otherwise refuses to go on.
+func compareArchived(old, h catalog.Header, res *PushResult) error {
 	if old.Size == h.Size && old.SHA256 == h.SHA256 {
 		res.AlreadyArchived = true
 		return nil

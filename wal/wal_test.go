@@ -316,6 +316,9 @@ func TestPushSpoolIsNotTrustedBlindly(t *testing.T) {
 		if !errors.Is(err, wal.ErrConflict) || res.FromSpool {
 			t.Fatalf("push of a changed file: %+v, %v; want ErrConflict", res, err)
 		}
+		if n := store.createsOf(names[2]); n != 1 {
+			t.Fatalf("%d uploads, want 1: the conflict is found before any upload", n)
+		}
 		fetchBack(t, store, names[2], segment(1, 3))
 	})
 	t.Run("EntryUnreadable", func(t *testing.T) {
@@ -323,6 +326,10 @@ func TestPushSpoolIsNotTrustedBlindly(t *testing.T) {
 		res, err := wal.Push(ctx, pushOpts(store, filepath.Join(dir, names[3]), 1))
 		if err != nil || res.FromSpool || !res.AlreadyArchived {
 			t.Fatalf("push: %+v, %v; want a push that finds identical content", res, err)
+		}
+		// Found while the file was compressed: nothing was sent again.
+		if n := store.createsOf(names[3]); n != 1 {
+			t.Fatalf("%d uploads of an archived segment, want 1", n)
 		}
 	})
 	noDoneFiles(t, dir, names[0])
@@ -454,6 +461,9 @@ func TestPushByHandMakesNoSpool(t *testing.T) {
 // archive pushes segments first..last of a timeline into the store.
 func archive(t *testing.T, store cloud.Storage, tli uint32, first, last uint64) {
 	t.Helper()
+	if c, ok := store.(*counting); ok {
+		store = c.Storage // count the calls of the code under test only
+	}
 	dir := t.TempDir()
 	for n := first; n <= last; n++ {
 		name := segName(tli, n)

@@ -31,8 +31,9 @@ type Codec string
 
 // The codecs. Their names are recorded in the repository: never change them.
 const (
-	// Zstd is a Zstandard stream (RFC 8878). Cellar writes one frame, with
-	// a content checksum.
+	// Zstd is a Zstandard stream (RFC 8878): one or more frames, each with
+	// a content checksum. (A buffer compressed on several cores at once is
+	// a frame per piece.)
 	Zstd Codec = "zstd"
 	// S2 is an S2 stream (github.com/klauspost/compress/s2): the Snappy
 	// framing format with S2 blocks, every chunk CRC-32C checksummed. That

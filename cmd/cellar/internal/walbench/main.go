@@ -18,9 +18,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -46,7 +49,7 @@ func (t *toolFlags) Set(v string) error {
 func main() {
 	var tools toolFlags
 	runs := flag.Int("runs", 3, "runs per tool (the medians of these are reported)")
-	as := flag.String("as", "", "run the commands as this user (runuser -u USER --)")
+	as := flag.String("as", "", "run the commands as this user")
 	setup := flag.String("setup", "", "a shell command run before every batch, with {run} and {tool} replaced")
 	done := flag.Bool("done", false, "after each success, rename archive_status/NAME.ready to .done as PostgreSQL does")
 	flag.Var(&tools, "tool", "NAME=COMMAND template; repeatable")
@@ -54,6 +57,11 @@ func main() {
 	files := flag.Args()
 	if len(tools) == 0 || len(files) == 0 {
 		fmt.Fprintln(os.Stderr, "walbench: give at least one -tool and one file")
+		os.Exit(2)
+	}
+	cred, err := credential(*as)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "walbench:", err)
 		os.Exit(2)
 	}
 	for run := 1; run <= *runs; run++ {
@@ -72,12 +80,10 @@ func main() {
 			start := time.Now()
 			for _, f := range files {
 				cmdline := strings.NewReplacer("{run}", fmt.Sprint(run), "{path}", f, "{name}", filepath.Base(f), "{tool}", t.name).Replace(t.template)
-				args := []string{"bash", "-c", "exec " + cmdline}
-				if *as != "" {
-					args = append([]string{"runuser", "-u", *as, "--"}, args...)
-				}
-				cmd := exec.Command(args[0], args[1:]...)
+				// As PostgreSQL runs archive_command: through /bin/sh.
+				cmd := exec.Command("/bin/sh", "-c", "exec "+cmdline)
 				cmd.Dir = filepath.Dir(f)
+				cmd.SysProcAttr = cred
 				t0 := time.Now()
 				out, err := cmd.CombinedOutput()
 				wall := time.Since(t0)
@@ -108,6 +114,28 @@ func main() {
 		fmt.Printf("%-12s median %7.1f ms/file  p95 %7.1f ms  cpu %6.1f ms/file  %6.1f files/s  (%.2fx %s)\n",
 			t.name, m, percentile(t.p95, 50), percentile(t.cpu, 50), float64(len(files))/percentile(t.total, 50), m/base, tools[0].name)
 	}
+}
+
+// credential returns the process attributes that run a child as the named
+// user (directly, with no runuser or su between, whose own start-up would
+// be timed with the tool), or nil for the current user.
+func credential(name string) (*syscall.SysProcAttr, error) {
+	if name == "" {
+		return nil, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, err
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, err
+	}
+	return &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}, nil
 }
 
 // dropCaches empties the page cache when the process may (root), so every
