@@ -8,6 +8,9 @@
 # a time by `cellar wal-fetch` and `pgbackrest archive-get`.
 #
 #   testdata/bench-wal.sh TOOLS_DIR CELLAR_BIN WALBENCH_BIN [SEGMENTS] [RUNS]
+#
+# With CELLAR_BASELINE=PATH, another cellar binary is timed alongside in
+# the push comparison (an A/B of two builds).
 set -euo pipefail
 tools=$1
 cellar=$(realpath "$2")
@@ -144,10 +147,16 @@ asuser=()
 
 echo
 echo "== wal-push, one call per segment ($nseg segments of 16 MiB, MinIO over TLS)"
+base=()
+if [ -n "${CELLAR_BASELINE:-}" ]; then
+	# Another build of cellar to compare with (A/B), into servers of its own.
+	base=(-tool "cellar-base=$(realpath "$CELLAR_BASELINE") --config $dir/cellar.conf wal-push base{run} {path}")
+	for r in $(seq 1 "$runs"); do echo "[base$r]" >>"$dir/cellar.conf"; done
+fi
 "$walbench" "${asuser[@]}" -runs "$runs" \
 	-tool "cellar=$cellar --config $dir/cellar.conf wal-push bench{run} {path}" \
 	-tool "pgbackrest=pgbackrest --config=$dir/pgbackrest.conf --stanza=bench{run} archive-push {path}" \
-	"${segs[@]}"
+	"${base[@]}" "${segs[@]}"
 
 echo
 echo "== wal-push with wal_push_parallel = 4 (PostgreSQL's .ready files present, .done written after each call)"
