@@ -176,3 +176,84 @@ echo "== wal-fetch, one call per segment"
 echo
 echo "== compression"
 "$cellar" --config "$dir/cellar.conf" list-wal bench1
+
+# Recovery: PostgreSQL replays RECOVERY_MB (default 1024) MiB of WAL from
+# a base backup, with restore_command = cellar wal-fetch (prefetching
+# `parallel` segments ahead) against restore_command = cp from a local
+# directory, the physical limit; runs interleaved, page cache dropped
+# before each. The time is from `pg_ctl start` until the server, promoted
+# at the end of the archive, accepts connections.
+rec_mb=${RECOVERY_MB:-1024}
+echo
+echo "== recovery of $rec_mb MiB of WAL: restore_command = cellar wal-fetch, against cp from a local directory"
+psql() { "${as[@]}" "$pgbin/psql" -h "$dir" -p "$pgport" -qAtX "$@" postgres; }
+mkdir -p "$dir/rarch"
+chown "$user" "$dir/rarch"
+psql -c "ALTER SYSTEM SET archive_command = 'cp %p $dir/rarch/%f'" -c "SELECT pg_reload_conf()" >/dev/null
+"${as[@]}" "$pgbin/pg_basebackup" -h "$dir" -p "$pgport" -D "$dir/rbase" -X none -c fast 2>/dev/null
+while [ "$(ls "$dir/rarch" | grep -cE '^[0-9A-F]{24}$')" -lt $((rec_mb / 16)) ]; do
+	"${as[@]}" "$pgbin/pgbench" -h "$dir" -p "$pgport" -i -s 10 -q postgres >/dev/null 2>&1
+	psql -c "SELECT pg_switch_wal()" >/dev/null
+	sleep 1
+done
+while ls "$dir/pg/pg_wal/archive_status" | grep -q '\.ready$'; do sleep 0.5; done
+"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" stop -m fast >/dev/null
+nrec=$(ls "$dir/rarch" | grep -cE '^[0-9A-F]{24}$')
+echo "[rec]" >>"$dir/cellar.conf"
+for f in "$dir"/rarch/*; do
+	"${as[@]}" "$cellar" --config "$dir/cellar.conf" wal-push rec "$f"
+done
+echo "$nrec segments ($((nrec * 16)) MiB) archived after the base backup"
+rport=$(free_port)
+declare -A took
+for r in $(seq 1 "$runs"); do
+	for tool in cp cellar; do
+		rm -rf "$dir/rdata"
+		cp -a "$dir/rbase" "$dir/rdata"
+		if [ "$tool" = cp ]; then
+			rc="cp $dir/rarch/%f %p"
+		else
+			rc="$cellar --config $dir/cellar.conf wal-fetch rec %f %p"
+		fi
+		cat >>"$dir/rdata/postgresql.auto.conf" <<CONF
+port = $rport
+unix_socket_directories = '$dir'
+archive_mode = off
+hot_standby = off
+restore_command = '$rc'
+CONF
+		touch "$dir/rdata/recovery.signal"
+		chown -R "$user" "$dir/rdata"
+		chmod 700 "$dir/rdata"
+		sync
+		echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+		t0=$(date +%s.%N)
+		log="$dir/rec-$tool-$r.log"
+		"${as[@]}" "$pgbin/pg_ctl" -D "$dir/rdata" -l "$log" -W start >/dev/null
+		# pg_ctl -w counts a server in recovery as started; wait for the
+		# end of recovery instead.
+		until grep -q 'database system is ready to accept connections' "$log" 2>/dev/null; do
+			if grep -q 'FATAL\|PANIC' "$log" 2>/dev/null && ! grep -q 'could not restore file' "$log"; then
+				echo "bench: recovery with $tool failed:" >&2
+				tail -5 "$log" >&2
+				exit 1
+			fi
+			sleep 0.02
+		done
+		t1=$(date +%s.%N)
+		"${as[@]}" "$pgbin/pg_ctl" -D "$dir/rdata" stop -m immediate >/dev/null
+		restored=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$log" || true)
+		if [ "$restored" -lt "$nrec" ]; then
+			echo "bench: $tool run $r restored $restored segments, want $nrec:" >&2
+			tail -5 "$log" >&2
+			exit 1
+		fi
+		s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+		took[$tool]+="$s "
+		printf 'run %d %-7s %6.2f s  (%d segments restored)\n' "$r" "$tool" "$s" "$restored"
+	done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mcp=$(echo "${took[cp]}" | median)
+mcellar=$(echo "${took[cellar]}" | median)
+printf '\nrecovery, medians of %d runs: cp %.2f s, cellar wal-fetch %.2f s (%.2fx cp)\n' "$runs" "$mcp" "$mcellar" "$(awk -v a="$mcellar" -v b="$mcp" 'BEGIN {print a / b}')"

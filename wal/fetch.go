@@ -189,8 +189,15 @@ func (r readClosers) Close() error {
 // read to its end (where a verifying reader reports a bad checksum) before
 // anything is renamed.
 func writeAtomic(dest string, r io.Reader) error {
-	dir := filepath.Dir(dest)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dest)+".cellar-tmp-*")
+	base := filepath.Base(dest)
+	return writeAtomicNamed(filepath.Dir(dest), base, r, func() string { return base })
+}
+
+// writeAtomicNamed writes r to a temporary file in dir, fsyncs it and
+// renames it to the name that final returns once all of r is written
+// (a name may depend on the content).
+func writeAtomicNamed(dir, base string, r io.Reader, final func() string) error {
+	tmp, err := os.CreateTemp(dir, "."+base+".cellar-tmp-*")
 	if err != nil {
 		return err
 	}
@@ -213,7 +220,7 @@ func writeAtomic(dest string, r io.Reader) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), dest); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, final())); err != nil {
 		return err
 	}
 	done = true

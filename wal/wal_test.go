@@ -474,7 +474,7 @@ func archive(t *testing.T, store cloud.Storage, tli uint32, first, last uint64) 
 	}
 }
 
-var spoolFile = regexp.MustCompile(`^([0-9A-F]{24})\.1048576\.[0-9a-f]{64}$`)
+var spoolFile = regexp.MustCompile(`^([0-9A-F]{24})\.1048576\.[0-9a-f]{8}$`)
 
 // spooled returns the segments in the prefetch spool, and fails on any
 // other file there.
