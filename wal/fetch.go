@@ -36,6 +36,12 @@ type FetchOptions struct {
 	// Log receives debug messages about prefetching and the spool; nil
 	// discards them.
 	Log *slog.Logger
+	// Detach, when set, starts the prefetch of the named segments
+	// elsewhere (another process that runs Prefetch) so that Fetch returns
+	// as soon as the requested file is in place: PostgreSQL waits for
+	// every restore_command, and replay with it. When it fails, Fetch
+	// prefetches itself.
+	Detach func(names []string) error
 }
 
 func (o FetchOptions) now() time.Time { return clock(o.Now) }
@@ -52,18 +58,24 @@ type FetchResult struct {
 	// Prefetched are the following segments this call stored in the
 	// spool, in order.
 	Prefetched []string
+	// Detached are the segments whose prefetch this call started with
+	// FetchOptions.Detach.
+	Detached []string
 }
 
 // Fetch writes an archived WAL file to Dest, atomically, after checking
 // its checksum. A file the repository does not have gives ErrNotFound.
 //
-// For a segment, Fetch first looks in the prefetch spool. When the segment
-// after the requested one is not there yet, it also fetches the following
-// Prefetch segments of the same timeline that are missing, concurrently
-// with the requested one, and waits for them before it returns: one call
-// in every Prefetch or so does the downloads, the others are served from
-// the spool. A segment missing from the repository (the end of the
-// archive) is not an error for a prefetch, and no prefetch fails the call.
+// For a segment, Fetch first looks in the prefetch spool. With
+// FetchOptions.Detach, it then hands every one of the following Prefetch
+// segments of the same timeline that is neither spooled nor being fetched
+// to Detach, keeping the spool full without waiting for it. Without, when
+// the segment after the requested one is not spooled yet, it fetches the
+// following Prefetch segments that are missing itself, concurrently with
+// the requested one, and waits for them before it returns: one call in
+// every Prefetch or so does the downloads, the others are served from the
+// spool. A segment missing from the repository (the end of the archive) is
+// not an error for a prefetch, and no prefetch fails the call.
 func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	w, err := catalog.ParseWALName(o.Name)
 	if err != nil {
@@ -82,32 +94,24 @@ func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	prefetch := func(segSize int64) {
-		next := sp.wanted(w, segSize, o.Prefetch)
-		if len(next) == 0 {
+		next := sp.wanted(w, segSize, o.Prefetch, o.Detach != nil)
+		if len(next) == 0 || !sp.prepare(o) {
 			return
 		}
-		if o.SpoolDir == "" {
-			// The default spool is beside Dest: never create Dest's
-			// directory along with it.
-			if _, err := os.Stat(filepath.Dir(o.Dest)); err != nil {
+		if o.Detach != nil {
+			err := o.Detach(next)
+			if err == nil {
+				res.Detached = next
 				return
 			}
+			sp.log.Debug("prefetching in this call: could not start it apart", "error", err)
 		}
-		if err := os.MkdirAll(sp.dir, 0o700); err != nil {
-			sp.log.Debug("no prefetch: cannot create the spool", "dir", sp.dir, "error", err)
-			return
-		}
-		for _, name := range next {
-			wg.Go(func() {
-				if err := sp.prefetch(pctx, o, name); err != nil {
-					sp.log.Debug("not prefetched", "wal", name, "error", err)
-					return
-				}
-				mu.Lock()
-				res.Prefetched = append(res.Prefetched, name)
-				mu.Unlock()
-			})
-		}
+		wg.Go(func() {
+			got := sp.prefetchAll(pctx, o, next)
+			mu.Lock()
+			res.Prefetched = append(res.Prefetched, got...)
+			mu.Unlock()
+		})
 	}
 
 	if fromSpool {
@@ -132,6 +136,50 @@ func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	slices.Sort(res.Prefetched)
 	sp.cleanPast(w)
 	return res, nil
+}
+
+// Prefetch fetches the named segments into the spool of o (its SpoolDir,
+// or beside its Dest), concurrently, skipping any that is spooled or being
+// fetched already; it is the work that FetchOptions.Detach starts. It
+// returns the segments it stored, in order. Failures only leave a segment
+// out: Fetch fetches it when PostgreSQL asks.
+func Prefetch(ctx context.Context, o FetchOptions, names []string) []string {
+	sp := openPrefetchSpool(o.spoolDir(), o.now(), logger(o.Log))
+	var todo []string
+	for _, name := range names {
+		if len(sp.files[name]) == 0 && !sp.inFlight[name] {
+			todo = append(todo, name)
+		}
+	}
+	if len(todo) == 0 || !sp.prepare(o) {
+		return nil
+	}
+	got := sp.prefetchAll(ctx, o, todo)
+	slices.Sort(got)
+	return got
+}
+
+// prefetchAll fetches segments into the spool concurrently and returns
+// those it stored.
+func (sp *prefetchSpool) prefetchAll(ctx context.Context, o FetchOptions, names []string) []string {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		got []string
+	)
+	for _, name := range names {
+		wg.Go(func() {
+			if err := sp.prefetch(ctx, o, name); err != nil {
+				sp.log.Debug("not prefetched", "wal", name, "error", err)
+				return
+			}
+			mu.Lock()
+			got = append(got, name)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return got
 }
 
 // fetchTo writes a WAL file from the repository to dest.

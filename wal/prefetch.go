@@ -3,10 +3,12 @@ package wal
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -61,14 +63,24 @@ func spoolFileName(name string, size int64, crc uint32) string {
 }
 
 type prefetchSpool struct {
-	dir   string
-	files map[string][]spooled // by segment name
-	log   *slog.Logger
+	dir      string
+	files    map[string][]spooled // by segment name
+	inFlight map[string]bool      // segments another process is fetching
+	log      *slog.Logger
+}
+
+// inFlightName marks a segment that a prefetch is fetching right now:
+// .<segment>.prefetching, created exclusively, removed when it is done (or
+// as a temporary file of a killed run).
+var inFlightName = regexp.MustCompile(`^\.([0-9A-F]{24})\.prefetching$`)
+
+func (sp *prefetchSpool) inFlightPath(name string) string {
+	return filepath.Join(sp.dir, "."+name+".prefetching")
 }
 
 // openPrefetchSpool lists the spool, removing what is too old.
 func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpool {
-	sp := &prefetchSpool{dir: dir, files: map[string][]spooled{}, log: log}
+	sp := &prefetchSpool{dir: dir, files: map[string][]spooled{}, inFlight: map[string]bool{}, log: log}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return sp
@@ -85,6 +97,8 @@ func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpo
 		case strings.HasPrefix(name, "."):
 			if age > tempMaxAge {
 				why = "temporary file of a killed run"
+			} else if f := inFlightName.FindStringSubmatch(name); f != nil {
+				sp.inFlight[f[1]] = true
 			}
 		case m == nil:
 			// Not ours: leave it.
@@ -151,26 +165,48 @@ func handOver(f spooled, dest string) error {
 	return os.Remove(f.path)
 }
 
-// wanted returns the segments to prefetch after w: none when the one right
-// after w is spooled already (the spool still runs ahead of recovery), else
-// each of the next n that is not spooled.
-func (sp *prefetchSpool) wanted(w catalog.WALName, segSize int64, n int) []string {
+// wanted returns the segments to prefetch after w: each of the next n
+// that is neither spooled nor being fetched. Unless topUp, none at all
+// while the one right after w is spooled (the spool still runs ahead of
+// recovery): a call that waits for its prefetches then does the downloads
+// for about n calls at once.
+func (sp *prefetchSpool) wanted(w catalog.WALName, segSize int64, n int, topUp bool) []string {
 	if n <= 0 || segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
 		return nil
 	}
 	segNo := w.SegNo(segSize)
-	if len(sp.files[catalog.SegmentNameOf(w.Timeline, segNo+1, segSize)]) > 0 {
+	if !topUp && len(sp.files[catalog.SegmentNameOf(w.Timeline, segNo+1, segSize)]) > 0 {
 		return nil
 	}
 	var names []string
 	for i := uint64(1); i <= uint64(n); i++ {
 		name := catalog.SegmentNameOf(w.Timeline, segNo+i, segSize)
-		if len(sp.files[name]) == 0 {
+		if len(sp.files[name]) == 0 && !sp.inFlight[name] {
 			names = append(names, name)
 		}
 	}
 	return names
 }
+
+// prepare makes the spool directory, and reports whether prefetching can
+// go on.
+func (sp *prefetchSpool) prepare(o FetchOptions) bool {
+	if o.SpoolDir == "" {
+		// The default spool is beside Dest: never create Dest's
+		// directory along with it.
+		if _, err := os.Stat(filepath.Dir(o.Dest)); err != nil {
+			return false
+		}
+	}
+	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+		sp.log.Debug("no prefetch: cannot create the spool", "dir", sp.dir, "error", err)
+		return false
+	}
+	return true
+}
+
+// errInFlight says that another process is fetching the segment.
+var errInFlight = errors.New("being prefetched by another call")
 
 // prefetch fetches one segment into the spool. ErrNotFound is the end of
 // the archive.
@@ -178,6 +214,18 @@ func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name stri
 	w, err := catalog.ParseWALName(name)
 	if err != nil {
 		return err
+	}
+	marker, err := os.OpenFile(sp.inFlightPath(name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return errInFlight
+		}
+		return err
+	}
+	marker.Close()
+	defer os.Remove(sp.inFlightPath(name))
+	if done, _ := filepath.Glob(filepath.Join(sp.dir, name+".*")); len(done) > 0 {
+		return errInFlight // spooled meanwhile
 	}
 	body, h, err := openWAL(ctx, o.Store, o.Server, w)
 	if err != nil {

@@ -494,10 +494,11 @@ func spooled(t *testing.T, dir string) []string {
 }
 
 type fetcher struct {
-	t     *testing.T
-	store *counting
-	dir   string // pg_wal
-	now   func() time.Time
+	t      *testing.T
+	store  *counting
+	dir    string // pg_wal
+	now    func() time.Time
+	detach func([]string) error
 }
 
 func (f *fetcher) fetch(tli uint32, segNo uint64) (wal.FetchResult, error) {
@@ -505,6 +506,7 @@ func (f *fetcher) fetch(tli uint32, segNo uint64) (wal.FetchResult, error) {
 	os.Remove(dest)
 	res, err := wal.Fetch(context.Background(), wal.FetchOptions{
 		Store: f.store, Server: server, Name: segName(tli, segNo), Dest: dest, Prefetch: 3, Now: f.now,
+		Detach: f.detach,
 	})
 	if err == nil {
 		got, rerr := os.ReadFile(dest)
@@ -701,4 +703,67 @@ func TestFetchToAMissingDirectory(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the fetch created the destination's directory: %v", err)
 	}
+}
+
+// TestPrefetchDetached is the prefetch as wal-fetch runs it: every call
+// hands the segments that are neither spooled nor being fetched to another
+// process (here: a recorder, then Prefetch), tops the spool up by one in
+// the steady state, and never waits for a download but its own.
+func TestPrefetchDetached(t *testing.T) {
+	store := newCounting()
+	archive(t, store, 1, 1, 8)
+	var handed [][]string
+	f := &fetcher{t: t, store: store, dir: pgWAL(t), detach: func(names []string) error {
+		handed = append(handed, names)
+		return nil
+	}}
+	opts := wal.FetchOptions{Store: store, Server: server, Dest: filepath.Join(f.dir, "RECOVERYXLOG")}
+	res, err := f.fetch(1, 1)
+	if err != nil || res.FromSpool || len(res.Prefetched) != 0 || !slices.Equal(res.Detached, []string{segName(1, 2), segName(1, 3), segName(1, 4)}) {
+		t.Fatalf("fetch 1: %+v, %v", res, err)
+	}
+	if got := spooled(t, f.spool()); len(got) != 0 {
+		t.Fatalf("the call itself spooled %v", got)
+	}
+	if got := wal.Prefetch(context.Background(), opts, res.Detached); !slices.Equal(got, res.Detached) {
+		t.Fatalf("Prefetch: %v", got)
+	}
+	for n := uint64(2); n <= 4; n++ {
+		res, err := f.fetch(1, n)
+		if err != nil || !res.FromSpool || !slices.Equal(res.Detached, []string{segName(1, n+3)}) {
+			t.Fatalf("fetch %d: %+v, %v; want it from the spool and %s handed on", n, res, err, segName(1, n+3))
+		}
+		if n+3 <= 8 {
+			wal.Prefetch(context.Background(), opts, res.Detached)
+		}
+	}
+	// A segment being fetched by another process is left to it, by
+	// Fetch and by another Prefetch alike.
+	marker := filepath.Join(f.spool(), "."+segName(1, 8)+".prefetching")
+	writeFile(t, marker, nil)
+	os.Remove(filepath.Join(f.spool(), spooledName(t, f.spool(), segName(1, 7))))
+	res, err = f.fetch(1, 5)
+	if err != nil || !res.FromSpool || !slices.Equal(res.Detached, []string{segName(1, 7)}) {
+		t.Fatalf("fetch 5 with 7 gone and 8 in flight: %+v, %v", res, err)
+	}
+	if got := wal.Prefetch(context.Background(), opts, []string{segName(1, 8)}); len(got) != 0 {
+		t.Fatalf("Prefetch of a segment in flight elsewhere stored %v", got)
+	}
+	os.Remove(marker)
+	// A Detach that fails leaves the prefetch to the call itself.
+	f.detach = func([]string) error { return errors.New("no process") }
+	res, err = f.fetch(1, 6)
+	if err != nil || !res.FromSpool || len(res.Detached) != 0 || !slices.Equal(res.Prefetched, []string{segName(1, 7), segName(1, 8)}) {
+		t.Fatalf("fetch 6 with a failing Detach: %+v, %v", res, err)
+	}
+}
+
+// spooledName returns the file name of a spooled segment.
+func spooledName(t *testing.T, dir, name string) string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, name+".*"))
+	if len(m) != 1 {
+		t.Fatalf("%s spooled %d times", name, len(m))
+	}
+	return filepath.Base(m[0])
 }

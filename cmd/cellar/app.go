@@ -75,6 +75,7 @@ func newApp(st *state) *cli.App {
 			checkCommand(st),
 			walPushCommand(st),
 			walFetchCommand(st),
+			walPrefetchCommand(st),
 			listWALCommand(st),
 			switchWALCommand(st),
 		},

@@ -31,7 +31,12 @@ const (
 	exitUsage   = 2 // bad command line or configuration
 )
 
+// selfExe is the path of this binary when it runs from main, for the
+// processes it starts of itself (wal-fetch's detached prefetch).
+var selfExe string
+
 func main() {
+	selfExe, _ = os.Executable()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startProfile(os.Getenv("CELLAR_CPUPROFILE"))
 	code := run(ctx, os.Args, os.Environ(), os.Stdout, os.Stderr)

@@ -412,6 +412,10 @@ func TestWALParallelPushAndPrefetch(t *testing.T) {
 		}
 		dest := filepath.Join(pgwal, "RECOVERYXLOG")
 		for i, seg := range segs[10:14] {
+			if i > 0 {
+				// The prefetch runs apart from the call that started it.
+				waitSpooled(t, prefetch, segs[10+i:13+i])
+			}
 			spooled, _ := filepath.Glob(filepath.Join(prefetch, seg+".*"))
 			r := cellar(t, fenv, "--debug", "--config", conf, "wal-fetch", "main", seg, dest)
 			if r.code != 0 {
@@ -426,20 +430,22 @@ func TestWALParallelPushAndPrefetch(t *testing.T) {
 			}
 			if i == 0 {
 				if len(spooled) != 0 || !strings.Contains(r.stderr, "from_spool=false") ||
-					!strings.Contains(r.stderr, "prefetched="+strings.Join(segs[11:14], ",")) {
+					!strings.Contains(r.stderr, "prefetching="+strings.Join(segs[11:14], ",")) {
 					t.Fatalf("first wal-fetch %s: spooled before %v; log:\n%s", seg, spooled, r.stderr)
 				}
 				continue
 			}
-			if len(spooled) != 1 || !strings.Contains(r.stderr, "from_spool=true") {
-				t.Fatalf("wal-fetch %s: spooled before %v; want it served from the spool; log:\n%s", seg, spooled, r.stderr)
+			if len(spooled) != 1 || !strings.Contains(r.stderr, "from_spool=true") ||
+				!strings.Contains(r.stderr, "prefetching="+segs[13+i]+" ") {
+				t.Fatalf("wal-fetch %s: spooled before %v; want it served from the spool and %s prefetched; log:\n%s", seg, spooled, segs[13+i], r.stderr)
 			}
 			if _, err := os.Stat(spooled[0]); !os.IsNotExist(err) {
 				t.Fatalf("the spooled %s is still there after it was served", spooled[0])
 			}
 		}
-		// The last call was served from the spool and, its next segment not
-		// being spooled, refilled it; nothing else is left, no temporary file.
+		// Every call topped the spool up; nothing else is left, no
+		// temporary file, no mark of a prefetch in flight.
+		waitSpooled(t, prefetch, segs[14:17])
 		ents, _ := os.ReadDir(prefetch)
 		var left []string
 		for _, e := range ents {
@@ -448,5 +454,36 @@ func TestWALParallelPushAndPrefetch(t *testing.T) {
 		if !slices.Equal(left, segs[14:17]) {
 			t.Fatalf("prefetch spool %s at the end: %v, want %v", prefetch, ents, segs[14:17])
 		}
+	}
+}
+
+// waitSpooled waits until the prefetch spool holds the named segments and
+// no prefetch is in flight (a minute at most: the detached prefetch is
+// another process).
+func waitSpooled(t *testing.T, dir string, names []string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ents, _ := os.ReadDir(dir)
+		have := map[string]bool{}
+		busy := false
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".") {
+				busy = true
+			} else {
+				have[e.Name()[:min(24, len(e.Name()))]] = true
+			}
+		}
+		all := !busy
+		for _, n := range names {
+			all = all && have[n]
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prefetch spool %s: %v after a minute, want %v", dir, ents, names)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -159,6 +159,7 @@ func walFetchCommand(st *state) *cli.Command {
 			res, err := wal.Fetch(ctx, wal.FetchOptions{
 				Store: store, Server: srv.Name, Name: name, Dest: dest,
 				Prefetch: srv.Parallel, SpoolDir: spoolDir(srv, "prefetch"), Log: st.log,
+				Detach: st.detachPrefetch(c, srv.Name, dest),
 			})
 			if errors.Is(err, wal.ErrNotFound) {
 				// PostgreSQL probes for files that do not exist all the
@@ -170,7 +171,43 @@ func walFetchCommand(st *state) *cli.Command {
 				return st.boundedError(ctx, fmt.Errorf("wal-fetch %s: %w", name, err), srv, "wal_fetch_timeout", limit)
 			}
 			st.log.Debug("fetched", "wal", res.Name, "bytes", res.Size, "from_spool", res.FromSpool,
-				"prefetched", strings.Join(res.Prefetched, ","), "seconds", time.Since(start).Seconds())
+				"prefetched", strings.Join(res.Prefetched, ","), "prefetching", strings.Join(res.Detached, ","),
+				"seconds", time.Since(start).Seconds())
+			return nil
+		},
+	}
+}
+
+// walPrefetchCommand is the detached prefetch that wal-fetch starts: it
+// fetches the named segments into the spool beside DEST_PATH (or under
+// wal_spool_dir) and exits. Not for users; its output goes nowhere.
+func walPrefetchCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "wal-prefetch",
+		Hidden:    true,
+		Usage:     "fetch WAL segments into wal-fetch's prefetch spool (started by wal-fetch)",
+		ArgsUsage: "SERVER DEST_PATH SEGMENT...",
+		Action: func(c *cli.Context) error {
+			if c.NArg() < 3 {
+				return usagef("wal-prefetch takes SERVER, DEST_PATH and one or more segment names")
+			}
+			names := c.Args().Slice()[2:]
+			for _, n := range names {
+				if w, err := catalog.ParseWALName(n); err != nil || w.Kind != catalog.Segment {
+					return usagef("wal-prefetch: %q is not a WAL segment name", n)
+				}
+			}
+			st.shortCall()
+			srv, ctx, store, done, err := st.serverStore(c, func(s *config.Server) time.Duration { return time.Duration(s.WALFetchTimeout) })
+			if err != nil {
+				return err
+			}
+			defer done()
+			got := wal.Prefetch(ctx, wal.FetchOptions{
+				Store: store, Server: srv.Name, Dest: c.Args().Get(1),
+				SpoolDir: spoolDir(srv, "prefetch"), Log: st.log,
+			}, names)
+			st.log.Debug("prefetched", "wal", strings.Join(got, ","))
 			return nil
 		},
 	}

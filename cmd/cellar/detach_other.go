@@ -1,0 +1,7 @@
+//go:build !unix
+
+package main
+
+import "github.com/urfave/cli/v2"
+
+func (st *state) detachPrefetch(*cli.Context, string, string) func([]string) error { return nil }
