@@ -487,3 +487,81 @@ func waitSpooled(t *testing.T, dir string, names []string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestWALFetchAcrossTimelines restores through a timeline switch with
+// restore_command = cellar wal-fetch and its prefetch on: the archive has
+// timeline 1 running on past the point where timeline 2 forked off, so
+// the prefetch of timeline 1 fetches segments that recovery must not use.
+// Recovery to the latest timeline must end with the rows of timeline 2,
+// and none of those only timeline 1 has after the fork.
+func TestWALFetchAcrossTimelines(t *testing.T) {
+	c, conf, env := archivingCluster(t, "file", "parallel = 3\n")
+	c.Exec(t, "CREATE TABLE mark (id int primary key, tl text)")
+	backup := c.BaseBackup(t)
+	// Timeline 1: rows before the fork, the fork point, rows after it and
+	// enough WAL after it for several segments the prefetch will see.
+	c.Pgbench(t, "-i", "-s", "2", "-q")
+	c.Exec(t, "INSERT INTO mark SELECT g, 'before' FROM generate_series(1, 10) g")
+	c.Exec(t, "SELECT pg_create_restore_point('fork')")
+	c.SwitchWAL(t)
+	c.Exec(t, "INSERT INTO mark SELECT g, 'tl1 after' FROM generate_series(11, 20) g")
+	var last string
+	for range 4 {
+		c.Pgbench(t, "-t", "200", "-n")
+		last = c.SwitchWAL(t)
+	}
+	c.WaitArchived(t, last, 3*time.Minute)
+	c.Stop(t)
+
+	restoreCmd := fmt.Sprintf("%s --config %s wal-fetch main %%f %%p", cellarBin, conf)
+	pushCmd := fmt.Sprintf("%s --config %s wal-push main %%p", cellarBin, conf)
+	// Timeline 2: recover to the fork point, promote, write, archive.
+	fork := pgtest.Restore(t, backup, "recovery", pgtest.Options{Env: env, Conf: map[string]string{
+		"restore_command":        restoreCmd,
+		"recovery_target_name":   "fork",
+		"recovery_target_action": "promote",
+		"archive_mode":           "on",
+		"archive_command":        pushCmd,
+	}})
+	fork.WaitPromoted(t, 3*time.Minute)
+	fork.Exec(t, "INSERT INTO mark SELECT g, 'tl2' FROM generate_series(21, 30) g")
+	for range 2 {
+		fork.Pgbench(t, "-t", "200", "-n")
+		last = fork.SwitchWAL(t)
+	}
+	fork.WaitArchived(t, last, 3*time.Minute)
+	if !strings.HasPrefix(last, "00000002") {
+		t.Fatalf("the promoted server writes %s, want timeline 2", last)
+	}
+	fork.Stop(t)
+
+	// The restore under test: from the same backup to the latest timeline.
+	r := pgtest.Restore(t, backup, "recovery", pgtest.Options{Env: env, Conf: map[string]string{
+		// --debug: cellar's lines go to the server log, to be read below.
+		"restore_command":          strings.Replace(restoreCmd, " wal-fetch", " --debug wal-fetch", 1),
+		"recovery_target_timeline": "latest",
+	}})
+	r.WaitPromoted(t, 3*time.Minute)
+	got := r.Query(t, "SELECT tl, count(*), min(id), max(id) FROM mark GROUP BY tl ORDER BY tl")
+	want := "[[before 10 1 10] [tl2 10 21 30]]"
+	if fmt.Sprint(got) != want {
+		t.Fatalf("rows after recovery across the timeline switch: %v, want %s", got, want)
+	}
+	// Recovery read timeline 1 up to the fork and timeline 2 after it,
+	// and the prefetch went for segments of timeline 1 past the fork,
+	// which recovery then did not take.
+	log := r.LogTail(100000)
+	firstTL2 := regexp.MustCompile(`restored log file "00000002([0-9A-F]{16})"`).FindStringSubmatch(log)
+	if !strings.Contains(log, `restored log file "00000002.history"`) || !strings.Contains(log, `restored log file "00000001`) || firstTL2 == nil {
+		t.Fatalf("recovery did not go from timeline 1 to 2; server log:\n%s", log)
+	}
+	pastFork := false
+	for _, m := range regexp.MustCompile(`prefetching=([0-9A-F,]+)`).FindAllStringSubmatch(log, -1) {
+		for _, seg := range strings.Split(m[1], ",") {
+			pastFork = pastFork || strings.HasPrefix(seg, "00000001") && seg[8:] >= firstTL2[1]
+		}
+	}
+	if !pastFork {
+		t.Fatalf("no prefetch of timeline 1 past the fork at %s; server log:\n%s", firstTL2[1], log)
+	}
+}

@@ -108,6 +108,84 @@ type Cluster struct {
 // of the server log if the test failed, and removes the directory.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
+	c := newCluster(t, opts)
+	args := []string{"-D", c.data, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions", "-U", c.su.name}
+	if opts.WalSegSizeMB != 0 {
+		args = append(args, "--wal-segsize="+strconv.Itoa(opts.WalSegSizeMB))
+	}
+	args = append(args, opts.InitdbArgs...)
+	if out, err := c.run(nil, Bin("initdb"), args...); err != nil {
+		t.Fatalf("pgtest: initdb %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	c.configureAndStart(t, opts)
+	return c
+}
+
+// Restore makes a cluster from a copy of the data directory src (a base
+// backup, see BaseBackup), with Options.Conf on top of its configuration,
+// and starts it. signal "recovery" or "standby" writes recovery.signal or
+// standby.signal first; with hot_standby (PostgreSQL's default) Restore
+// returns once the server accepts connections, which for a server in
+// recovery is when it is consistent: see WaitPromoted.
+func Restore(t testing.TB, src, signal string, opts Options) *Cluster {
+	t.Helper()
+	c := newCluster(t, opts)
+	if out, err := c.run(nil, "cp", "-a", src, c.data); err != nil {
+		t.Fatalf("pgtest: copy %s: %v\n%s", src, err, out)
+	}
+	_ = os.Remove(filepath.Join(c.data, "postmaster.pid"))
+	if err := os.Chmod(c.data, 0o700); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	switch signal {
+	case "":
+	case "recovery", "standby":
+		f := filepath.Join(c.data, signal+".signal")
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+		c.chown(t, f)
+	default:
+		t.Fatalf("pgtest: signal %q: want recovery, standby or nothing", signal)
+	}
+	c.configureAndStart(t, opts)
+	return c
+}
+
+// BaseBackup takes a base backup of the running server with pg_basebackup
+// (fast checkpoint, no WAL: restore_command must bring it) into a new
+// directory of the harness, and returns its path, for Restore.
+func (c *Cluster) BaseBackup(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(c.MakeDir("basebackup"), "data")
+	if out, err := c.run(nil, Bin("pg_basebackup"), "-h", c.base, "-p", strconv.Itoa(c.port), "-U", c.su.name,
+		"-D", dir, "-X", "none", "-c", "fast", "--no-sync"); err != nil {
+		t.Fatalf("pgtest: pg_basebackup: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// WaitPromoted waits (up to limit) until the server has left recovery.
+func (c *Cluster) WaitPromoted(t testing.TB, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		var inRecovery bool
+		c.Scan(t, "SELECT pg_is_in_recovery()", nil, &inRecovery)
+		if !inRecovery {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgtest: still in recovery after %v\nserver log (last %d lines):\n%s", limit, logTailLines, c.failTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// newCluster makes the harness directory of a cluster, its data directory
+// still to be made.
+func newCluster(t testing.TB, opts Options) *Cluster {
+	t.Helper()
 	su := lookupServerUser(t)
 	if _, err := os.Stat(Bin("initdb")); err != nil {
 		t.Fatalf("pgtest: PostgreSQL 15 binaries are missing (%v); install them with `apt-get install -y postgresql-15` or set PGTEST_BINDIR", err)
@@ -141,14 +219,14 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 	}
 
-	args := []string{"-D", c.data, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions", "-U", su.name}
-	if opts.WalSegSizeMB != 0 {
-		args = append(args, "--wal-segsize="+strconv.Itoa(opts.WalSegSizeMB))
-	}
-	args = append(args, opts.InitdbArgs...)
-	if out, err := c.run(nil, Bin("initdb"), args...); err != nil {
-		t.Fatalf("pgtest: initdb %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
+	return c
+}
+
+// configureAndStart writes the harness and caller settings after the data
+// directory's own postgresql.conf and starts the server.
+func (c *Cluster) configureAndStart(t testing.TB, opts Options) {
+	t.Helper()
+	var err error
 	c.orig, err = os.ReadFile(filepath.Join(c.data, "postgresql.conf"))
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -181,7 +259,6 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 		t.Fatalf("pgtest: start PostgreSQL: %v\n%s\nserver log (last %d lines):\n%s", err, out, logTailLines, c.failTail())
 	}
-	return c
 }
 
 var confKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
