@@ -207,14 +207,14 @@ echo "$nrec segments ($((nrec * 16)) MiB) archived after the base backup"
 rport=$(free_port)
 declare -A took
 for r in $(seq 1 "$runs"); do
-	for tool in cp cellar; do
+	for tool in cp cellar ${CELLAR_BASELINE:+cellar-base}; do
 		rm -rf "$dir/rdata"
 		cp -a "$dir/rbase" "$dir/rdata"
-		if [ "$tool" = cp ]; then
-			rc="cp $dir/rarch/%f %p"
-		else
-			rc="$cellar --config $dir/cellar.conf wal-fetch rec %f %p"
-		fi
+		case $tool in
+		cp) rc="cp $dir/rarch/%f %p" ;;
+		cellar) rc="$cellar --config $dir/cellar.conf wal-fetch rec %f %p" ;;
+		cellar-base) rc="$(realpath "$CELLAR_BASELINE") --config $dir/cellar.conf wal-fetch rec %f %p" ;;
+		esac
 		cat >>"$dir/rdata/postgresql.auto.conf" <<CONF
 port = $rport
 unix_socket_directories = '$dir'
@@ -257,3 +257,7 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR
 mcp=$(echo "${took[cp]}" | median)
 mcellar=$(echo "${took[cellar]}" | median)
 printf '\nrecovery, medians of %d runs: cp %.2f s, cellar wal-fetch %.2f s (%.2fx cp)\n' "$runs" "$mcp" "$mcellar" "$(awk -v a="$mcellar" -v b="$mcp" 'BEGIN {print a / b}')"
+if [ -n "${CELLAR_BASELINE:-}" ]; then
+	mbase=$(echo "${took[cellar-base]}" | median)
+	printf 'cellar-base wal-fetch %.2f s (%.2fx cp)\n' "$mbase" "$(awk -v a="$mbase" -v b="$mcp" 'BEGIN {print a / b}')"
+fi

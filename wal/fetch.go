@@ -37,11 +37,11 @@ type FetchOptions struct {
 	// discards them.
 	Log *slog.Logger
 	// Detach, when set, starts the prefetch of the named segments
-	// elsewhere (another process that runs Prefetch) so that Fetch returns
-	// as soon as the requested file is in place: PostgreSQL waits for
-	// every restore_command, and replay with it. When it fails, Fetch
-	// prefetches itself.
-	Detach func(names []string) error
+	// elsewhere (another process that runs Prefetch) and returns its
+	// process ID, so that Fetch returns as soon as the requested file is
+	// in place: PostgreSQL waits for every restore_command, and replay
+	// with it. When it fails, Fetch prefetches itself.
+	Detach func(names []string) (pid int, err error)
 }
 
 func (o FetchOptions) now() time.Time { return clock(o.Now) }
@@ -66,15 +66,16 @@ type FetchResult struct {
 // Fetch writes an archived WAL file to Dest, atomically, after checking
 // its checksum. A file the repository does not have gives ErrNotFound.
 //
-// For a segment, Fetch first looks in the prefetch spool. With
-// FetchOptions.Detach, it then hands every one of the following Prefetch
-// segments of the same timeline that is neither spooled nor being fetched
-// to Detach, keeping the spool full without waiting for it. Without, when
-// the segment after the requested one is not spooled yet, it fetches the
-// following Prefetch segments that are missing itself, concurrently with
-// the requested one, and waits for them before it returns: one call in
-// every Prefetch or so does the downloads, the others are served from the
-// spool. A segment missing from the repository (the end of the archive) is
+// For a segment, Fetch first looks in the prefetch spool (waiting for a
+// segment that another process is fetching into it). When the segment is
+// not there, Fetch downloads it and, concurrently, the following Prefetch
+// segments of the same timeline that are missing, and waits for them
+// before it returns: the call waits anyway, and the next calls are served
+// from the spool. A call served from the spool refills it, once fewer
+// than half of the next Prefetch segments are spooled or being fetched:
+// with FetchOptions.Detach it hands the missing ones to another process
+// and returns at once; without, it fetches them itself (only once the
+// segment right after the requested one is missing) and waits. A segment missing from the repository (the end of the archive) is
 // not an error for a prefetch, and no prefetch fails the call.
 func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	w, err := catalog.ParseWALName(o.Name)
@@ -88,19 +89,32 @@ func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	}
 	sp := openPrefetchSpool(o.spoolDir(), o.now(), logger(o.Log))
 	size, fromSpool := sp.take(w.Name, o.Dest)
+	if !fromSpool && sp.inFlight[w.Name] {
+		// Another process is fetching it: wait for that rather than
+		// download it twice.
+		sp.awaitInFlight(ctx, w.Name)
+		sp.rescan(w.Name)
+		size, fromSpool = sp.take(w.Name, o.Dest)
+	}
 
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	prefetch := func(segSize int64) {
-		next := sp.wanted(w, segSize, o.Prefetch, o.Detach != nil)
+		// A call served from the spool hands the refill on and returns;
+		// a call that downloads anyway downloads the next ones with it.
+		detach := o.Detach != nil && fromSpool
+		next := sp.wanted(w, segSize, o.Prefetch, detach)
 		if len(next) == 0 || !sp.prepare(o) {
 			return
 		}
-		if o.Detach != nil {
-			err := o.Detach(next)
+		if detach {
+			pid, err := o.Detach(next)
 			if err == nil {
+				for _, name := range next {
+					_ = sp.markInFlight(name, pid)
+				}
 				res.Detached = next
 				return
 			}
@@ -147,7 +161,9 @@ func Prefetch(ctx context.Context, o FetchOptions, names []string) []string {
 	sp := openPrefetchSpool(o.spoolDir(), o.now(), logger(o.Log))
 	var todo []string
 	for _, name := range names {
-		if len(sp.files[name]) == 0 && !sp.inFlight[name] {
+		// The caller of Detach marked them with this process's ID.
+		mine := !sp.inFlight[name] || sp.inFlightBy(name) == os.Getpid()
+		if len(sp.files[name]) == 0 && mine {
 			todo = append(todo, name)
 		}
 	}

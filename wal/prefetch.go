@@ -70,8 +70,10 @@ type prefetchSpool struct {
 }
 
 // inFlightName marks a segment that a prefetch is fetching right now:
-// .<segment>.prefetching, created exclusively, removed when it is done (or
-// as a temporary file of a killed run).
+// .<segment>.prefetching, created exclusively and holding the process ID
+// of the prefetch, removed once the segment is spooled or the prefetch
+// gave up (or as a temporary file of a killed run). A call that needs a
+// segment in flight waits for that process rather than download it again.
 var inFlightName = regexp.MustCompile(`^\.([0-9A-F]{24})\.prefetching$`)
 
 func (sp *prefetchSpool) inFlightPath(name string) string {
@@ -98,7 +100,11 @@ func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpo
 			if age > tempMaxAge {
 				why = "temporary file of a killed run"
 			} else if f := inFlightName.FindStringSubmatch(name); f != nil {
-				sp.inFlight[f[1]] = true
+				if pid := sp.inFlightBy(f[1]); pid != 0 && !processAlive(pid) {
+					why = "mark of a prefetch that is gone"
+				} else {
+					sp.inFlight[f[1]] = true
+				}
 			}
 		case m == nil:
 			// Not ours: leave it.
@@ -118,6 +124,21 @@ func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpo
 		}
 	}
 	return sp
+}
+
+// rescan looks for spooled copies of name again.
+func (sp *prefetchSpool) rescan(name string) {
+	delete(sp.files, name)
+	paths, _ := filepath.Glob(filepath.Join(sp.dir, name+".*"))
+	for _, p := range paths {
+		m := spoolName.FindStringSubmatch(filepath.Base(p))
+		if m == nil {
+			continue
+		}
+		if size, err := strconv.ParseInt(m[2], 10, 64); err == nil {
+			sp.files[name] = append(sp.files[name], spooled{path: p, name: name, size: size, crc32c: m[3]})
+		}
+	}
 }
 
 // take moves the spooled segment called name to dest, after checking it.
@@ -166,24 +187,29 @@ func handOver(f spooled, dest string) error {
 }
 
 // wanted returns the segments to prefetch after w: each of the next n
-// that is neither spooled nor being fetched. Unless topUp, none at all
-// while the one right after w is spooled (the spool still runs ahead of
-// recovery): a call that waits for its prefetches then does the downloads
-// for about n calls at once.
-func (sp *prefetchSpool) wanted(w catalog.WALName, segSize int64, n int, topUp bool) []string {
+// that is neither spooled nor being fetched, or none while enough of them
+// are. A call that waits for its own prefetches refills the spool only
+// once the segment right after w is missing, so that it does the
+// downloads for about n calls at once. With detached prefetches (refill
+// early), the spool is refilled once fewer than half of the next n are
+// spooled or in flight: the downloads of one refill share a process, and
+// it has the replay of half the spool to finish before PostgreSQL asks.
+func (sp *prefetchSpool) wanted(w catalog.WALName, segSize int64, n int, refillEarly bool) []string {
 	if n <= 0 || segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
 		return nil
 	}
 	segNo := w.SegNo(segSize)
-	if !topUp && len(sp.files[catalog.SegmentNameOf(w.Timeline, segNo+1, segSize)]) > 0 {
-		return nil
-	}
 	var names []string
 	for i := uint64(1); i <= uint64(n); i++ {
 		name := catalog.SegmentNameOf(w.Timeline, segNo+i, segSize)
 		if len(sp.files[name]) == 0 && !sp.inFlight[name] {
 			names = append(names, name)
+		} else if i == 1 && !refillEarly {
+			return nil // the spool still runs ahead of recovery
 		}
+	}
+	if refillEarly && n-len(names) >= (n+1)/2 {
+		return nil
 	}
 	return names
 }
@@ -208,6 +234,63 @@ func (sp *prefetchSpool) prepare(o FetchOptions) bool {
 // errInFlight says that another process is fetching the segment.
 var errInFlight = errors.New("being prefetched by another call")
 
+// markInFlight marks name as being fetched by process pid. A mark that
+// exists already is ErrExist, unless it is pid's own.
+func (sp *prefetchSpool) markInFlight(name string, pid int) error {
+	f, err := os.OpenFile(sp.inFlightPath(name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		if errors.Is(err, fs.ErrExist) && sp.inFlightBy(name) == pid {
+			return nil
+		}
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%d\n", pid)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+// inFlightBy returns the process ID in name's mark, 0 when there is none
+// (or it is unreadable: being written, or damaged).
+func (sp *prefetchSpool) inFlightBy(name string) int {
+	b, err := os.ReadFile(sp.inFlightPath(name))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// awaitInFlight waits while another live process is fetching name, so
+// that the caller takes the segment from the spool instead of downloading
+// it a second time. It returns at once when there is no such process, and
+// when ctx ends.
+func (sp *prefetchSpool) awaitInFlight(ctx context.Context, name string) {
+	pid := sp.inFlightBy(name)
+	if pid == 0 || pid == os.Getpid() || !processAlive(pid) {
+		return
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := os.Stat(sp.inFlightPath(name)); err != nil {
+			return
+		}
+		if n%100 == 99 && !processAlive(pid) {
+			return // killed before it could remove its mark
+		}
+	}
+}
+
 // prefetch fetches one segment into the spool. ErrNotFound is the end of
 // the archive.
 func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name string) error {
@@ -215,14 +298,12 @@ func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name stri
 	if err != nil {
 		return err
 	}
-	marker, err := os.OpenFile(sp.inFlightPath(name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := sp.markInFlight(name, os.Getpid()); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return errInFlight
 		}
 		return err
 	}
-	marker.Close()
 	defer os.Remove(sp.inFlightPath(name))
 	if done, _ := filepath.Glob(filepath.Join(sp.dir, name+".*")); len(done) > 0 {
 		return errInFlight // spooled meanwhile

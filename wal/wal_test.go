@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -474,6 +476,8 @@ func archive(t *testing.T, store cloud.Storage, tli uint32, first, last uint64) 
 	}
 }
 
+var inFlightMark = regexp.MustCompile(`^\.[0-9A-F]{24}\.prefetching$`)
+
 var spoolFile = regexp.MustCompile(`^([0-9A-F]{24})\.1048576\.[0-9a-f]{8}$`)
 
 // spooled returns the segments in the prefetch spool, and fails on any
@@ -483,6 +487,9 @@ func spooled(t *testing.T, dir string) []string {
 	ents, _ := os.ReadDir(dir)
 	var names []string
 	for _, e := range ents {
+		if inFlightMark.MatchString(e.Name()) {
+			continue // a prefetch in flight
+		}
 		m := spoolFile.FindStringSubmatch(e.Name())
 		if m == nil {
 			t.Errorf("unexpected file in the prefetch spool: %s", e.Name())
@@ -498,7 +505,7 @@ type fetcher struct {
 	store  *counting
 	dir    string // pg_wal
 	now    func() time.Time
-	detach func([]string) error
+	detach func([]string) (int, error)
 }
 
 func (f *fetcher) fetch(tli uint32, segNo uint64) (wal.FetchResult, error) {
@@ -705,53 +712,58 @@ func TestFetchToAMissingDirectory(t *testing.T) {
 	}
 }
 
-// TestPrefetchDetached is the prefetch as wal-fetch runs it: every call
-// hands the segments that are neither spooled nor being fetched to another
-// process (here: a recorder, then Prefetch), tops the spool up by one in
-// the steady state, and never waits for a download but its own.
+// TestPrefetchDetached is the prefetch as wal-fetch runs it: a call served
+// from the spool hands its refill to another process (here: a recorder,
+// then Prefetch) and never waits for a download.
 func TestPrefetchDetached(t *testing.T) {
 	store := newCounting()
 	archive(t, store, 1, 1, 8)
 	var handed [][]string
-	f := &fetcher{t: t, store: store, dir: pgWAL(t), detach: func(names []string) error {
+	// The "other process" is this one: it marks the segments with its
+	// own ID, and Prefetch below takes them up as its own.
+	f := &fetcher{t: t, store: store, dir: pgWAL(t), detach: func(names []string) (int, error) {
 		handed = append(handed, names)
-		return nil
+		return os.Getpid(), nil
 	}}
 	opts := wal.FetchOptions{Store: store, Server: server, Dest: filepath.Join(f.dir, "RECOVERYXLOG")}
+	// A call that downloads anyway fetches the next ones with it.
 	res, err := f.fetch(1, 1)
-	if err != nil || res.FromSpool || len(res.Prefetched) != 0 || !slices.Equal(res.Detached, []string{segName(1, 2), segName(1, 3), segName(1, 4)}) {
+	if err != nil || res.FromSpool || len(res.Detached) != 0 || !slices.Equal(res.Prefetched, []string{segName(1, 2), segName(1, 3), segName(1, 4)}) {
 		t.Fatalf("fetch 1: %+v, %v", res, err)
 	}
-	if got := spooled(t, f.spool()); len(got) != 0 {
-		t.Fatalf("the call itself spooled %v", got)
-	}
-	if got := wal.Prefetch(context.Background(), opts, res.Detached); !slices.Equal(got, res.Detached) {
-		t.Fatalf("Prefetch: %v", got)
-	}
+	// With 3 ahead, the spool is refilled once fewer than 2 of the next 3
+	// are there: every other call hands on two.
+	want := map[uint64][]string{2: nil, 3: {segName(1, 5), segName(1, 6)}, 4: nil}
 	for n := uint64(2); n <= 4; n++ {
 		res, err := f.fetch(1, n)
-		if err != nil || !res.FromSpool || !slices.Equal(res.Detached, []string{segName(1, n+3)}) {
-			t.Fatalf("fetch %d: %+v, %v; want it from the spool and %s handed on", n, res, err, segName(1, n+3))
+		if err != nil || !res.FromSpool || !slices.Equal(res.Detached, want[n]) {
+			t.Fatalf("fetch %d: %+v, %v; want it from the spool and %v handed on", n, res, err, want[n])
 		}
-		if n+3 <= 8 {
-			wal.Prefetch(context.Background(), opts, res.Detached)
+		if got := wal.Prefetch(context.Background(), opts, res.Detached); !slices.Equal(got, res.Detached) {
+			t.Fatalf("Prefetch after fetch %d: %v", n, got)
 		}
 	}
 	// A segment being fetched by another process is left to it, by
 	// Fetch and by another Prefetch alike.
-	marker := filepath.Join(f.spool(), "."+segName(1, 8)+".prefetching")
-	writeFile(t, marker, nil)
-	os.Remove(filepath.Join(f.spool(), spooledName(t, f.spool(), segName(1, 7))))
+	marker := func(n uint64) string { return filepath.Join(f.spool(), "."+segName(1, n)+".prefetching") }
+	writeFile(t, marker(8), nil)
+	os.Remove(filepath.Join(f.spool(), spooledName(t, f.spool(), segName(1, 6))))
 	res, err = f.fetch(1, 5)
-	if err != nil || !res.FromSpool || !slices.Equal(res.Detached, []string{segName(1, 7)}) {
-		t.Fatalf("fetch 5 with 7 gone and 8 in flight: %+v, %v", res, err)
+	if err != nil || !res.FromSpool || !slices.Equal(res.Detached, []string{segName(1, 6), segName(1, 7)}) {
+		t.Fatalf("fetch 5 with 6 gone and 8 in flight: %+v, %v", res, err)
 	}
-	if got := wal.Prefetch(context.Background(), opts, []string{segName(1, 8)}); len(got) != 0 {
+	if got := wal.Prefetch(context.Background(), wal.FetchOptions{Store: store, Server: server, Dest: opts.Dest}, []string{segName(1, 8)}); len(got) != 0 {
 		t.Fatalf("Prefetch of a segment in flight elsewhere stored %v", got)
 	}
-	os.Remove(marker)
-	// A Detach that fails leaves the prefetch to the call itself.
-	f.detach = func([]string) error { return errors.New("no process") }
+	// A Detach that fails leaves the prefetch to the call itself. (The
+	// other processes give up first.)
+	for n := uint64(6); n <= 8; n++ {
+		os.Remove(marker(n))
+	}
+	f.detach = func([]string) (int, error) { return 0, errors.New("no process") }
+	if got := wal.Prefetch(context.Background(), opts, []string{segName(1, 6)}); len(got) != 1 {
+		t.Fatalf("Prefetch 6: %v", got)
+	}
 	res, err = f.fetch(1, 6)
 	if err != nil || !res.FromSpool || len(res.Detached) != 0 || !slices.Equal(res.Prefetched, []string{segName(1, 7), segName(1, 8)}) {
 		t.Fatalf("fetch 6 with a failing Detach: %+v, %v", res, err)
@@ -766,4 +778,56 @@ func spooledName(t *testing.T, dir, name string) string {
 		t.Fatalf("%s spooled %d times", name, len(m))
 	}
 	return filepath.Base(m[0])
+}
+
+// TestFetchWaitsForSegmentInFlight asks for a segment that another live
+// process is prefetching: the call waits for it to land in the spool and
+// takes it from there, instead of downloading it a second time.
+func TestFetchWaitsForSegmentInFlight(t *testing.T) {
+	store := newCounting()
+	archive(t, store, 1, 1, 4)
+	f := &fetcher{t: t, store: store, dir: pgWAL(t)}
+	if err := os.MkdirAll(f.spool(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	other := exec.Command("sleep", "30")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Process.Kill()
+	seg := segName(1, 2)
+	marker := filepath.Join(f.spool(), "."+seg+".prefetching")
+	writeFile(t, marker, []byte(fmt.Sprintf("%d\n", other.Process.Pid)))
+	go func() {
+		// The other process: its download lands, then its mark goes.
+		time.Sleep(100 * time.Millisecond)
+		elsewhere := t.TempDir()
+		got := wal.Prefetch(context.Background(), wal.FetchOptions{Store: store.Storage, Server: server, SpoolDir: elsewhere}, []string{seg})
+		if len(got) != 1 {
+			t.Errorf("Prefetch elsewhere: %v", got)
+		}
+		m, _ := filepath.Glob(filepath.Join(elsewhere, seg+".*"))
+		if len(m) == 1 {
+			os.Rename(m[0], filepath.Join(f.spool(), filepath.Base(m[0])))
+		}
+		os.Remove(marker)
+	}()
+	res, err := f.fetch(1, 2)
+	if err != nil || !res.FromSpool || store.getsOf(seg) != 0 {
+		t.Fatalf("fetch of a segment in flight: %+v, %v, %d Gets of its own; want it from the spool", res, err, store.getsOf(seg))
+	}
+	// A mark whose process is gone is no reason to wait.
+	other.Process.Kill()
+	other.Wait()
+	f = &fetcher{t: t, store: store, dir: pgWAL(t)}
+	if err := os.MkdirAll(f.spool(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	seg = segName(1, 4)
+	writeFile(t, filepath.Join(f.spool(), "."+seg+".prefetching"), []byte(fmt.Sprintf("%d\n", other.Process.Pid)))
+	before := store.getsOf(seg)
+	res, err = f.fetch(1, 4)
+	if err != nil || res.FromSpool || store.getsOf(seg) != before+1 {
+		t.Fatalf("fetch past a dead mark: %+v, %v, %d Gets", res, err, store.getsOf(seg)-before)
+	}
 }

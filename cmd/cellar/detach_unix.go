@@ -15,11 +15,11 @@ import (
 // while the next segments download. It is nil (prefetch in the call) when
 // this process is not the cellar binary run from main, as in tests that
 // call run directly.
-func (st *state) detachPrefetch(c *cli.Context, server, dest string) func([]string) error {
+func (st *state) detachPrefetch(c *cli.Context, server, dest string) func([]string) (int, error) {
 	if selfExe == "" {
 		return nil
 	}
-	return func(names []string) error {
+	return func(names []string) (int, error) {
 		var args []string
 		if p := c.String("config"); p != "" {
 			args = append(args, "--config", p)
@@ -30,8 +30,9 @@ func (st *state) detachPrefetch(c *cli.Context, server, dest string) func([]stri
 		cmd.Env = st.env
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
-			return err
+			return 0, err
 		}
-		return cmd.Process.Release()
+		pid := cmd.Process.Pid
+		return pid, cmd.Process.Release()
 	}
 }
