@@ -254,13 +254,15 @@ func (r readClosers) Close() error {
 // anything is renamed.
 func writeAtomic(dest string, r io.Reader) error {
 	base := filepath.Base(dest)
-	return writeAtomicNamed(filepath.Dir(dest), base, r, func() string { return base })
+	return writeAtomicNamed(filepath.Dir(dest), base, r, func() string { return base }, true)
 }
 
 // writeAtomicNamed writes r to a temporary file in dir, fsyncs it and
 // renames it to the name that final returns once all of r is written
-// (a name may depend on the content).
-func writeAtomicNamed(dir, base string, r io.Reader, final func() string) error {
+// (a name may depend on the content). Unless durable, it only starts the
+// file's write-back instead of waiting for it, and does not sync dir: for
+// a spool file, which is checked before use and made durable then.
+func writeAtomicNamed(dir, base string, r io.Reader, final func() string, durable bool) error {
 	tmp, err := os.CreateTemp(dir, "."+base+".cellar-tmp-*")
 	if err != nil {
 		return err
@@ -278,8 +280,12 @@ func writeAtomicNamed(dir, base string, r io.Reader, final func() string) error 
 	if err := tmp.Chmod(0o600); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return err
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+	} else {
+		startWriteback(tmp)
 	}
 	if err := tmp.Close(); err != nil {
 		return err
@@ -288,6 +294,9 @@ func writeAtomicNamed(dir, base string, r io.Reader, final func() string) error 
 		return err
 	}
 	done = true
+	if !durable {
+		return nil
+	}
 	return syncDir(dir)
 }
 

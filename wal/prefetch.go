@@ -29,12 +29,14 @@ import (
 // 8 hex digits. A prefetch writes a temporary file (.<segment>.cellar-tmp-*),
 // reads the object to its end through the envelope's verifier (size and
 // SHA-256 of the original bytes, as the repository recorded them), computes
-// the CRC-32C of what it wrote, fsyncs, and only then renames the file to
-// that name; so a file with a final name was complete and verified when it
-// got it. Before a spooled segment is handed to PostgreSQL it is checked
-// again against the size and CRC-32C in its name and discarded (then
-// fetched from the repository) if it does not match; a good one is renamed
-// to the destination (or copied, checking again, if the spool is on another
+// the CRC-32C of what it wrote, starts its write-back (without waiting for
+// it), and only then renames the file to that name; so a file with a final
+// name was complete and verified when it got it. Before a spooled segment
+// is handed to PostgreSQL it is checked again against the size and CRC-32C
+// in its name and discarded (then fetched from the repository) if it does
+// not match, which also catches a copy torn by a crash; a good one is
+// fsynced (its write-back long under way, this is cheap) and renamed to the
+// destination (or copied, checking again, if the spool is on another
 // filesystem). The second check guards the local copy against damage and
 // truncation, and the CRC-32C (hardware-assisted, 1-2 ms a 16 MiB segment
 // against 11 ms for SHA-256 here) keeps it off the critical path of
@@ -167,6 +169,11 @@ func handOver(f spooled, dest string) error {
 	}
 	c := &checkingReader{r: src, name: f.path, size: f.size, want: f.crc32c, sum: crc32.New(castagnoli)}
 	_, err = io.CopyBuffer(io.Discard, c, make([]byte, 1<<20))
+	if err == nil {
+		// The prefetch only started the write-back; it is done by now,
+		// or nearly, so this is cheap.
+		err = src.Sync()
+	}
 	src.Close()
 	if err != nil {
 		return err
@@ -319,7 +326,7 @@ func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name stri
 	crc := crc32.New(castagnoli)
 	return writeAtomicNamed(sp.dir, name, io.TeeReader(body, crc), func() string {
 		return spoolFileName(name, h.Size, crc.Sum32())
-	})
+	}, false)
 }
 
 // cleanPast removes the spooled segments PostgreSQL will not ask for now
