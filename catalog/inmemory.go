@@ -46,13 +46,7 @@ func EncodeInMemory(h Header, level int, r io.ReaderAt, size int64) (Header, []b
 // src may be a memory-mapped file: a fault while reading it (the file was
 // truncated under the mapping) is returned as an error, not a crash.
 func EncodeBytes(h Header, level int, src []byte) (Header, []byte, error) {
-	var (
-		npieces = (len(src) + pieceSize - 1) / pieceSize
-		out     = make([][]byte, max(npieces, 1))
-		errs    = make([]error, npieces+1) // the last is the hasher's
-		sum     [sha256.Size]byte
-		wg      sync.WaitGroup
-	)
+	npieces := (len(src) + pieceSize - 1) / pieceSize
 	if !h.Codec.Concatenable() || npieces <= 1 {
 		var payload bytes.Buffer
 		err := guardFault(func() error {
@@ -67,6 +61,12 @@ func EncodeBytes(h Header, level int, src []byte) (Header, []byte, error) {
 		obj, err := envelope(h, payload.Bytes())
 		return h, obj, err
 	}
+	var (
+		out  = make([][]byte, npieces)
+		errs = make([]error, npieces+1) // the last is the hasher's
+		sum  [sha256.Size]byte
+		wg   sync.WaitGroup
+	)
 	piece := func(i int) []byte { return src[i*pieceSize : min((i+1)*pieceSize, len(src))] }
 	wg.Go(func() {
 		errs[npieces] = guardFault(func() error { sum = sha256.Sum256(src); return nil })

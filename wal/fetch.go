@@ -75,8 +75,9 @@ type FetchResult struct {
 // than half of the next Prefetch segments are spooled or being fetched:
 // with FetchOptions.Detach it hands the missing ones to another process
 // and returns at once; without, it fetches them itself (only once the
-// segment right after the requested one is missing) and waits. A segment missing from the repository (the end of the archive) is
-// not an error for a prefetch, and no prefetch fails the call.
+// segment right after the requested one is missing) and waits. A segment
+// missing from the repository (the end of the archive) is not an error
+// for a prefetch, and no prefetch fails the call.
 func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 	w, err := catalog.ParseWALName(o.Name)
 	if err != nil {

@@ -113,12 +113,9 @@ func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpo
 		case age > spoolMaxAge:
 			why = "older than " + spoolMaxAge.String()
 		default:
-			size, err := strconv.ParseInt(m[2], 10, 64)
-			if err != nil {
+			if !sp.add(filepath.Join(dir, name), m) {
 				why = "bad size in its name"
-				break
 			}
-			sp.files[m[1]] = append(sp.files[m[1]], spooled{path: filepath.Join(dir, name), name: m[1], size: size, crc32c: m[3]})
 		}
 		if why != "" {
 			err := os.Remove(filepath.Join(dir, name))
@@ -128,17 +125,24 @@ func openPrefetchSpool(dir string, now time.Time, log *slog.Logger) *prefetchSpo
 	return sp
 }
 
+// add records the spooled file at path, whose name matched spoolName as m;
+// false if the size in its name is bad.
+func (sp *prefetchSpool) add(path string, m []string) bool {
+	size, err := strconv.ParseInt(m[2], 10, 64)
+	if err != nil {
+		return false
+	}
+	sp.files[m[1]] = append(sp.files[m[1]], spooled{path: path, name: m[1], size: size, crc32c: m[3]})
+	return true
+}
+
 // rescan looks for spooled copies of name again.
 func (sp *prefetchSpool) rescan(name string) {
 	delete(sp.files, name)
 	paths, _ := filepath.Glob(filepath.Join(sp.dir, name+".*"))
 	for _, p := range paths {
-		m := spoolName.FindStringSubmatch(filepath.Base(p))
-		if m == nil {
-			continue
-		}
-		if size, err := strconv.ParseInt(m[2], 10, 64); err == nil {
-			sp.files[name] = append(sp.files[name], spooled{path: p, name: name, size: size, crc32c: m[3]})
+		if m := spoolName.FindStringSubmatch(filepath.Base(p)); m != nil {
+			sp.add(p, m)
 		}
 	}
 }

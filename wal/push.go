@@ -224,48 +224,39 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 		archived, err = archivedHeader(ctx, o.Store, key, name)
 		pre <- err
 	}()
-	if fi.Size() <= inMemoryLimit {
-		// One pass: compress and hash into memory, then store an object
-		// of known size.
-		var obj []byte
-		if data, unmap, merr := mapFile(f, fi.Size()); merr == nil {
-			h, obj, err = catalog.EncodeBytes(h, o.Level, data)
-			unmap()
-		} else {
-			h, obj, err = catalog.EncodeInMemory(h, o.Level, f, fi.Size())
-		}
-		if perr := <-pre; perr != nil {
-			return PushResult{Name: name}, perr
-		}
-		if err != nil {
-			return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
-		}
-		res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
-		if archived != nil {
-			return res, compareArchived(*archived, h, &res)
-		}
-		return res, settle(ctx, o.Store, key, h, &res, cloud.Create(ctx, o.Store, key, bytes.NewReader(obj), int64(len(obj))))
+	// One pass over a file that fits in memory: compress and hash it, then
+	// store an object of known size. A larger one is hashed here and
+	// compressed as it streams to the repository.
+	inMemory := fi.Size() <= inMemoryLimit
+	var obj []byte
+	if !inMemory {
+		h.Size, h.SHA256, err = catalog.Digest(io.NewSectionReader(f, 0, fi.Size()))
+	} else if data, unmap, merr := mapFile(f, fi.Size()); merr == nil {
+		h, obj, err = catalog.EncodeBytes(h, o.Level, data)
+		unmap()
+	} else {
+		h, obj, err = catalog.EncodeInMemory(h, o.Level, f, fi.Size())
 	}
 	if perr := <-pre; perr != nil {
 		return PushResult{Name: name}, perr
 	}
-	if h.Size, h.SHA256, err = catalog.Digest(io.NewSectionReader(f, 0, fi.Size())); err != nil {
+	if err != nil {
 		return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
 	}
 	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
 	if archived != nil {
 		return res, compareArchived(*archived, h, &res)
 	}
-	return res, settle(ctx, o.Store, key, h, &res, create(ctx, o.Store, key, h, o.Level, f))
-}
-
-// settle finishes a conditional create: an object that another push
-// stored meanwhile is compared with this one.
-func settle(ctx context.Context, store cloud.Storage, key string, h catalog.Header, res *PushResult, err error) error {
-	if errors.Is(err, cloud.ErrExist) {
-		return sameContent(ctx, store, key, h, res)
+	if inMemory {
+		err = cloud.Create(ctx, o.Store, key, bytes.NewReader(obj), int64(len(obj)))
+	} else {
+		err = create(ctx, o.Store, key, h, o.Level, f)
 	}
-	return err
+	if errors.Is(err, cloud.ErrExist) {
+		// Another push stored it meanwhile: compare.
+		return res, sameContent(ctx, o.Store, key, h, &res)
+	}
+	return res, err
 }
 
 // inMemoryLimit is the largest file pushed in one pass through memory

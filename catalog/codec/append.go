@@ -27,11 +27,8 @@ func (c Codec) Concatenable() bool {
 // a window of appendWindow, which keeps the memory an encoder touches (and
 // so the page faults of a short-lived process) small.
 func (c Codec) AppendStream(dst, src []byte, level int) ([]byte, error) {
-	c, err := c.canonical()
+	c, err := c.forWriting(level)
 	if err != nil {
-		return dst, err
-	}
-	if err := c.checkLevel(level); err != nil {
 		return dst, err
 	}
 	switch c {

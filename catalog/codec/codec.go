@@ -117,6 +117,16 @@ func (c Codec) maxLevel() int {
 	return 0
 }
 
+// forWriting returns c made canonical, after checking that it is a codec
+// and that level is valid for it.
+func (c Codec) forWriting(level int) (Codec, error) {
+	c, err := c.canonical()
+	if err != nil {
+		return c, err
+	}
+	return c, c.checkLevel(level)
+}
+
 // checkLevel reports whether level is valid for c, which is canonical.
 func (c Codec) checkLevel(level int) error {
 	if c == None {
@@ -147,11 +157,8 @@ func (c Codec) checkLevel(level int) error {
 //
 // A writer is for one goroutine; any number of writers can be used at once.
 func (c Codec) NewWriter(w io.Writer, level int) (io.WriteCloser, error) {
-	c, err := c.canonical()
+	c, err := c.forWriting(level)
 	if err != nil {
-		return nil, err
-	}
-	if err := c.checkLevel(level); err != nil {
 		return nil, err
 	}
 	switch c {

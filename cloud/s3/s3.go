@@ -374,13 +374,21 @@ func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size 
 	if ps := partSizeFor(size, s.partSize); ps != s.partSize {
 		perCall = append(perCall, func(u *manager.Uploader) { u.PartSize = ps })
 	}
+	// seen is set once a conditional create, having got no answer, found
+	// the key there (createRetryer), so that it is not asked again below.
+	var seen atomic.Bool
+	exists := func() bool {
+		if seen.Load() {
+			return true
+		}
+		_, err := s.Stat(ctx, key)
+		seen.Store(err == nil)
+		return err == nil
+	}
 	if create {
 		perCall = append(perCall, func(u *manager.Uploader) {
 			u.ClientOptions = append(u.ClientOptions, func(o *s3.Options) {
-				o.Retryer = &createRetryer{Retryer: o.Retryer, exists: func() bool {
-					_, err := s.Stat(ctx, key)
-					return err == nil
-				}}
+				o.Retryer = &createRetryer{Retryer: o.Retryer, exists: exists}
 			})
 		})
 	}
@@ -399,7 +407,7 @@ func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size 
 		// 412. If the key exists now, report that: whether another
 		// writer's object or this one's (landed, its answer lost), the
 		// caller must compare contents anyway.
-		if _, serr := s.Stat(ctx, key); serr == nil {
+		if exists() {
 			return cloud.OpError(op, key, &kindError{
 				kind: cloud.ErrExist,
 				msg:  fmt.Sprintf("s3: object %q exists (the conditional write got no answer)", name),

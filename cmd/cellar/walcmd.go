@@ -70,6 +70,11 @@ func spoolDir(srv *config.Server, kind string) string {
 	return filepath.Join(srv.WALSpoolDir, srv.Name, kind)
 }
 
+// walPushLimit and walFetchLimit bound one call of wal-push, and of
+// wal-fetch or its detached prefetch.
+func walPushLimit(s *config.Server) time.Duration  { return time.Duration(s.WALPushTimeout) }
+func walFetchLimit(s *config.Server) time.Duration { return time.Duration(s.WALFetchTimeout) }
+
 // shortCallMemory is the heap at which a short call (wal-push, wal-fetch)
 // collects garbage at all; see shortCall.
 const shortCallMemory = 256 << 20
@@ -103,12 +108,12 @@ func walPushCommand(st *state) *cli.Command {
 			}
 			wal.ReadAhead(path)
 			st.shortCall()
-			srv, ctx, store, done, err := st.serverStore(c, func(s *config.Server) time.Duration { return time.Duration(s.WALPushTimeout) })
+			srv, ctx, store, done, err := st.serverStore(c, walPushLimit)
 			if err != nil {
 				return err
 			}
 			defer done()
-			limit := time.Duration(srv.WALPushTimeout)
+			limit := walPushLimit(srv)
 			cod, err := codec.Parse(srv.Compression)
 			if err != nil {
 				return err
@@ -149,12 +154,12 @@ func walFetchCommand(st *state) *cli.Command {
 				return usagef("wal-fetch: %v", err)
 			}
 			st.shortCall()
-			srv, ctx, store, done, err := st.serverStore(c, func(s *config.Server) time.Duration { return time.Duration(s.WALFetchTimeout) })
+			srv, ctx, store, done, err := st.serverStore(c, walFetchLimit)
 			if err != nil {
 				return err
 			}
 			defer done()
-			limit := time.Duration(srv.WALFetchTimeout)
+			limit := walFetchLimit(srv)
 			start := time.Now()
 			res, err := wal.Fetch(ctx, wal.FetchOptions{
 				Store: store, Server: srv.Name, Name: name, Dest: dest,
@@ -198,7 +203,7 @@ func walPrefetchCommand(st *state) *cli.Command {
 				}
 			}
 			st.shortCall()
-			srv, ctx, store, done, err := st.serverStore(c, func(s *config.Server) time.Duration { return time.Duration(s.WALFetchTimeout) })
+			srv, ctx, store, done, err := st.serverStore(c, walFetchLimit)
 			if err != nil {
 				return err
 			}
