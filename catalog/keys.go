@@ -1,6 +1,12 @@
 package catalog
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/cellar-backup/cellar/cloud"
+)
 
 // The key layout of one server's objects in a repository. Every key starts
 // with the server's name, so that servers may share a repository URL.
@@ -38,4 +44,18 @@ func WALKey(server string, w WALName) string {
 		return HistoryPrefix(server) + w.Name
 	}
 	return WALDirPrefix(server, w.Timeline, w.Log) + w.Name
+}
+
+// ListWALFiles calls fn for every archived WAL file of a server (segments
+// in timeline and segment order, then history files), from one paged
+// listing of the server's WAL prefix. Objects whose key is not where
+// WALKey puts their name are not Cellar's and are passed over.
+func ListWALFiles(ctx context.Context, store cloud.Storage, server string, fn func(WALName, cloud.ObjectInfo) error) error {
+	return store.List(ctx, WALPrefix(server), func(o cloud.ObjectInfo) error {
+		w, err := ParseWALName(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
+		if err != nil || WALKey(server, w) != o.Key {
+			return nil
+		}
+		return fn(w, o)
+	})
 }

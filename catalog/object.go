@@ -38,34 +38,45 @@ func PutJSON(ctx context.Context, store cloud.Storage, key, typ string, v any, c
 // GetJSON reads an object written by PutJSON into v, checking its type and
 // checksum.
 func GetJSON(ctx context.Context, store cloud.Storage, key, typ string, v any) error {
-	rc, err := store.Get(ctx, key)
+	js, err := readSmall(ctx, store, key, typ, 64<<20)
 	if err != nil {
 		return err
-	}
-	defer rc.Close()
-	h, err := ReadHeader(rc)
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
-	}
-	if h.Type != typ {
-		return fmt.Errorf("%s: %w: a %q object where a %q was expected", key, ErrCorrupt, h.Type, typ)
-	}
-	if h.Size > 64<<20 {
-		return fmt.Errorf("%s: %w: %d bytes is too large for a %s", key, ErrCorrupt, h.Size, typ)
-	}
-	body, err := Decode(rc, h)
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
-	}
-	defer body.Close()
-	js, err := io.ReadAll(body)
-	if err != nil {
-		return fmt.Errorf("%s: %w", key, err)
 	}
 	if err := json.Unmarshal(js, v); err != nil {
 		return fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
 	}
 	return nil
+}
+
+// readSmall reads a whole object of the given type and at most limit
+// bytes, checking its checksum.
+func readSmall(ctx context.Context, store cloud.Storage, key, typ string, limit int64) ([]byte, error) {
+	rc, err := store.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	h, err := ReadHeader(rc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if h.Type != typ {
+		return nil, fmt.Errorf("%s: %w: a %q object where a %q was expected", key, ErrCorrupt, h.Type, typ)
+	}
+	if h.Size > limit {
+		return nil, fmt.Errorf("%s: %w: %d bytes is too large for a %s", key, ErrCorrupt, h.Size, typ)
+	}
+	body, err := Decode(rc, h)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	defer body.Close()
+	// Read it whole: the checksum is known good only at the end.
+	js, err := io.ReadAll(body)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return js, nil
 }
 
 // Identity records which PostgreSQL cluster a server's repository belongs

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sort"
-	"strings"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
@@ -53,13 +52,8 @@ func ListWAL(ctx context.Context, store cloud.Storage, server string) ([]Timelin
 		}
 		return t
 	}
-	prefix := catalog.WALPrefix(server)
-	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
-		name := o.Key[strings.LastIndexByte(o.Key, '/')+1:]
-		w, err := catalog.ParseWALName(name)
-		if err != nil || catalog.WALKey(server, w) != o.Key {
-			return nil // not ours to summarise
-		}
+	err := catalog.ListWALFiles(ctx, store, server, func(w catalog.WALName, o cloud.ObjectInfo) error {
+		name := w.Name
 		t := get(w.Timeline)
 		t.StoredSize += o.Size
 		switch w.Kind {

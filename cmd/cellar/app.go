@@ -78,6 +78,9 @@ func newApp(st *state) *cli.App {
 			walPrefetchCommand(st),
 			listWALCommand(st),
 			switchWALCommand(st),
+			backupCommand(st),
+			listBackupsCommand(st),
+			showBackupCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

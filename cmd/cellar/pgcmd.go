@@ -105,54 +105,44 @@ func listWALCommand(st *state) *cli.Command {
 		Usage:     "archived WAL per timeline: first, last, count, size, gaps",
 		ArgsUsage: "SERVER",
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usagef("list-wal takes exactly one SERVER argument")
-			}
-			srv, err := st.server(c)
-			if err != nil {
-				return err
-			}
-			store, err := st.openStore(c.Context, srv)
-			if err != nil {
-				return err
-			}
-			defer store.Close()
-			tls, err := wal.ListWAL(c.Context, store, srv.Name)
-			if err != nil {
-				return err
-			}
-			if st.format == "json" {
-				return st.printJSON(tls)
-			}
-			if len(tls) == 0 {
-				fmt.Fprintf(st.stdout, "No WAL archived for server %s\n", srv.Name)
+			return st.storeCommand(c, 1, "list-wal takes exactly one SERVER argument", func(srv *config.Server, store cloud.Storage) error {
+				tls, err := wal.ListWAL(c.Context, store, srv.Name)
+				if err != nil {
+					return err
+				}
+				if st.format == "json" {
+					return st.printJSON(tls)
+				}
+				if len(tls) == 0 {
+					fmt.Fprintf(st.stdout, "No WAL archived for server %s\n", srv.Name)
+					return nil
+				}
+				for _, t := range tls {
+					fmt.Fprintf(st.stdout, "Timeline %d:", t.Timeline)
+					if t.Segments > 0 {
+						fmt.Fprintf(st.stdout, " %s .. %s, %d segments, %s (stored %s, ratio %.1f)",
+							t.First, t.Last, t.Segments, humanSize(t.Size), humanSize(t.StoredSize), t.Ratio)
+					}
+					var extra []string
+					if t.History {
+						extra = append(extra, "history file")
+					}
+					if t.Partial > 0 {
+						extra = append(extra, fmt.Sprintf("%d partial", t.Partial))
+					}
+					if t.Backup > 0 {
+						extra = append(extra, fmt.Sprintf("%d backup labels", t.Backup))
+					}
+					if len(t.Gaps) == 0 {
+						extra = append(extra, "no gaps")
+					}
+					for _, g := range t.Gaps {
+						extra = append(extra, fmt.Sprintf("GAP %s .. %s (%d segments)", g.From, g.To, g.Count))
+					}
+					fmt.Fprintf(st.stdout, " %s\n", strings.Join(extra, ", "))
+				}
 				return nil
-			}
-			for _, t := range tls {
-				fmt.Fprintf(st.stdout, "Timeline %d:", t.Timeline)
-				if t.Segments > 0 {
-					fmt.Fprintf(st.stdout, " %s .. %s, %d segments, %s (stored %s, ratio %.1f)",
-						t.First, t.Last, t.Segments, humanSize(t.Size), humanSize(t.StoredSize), t.Ratio)
-				}
-				var extra []string
-				if t.History {
-					extra = append(extra, "history file")
-				}
-				if t.Partial > 0 {
-					extra = append(extra, fmt.Sprintf("%d partial", t.Partial))
-				}
-				if t.Backup > 0 {
-					extra = append(extra, fmt.Sprintf("%d backup labels", t.Backup))
-				}
-				if len(t.Gaps) == 0 {
-					extra = append(extra, "no gaps")
-				}
-				for _, g := range t.Gaps {
-					extra = append(extra, fmt.Sprintf("GAP %s .. %s (%d segments)", g.From, g.To, g.Count))
-				}
-				fmt.Fprintf(st.stdout, " %s\n", strings.Join(extra, ", "))
-			}
-			return nil
+			})
 		},
 	}
 }

@@ -24,6 +24,24 @@ func (st *state) openStore(ctx context.Context, srv *config.Server) (cloud.Stora
 	return repo.Open(ctx, st.repoOptions(srv))
 }
 
+// storeCommand loads the command's server (its first argument, of nargs)
+// and opens its repository for run.
+func (st *state) storeCommand(c *cli.Context, nargs int, usage string, run func(*config.Server, cloud.Storage) error) error {
+	if c.NArg() != nargs {
+		return usagef("%s", usage)
+	}
+	srv, err := st.server(c)
+	if err != nil {
+		return err
+	}
+	store, err := st.openStore(c.Context, srv)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	return run(srv, store)
+}
+
 // serverStore loads the command's server and opens its repository under a
 // context bounded by the server's limit for this command. done releases
 // both.

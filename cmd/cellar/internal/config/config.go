@@ -58,6 +58,12 @@ type Server struct {
 	StreamingConninfo string `ini:"streaming_conninfo" secret:"conninfo"`
 	StreamingArchiver bool   `ini:"streaming_archiver" default:"off"`
 	SlotName          string `ini:"slot_name" default:"cellar"`
+	PrimaryConninfo   string `ini:"primary_conninfo" secret:"conninfo"`
+
+	BackupPartSize       Size     `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
+	BackupWALTimeout     Duration `ini:"backup_wal_timeout" default:"300s" min:"1" max:"604800"`
+	LastBackupMaximumAge string   `ini:"last_backup_maximum_age"`
+	LockDirectory        string   `ini:"lock_directory" default:"/tmp"`
 
 	RetentionPolicy   string `ini:"retention_policy"`
 	MinimumRedundancy int    `ini:"minimum_redundancy" default:"0" min:"0" max:"10000"`
@@ -285,6 +291,11 @@ func (s *Server) validate(requireRepository bool) error {
 			return errorf("%s: retention_policy: %v", s.sources["retention_policy"], err)
 		}
 	}
+	if s.LastBackupMaximumAge != "" {
+		if _, err := ParseAge(s.LastBackupMaximumAge); err != nil {
+			return errorf("%s: last_backup_maximum_age: %v", s.sources["last_backup_maximum_age"], err)
+		}
+	}
 	for _, u := range []struct{ name, value string }{{"s3_endpoint", s.S3Endpoint}, {"azure_endpoint", s.AzureEndpoint}, {"gcs_endpoint", s.GCSEndpoint}} {
 		if u.value == "" {
 			continue
@@ -334,6 +345,31 @@ func ParseRetentionPolicy(v string) (RetentionPolicy, error) {
 		return RetentionPolicy{Window: time.Duration(n) * unit, Text: u}, nil
 	}
 	return RetentionPolicy{}, fmt.Errorf("%q is not a policy: use REDUNDANCY n or RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS", v)
+}
+
+var ageRe = regexp.MustCompile(`^(\d+)\s+(HOUR|HOURS|DAY|DAYS|WEEK|WEEKS|MONTH|MONTHS)$`)
+
+// ParseAge parses an age in Barman's form, "n HOURS|DAYS|WEEKS|MONTHS"
+// (case-insensitive), as last_backup_maximum_age = 1 DAYS.
+func ParseAge(v string) (time.Duration, error) {
+	m := ageRe.FindStringSubmatch(strings.ToUpper(strings.Join(strings.Fields(v), " ")))
+	if m == nil {
+		return 0, fmt.Errorf("%q is not an age: write e.g. 1 DAYS, 12 HOURS or 2 WEEKS", v)
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q: the age must be at least 1", v)
+	}
+	unit := time.Hour
+	switch m[2][0] {
+	case 'D':
+		unit = 24 * time.Hour
+	case 'W':
+		unit = 7 * 24 * time.Hour
+	case 'M':
+		unit = 31 * 24 * time.Hour
+	}
+	return time.Duration(n) * unit, nil
 }
 
 // Setting is one effective setting, for show-server.

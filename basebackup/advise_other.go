@@ -1,0 +1,7 @@
+//go:build !linux
+
+package basebackup
+
+import "os"
+
+func adviseSequential(*os.File) {}

@@ -1,0 +1,376 @@
+// Package basebackup takes a base backup of a running PostgreSQL server
+// with the non-exclusive low-level API, reading the data directory itself
+// and uploading it as parallel compressed tar parts, and records it in a
+// manifest written last.
+package basebackup
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+)
+
+// DefaultPartSize is the tar stream size at which a part is closed: a
+// terabyte makes about 2,000 parts, far below every store's limits, and a
+// part is a unit that restore fetches in parallel.
+const DefaultPartSize = 512 << 20
+
+// Progress is told how a backup advances. The zero Options use one that
+// does nothing; cmd renders it as a bar or as log lines.
+type Progress interface {
+	// Start gives the number of bytes of files to read.
+	Start(total int64)
+	// Add reports n more bytes read.
+	Add(n int64)
+	// Stage names what the backup does now, e.g. "waiting for WAL".
+	Stage(name string)
+	// Done ends the display.
+	Done()
+}
+
+type noProgress struct{}
+
+func (noProgress) Start(int64)  {}
+func (noProgress) Add(int64)    {}
+func (noProgress) Stage(string) {}
+func (noProgress) Done()        {}
+
+// Options configure one backup.
+type Options struct {
+	Store  cloud.Storage
+	Server string
+	// Conn is a connection to the server, held for the whole backup.
+	Conn *pgx.Conn
+	// PGData is the data directory to read; it must be the server's.
+	PGData string
+	Codec  codec.Codec
+	Level  int
+	// Parallel is the number of files read, and parts written, at once.
+	Parallel int
+	// PartSize is the tar stream size at which a part is closed.
+	PartSize int64
+	// Fast asks for an immediate checkpoint at the start.
+	Fast bool
+	// WALTimeout bounds the wait for the backup's WAL in the repository.
+	WALTimeout time.Duration
+	// SwitchPrimaryWAL, when set, closes the current WAL segment on the
+	// primary: a backup from a standby calls it so that its last segment
+	// is archived without waiting for traffic.
+	SwitchPrimaryWAL func(context.Context) error
+	Progress         Progress
+	Log              *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now           func() time.Time
+	CellarVersion string
+	// OnStart is called with the backup's id once its marker is stored.
+	OnStart func(id string)
+}
+
+type backup struct {
+	o     Options
+	id    string
+	lim   codec.Limiter
+	mu    sync.Mutex
+	parts int
+}
+
+func (b *backup) progress(n int64) { b.o.Progress.Add(n) }
+
+func (o *Options) defaults() {
+	if o.Progress == nil {
+		o.Progress = noProgress{}
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Parallel < 1 {
+		o.Parallel = 1
+	}
+	if o.PartSize <= 0 {
+		o.PartSize = DefaultPartSize
+	}
+	if o.WALTimeout <= 0 {
+		o.WALTimeout = 5 * time.Minute
+	}
+}
+
+// Run takes a backup and returns its manifest. A backup that fails leaves
+// its marker with status FAILED and no parts (as far as the repository
+// lets them be deleted); one that is killed leaves a marker that the
+// catalog shows as not done, and parts without a manifest.
+func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
+	o.defaults()
+	srv, err := Inspect(ctx, o.Conn, o.PGData)
+	if err != nil {
+		return nil, err
+	}
+	if o.PGData == "" {
+		o.PGData = srv.DataDirectory
+	}
+	id, err := catalog.ReadIdentity(ctx, o.Store, o.Server)
+	switch {
+	case errors.Is(err, cloud.ErrNotExist):
+		id, err = catalog.EnsureIdentity(ctx, o.Store, o.Server, catalog.Identity{
+			SystemIdentifier: srv.SystemIdentifier, WALSegmentSize: srv.WALSegmentSize,
+			CreatedAt: o.Now().UTC(), CreatedBy: "cellar backup " + o.CellarVersion,
+		})
+		if err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, err
+	}
+	if id.SystemIdentifier != srv.SystemIdentifier {
+		return nil, fmt.Errorf("the repository of server %s belongs to the cluster %d, PostgreSQL is cluster %d: point the server at its own repository",
+			o.Server, id.SystemIdentifier, srv.SystemIdentifier)
+	}
+
+	begin := o.Now().UTC()
+	b := &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0)}
+	host, _ := os.Hostname()
+	marker := catalog.Started{ID: b.id, Server: o.Server, Status: catalog.StatusStarted, Host: host, PID: os.Getpid(), BeginTime: begin}
+	err = catalog.PutJSON(ctx, o.Store, catalog.StartedKey(o.Server, b.id), "backup-started", marker, true)
+	if errors.Is(err, cloud.ErrExist) {
+		return nil, fmt.Errorf("a backup with id %s already exists: start the next backup a second later", b.id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if o.OnStart != nil {
+		o.OnStart(b.id)
+	}
+	m, err := b.run(ctx, srv, begin)
+	if err != nil {
+		b.fail(ctx, marker, err)
+		return nil, fmt.Errorf("backup %s failed: %w", b.id, err)
+	}
+	return m, nil
+}
+
+// fail records the failure in the marker and removes the parts.
+func (b *backup) fail(ctx context.Context, marker catalog.Started, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	marker.Status, marker.EndTime, marker.Error = catalog.StatusFailed, b.o.Now().UTC(), cause.Error()
+	if err := catalog.WriteStarted(ctx, b.o.Store, marker); err != nil {
+		b.o.Log.Warn("could not record the failure in the catalog", "backup", b.id, "error", err)
+	}
+	err := b.o.Store.List(ctx, catalog.PartsPrefix(b.o.Server, b.id), func(oi cloud.ObjectInfo) error {
+		return b.o.Store.Delete(ctx, oi.Key)
+	})
+	if err != nil {
+		b.o.Log.Warn("could not remove the parts of the failed backup; retention will", "backup", b.id, "error", err)
+	}
+}
+
+func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalog.Manifest, error) {
+	o := b.o
+	label := "cellar backup " + b.id
+	o.Progress.Stage("checkpoint")
+	o.Log.Info("starting the backup", "server", o.Server, "backup", b.id, "fast_checkpoint", o.Fast)
+	st, err := startBackup(ctx, o.Conn, srv.Version, label, o.Fast)
+	if err != nil {
+		return nil, err
+	}
+	stopNeeded := true
+	defer func() {
+		if stopNeeded {
+			// Leave PostgreSQL's backup state clean; closing the
+			// connection would too.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			_, _ = stopBackup(sctx, o.Conn, srv.Version)
+			cancel()
+		}
+	}()
+	ents, err := scan(o.PGData, srv.Tablespaces)
+	if err != nil {
+		return nil, err
+	}
+	files, others := plan(ents)
+	var total int64
+	for _, f := range files {
+		total += f.Size
+	}
+	o.Progress.Stage("copying")
+	o.Progress.Start(total)
+	records, parts, err := b.writeParts(ctx, files)
+	if err != nil {
+		return nil, err
+	}
+	o.Progress.Stage("stopping")
+	stopNeeded = false
+	sp, err := stopBackup(ctx, o.Conn, srv.Version)
+	if err != nil {
+		return nil, err
+	}
+	startWAL, timeline, err := labelInfo(sp.Label)
+	if err != nil {
+		return nil, err
+	}
+	endWAL := sp.LSN.PrevSegmentName(timeline, srv.WALSegmentSize)
+	if endWAL < startWAL {
+		endWAL = startWAL
+	}
+	meta, metaRecords, err := b.writeMeta(ctx, others, sp)
+	if err != nil {
+		return nil, err
+	}
+	records = append(records, metaRecords...)
+	parts = append(parts, meta)
+	o.Progress.Done()
+
+	if err := b.waitWAL(ctx, srv, timeline, startWAL, endWAL); err != nil {
+		return nil, err
+	}
+	m := &catalog.Manifest{
+		Version: catalog.ManifestVersion, ID: b.id, Server: o.Server, Status: catalog.StatusDone,
+		SystemIdentifier: srv.SystemIdentifier, PGVersion: srv.Version, PGVersionString: srv.VersionString,
+		PGData: o.PGData, Standby: srv.Standby, Timeline: timeline, WALSegmentSize: srv.WALSegmentSize,
+		BeginLSN: st.LSN.String(), EndLSN: sp.LSN.String(), BeginWAL: startWAL, EndWAL: endWAL,
+		BeginTime: begin, EndTime: o.Now().UTC(), Label: label, Fast: o.Fast,
+		Compression: string(o.Codec), CompressionLevel: o.Level, CellarVersion: o.CellarVersion,
+		BackupLabel: sp.Label, TablespaceMap: sp.TablespaceMap, Tablespaces: srv.Tablespaces,
+	}
+	m.Host, _ = os.Hostname()
+	if m.Tablespaces == nil {
+		m.Tablespaces = []catalog.Tablespace{}
+	}
+	sort.Slice(records, func(i, j int) bool { return records[i].Path < records[j].Path })
+	sort.Slice(parts, func(i, j int) bool { return parts[i].Number < parts[j].Number })
+	m.Files, m.Parts = records, parts
+	for _, f := range records {
+		m.DataSize += f.Size
+		if f.Type == catalog.TypeFile {
+			m.FileCount++
+		}
+		for i := range m.Tablespaces {
+			if strings.HasPrefix(f.Path, "pg_tblspc/"+strconv.FormatUint(uint64(m.Tablespaces[i].OID), 10)+"/") {
+				m.Tablespaces[i].Size += f.Size
+			}
+		}
+	}
+	for _, p := range parts {
+		m.StoredSize += p.Size
+	}
+	if err := catalog.WriteManifest(ctx, o.Store, m); err != nil {
+		return nil, fmt.Errorf("writing the manifest: %w", err)
+	}
+	if err := o.Store.Delete(ctx, catalog.StartedKey(o.Server, b.id)); err != nil {
+		o.Log.Warn("could not remove the backup's start marker", "backup", b.id, "error", err)
+	}
+	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", len(m.Parts))
+	return m, nil
+}
+
+// writeMeta writes the last part: every directory and symlink, and the
+// backup_label and tablespace_map that PostgreSQL returned, so that the
+// parts extracted with tar make a data directory ready for recovery.
+func (b *backup) writeMeta(ctx context.Context, others []entry, sp stopped) (catalog.Part, []catalog.File, error) {
+	p, err := b.openPart(ctx, b.nextPart())
+	if err != nil {
+		return catalog.Part{}, nil, err
+	}
+	var records []catalog.File
+	for _, e := range others {
+		rec, _, err := p.add(e, nil, b.progress)
+		if err != nil {
+			p.abort(err)
+			return catalog.Part{}, nil, err
+		}
+		records = append(records, rec)
+	}
+	now := b.o.Now().UTC()
+	for _, f := range []struct{ name, text string }{{"backup_label", sp.Label}, {"tablespace_map", sp.TablespaceMap}} {
+		if f.text == "" {
+			continue
+		}
+		rec, err := p.addBytes(f.name, []byte(f.text), now)
+		if err != nil {
+			p.abort(err)
+			return catalog.Part{}, nil, err
+		}
+		records = append(records, rec)
+	}
+	part, err := p.finish()
+	return part, records, err
+}
+
+// waitWAL waits until the WAL from the start to the stop segment is in the
+// repository.
+func (b *backup) waitWAL(ctx context.Context, srv *Server, timeline uint32, startWAL, endWAL string) error {
+	o := b.o
+	o.Log.Info("waiting for the backup's WAL in the repository", "from", startWAL, "to", endWAL)
+	if srv.Standby && o.SwitchPrimaryWAL != nil {
+		if err := o.SwitchPrimaryWAL(ctx); err != nil {
+			return fmt.Errorf("switching WAL on the primary (primary_conninfo): %w", err)
+		}
+	}
+	first, err := catalog.ParseWALName(startWAL)
+	if err != nil {
+		return err
+	}
+	last, err := catalog.ParseWALName(endWAL)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, o.WALTimeout)
+	defer cancel()
+	seg := first.SegNo(srv.WALSegmentSize)
+	end := last.SegNo(srv.WALSegmentSize)
+	for seg <= end {
+		name := catalog.SegmentNameOf(timeline, seg, srv.WALSegmentSize)
+		w, _ := catalog.ParseWALName(name)
+		_, err := o.Store.Stat(wctx, catalog.WALKey(o.Server, w))
+		if err == nil {
+			seg++
+			continue
+		}
+		if !errors.Is(err, cloud.ErrNotExist) && wctx.Err() == nil {
+			return err
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			hint := "check archive_command and `cellar check " + o.Server + "`"
+			if srv.Standby && o.SwitchPrimaryWAL == nil {
+				hint = "a backup from a standby needs the primary to close the segment: set primary_conninfo so Cellar can, or run pg_switch_wal() on the primary"
+			}
+			return fmt.Errorf("the WAL segment %s, which the backup needs, was not archived within %v (backup_wal_timeout): %s", name, o.WALTimeout, hint)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// addBytes writes a small file held in memory.
+func (p *partWriter) addBytes(name string, data []byte, mtime time.Time) (catalog.File, error) {
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), ModTime: mtime, Typeflag: tar.TypeReg}
+	if err := p.tw.WriteHeader(hdr); err != nil {
+		return catalog.File{}, err
+	}
+	rec := catalog.File{Path: name, Type: catalog.TypeFile, Size: int64(len(data)), Mode: 0o600, MTime: mtime, Part: p.number, Offset: p.raw.n, SHA256: sha256Hex(data)}
+	if _, err := p.tw.Write(data); err != nil {
+		return rec, err
+	}
+	p.files++
+	return rec, nil
+}

@@ -1,0 +1,336 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+)
+
+// A base backup is stored as
+//
+//	<server>/base/<id>/part-00001.tar.zst   parts: tar streams, compressed
+//	<server>/backups/<id>.started           written when the backup starts
+//	<server>/backups/<id>.manifest          written last, when it is done
+//
+// The catalog lists <server>/backups/ only, so listing costs a call per
+// thousand backups whatever the number of parts.
+
+// Backup statuses.
+const (
+	StatusStarted = "STARTED" // running, or killed without a trace
+	StatusDone    = "DONE"
+	StatusFailed  = "FAILED"
+)
+
+// BackupIDLayout is the time layout of a backup id: its start time in UTC.
+const BackupIDLayout = "20060102T150405"
+
+var backupIDRe = regexp.MustCompile(`^\d{8}T\d{6}$`)
+
+// NewBackupID returns the id of a backup started at t.
+func NewBackupID(t time.Time) string { return t.UTC().Format(BackupIDLayout) }
+
+// ValidBackupID reports whether id has the form of a backup id.
+func ValidBackupID(id string) bool { return backupIDRe.MatchString(id) }
+
+// BackupsPrefix is the prefix of the catalog objects of a server's backups.
+func BackupsPrefix(server string) string { return server + "/backups/" }
+
+// ManifestKey is the key of a backup's manifest.
+func ManifestKey(server, id string) string { return BackupsPrefix(server) + id + ".manifest" }
+
+// StartedKey is the key of the marker of a backup that started.
+func StartedKey(server, id string) string { return BackupsPrefix(server) + id + ".started" }
+
+// PartsPrefix is the prefix of a backup's parts.
+func PartsPrefix(server, id string) string { return server + "/base/" + id + "/" }
+
+// PartKey is the key of part n of a backup compressed with c.
+func PartKey(server, id string, n int, c codec.Codec) string {
+	k := fmt.Sprintf("%spart-%05d.tar", PartsPrefix(server, id), n)
+	if ext := c.Extension(); ext != "" {
+		k += "." + ext
+	}
+	return k
+}
+
+// ManifestVersion is the manifest schema this Cellar writes. It reads
+// every version up to this one.
+const ManifestVersion = 1
+
+// Manifest describes one finished base backup. It is written after every
+// part it names is durable and after the WAL from BeginWAL to EndWAL is in
+// the repository; a backup without a manifest is not a backup.
+type Manifest struct {
+	Version          int       `json:"manifest_version"`
+	ID               string    `json:"id"`
+	Server           string    `json:"server"`
+	Status           string    `json:"status"`
+	SystemIdentifier uint64    `json:"system_identifier,string"`
+	PGVersion        int       `json:"pg_version"`
+	PGVersionString  string    `json:"pg_version_string"`
+	PGData           string    `json:"pgdata"`
+	Standby          bool      `json:"standby"`
+	Timeline         uint32    `json:"timeline"`
+	WALSegmentSize   int64     `json:"wal_segment_size"`
+	BeginLSN         string    `json:"begin_lsn"`
+	EndLSN           string    `json:"end_lsn"`
+	BeginWAL         string    `json:"begin_wal"`
+	EndWAL           string    `json:"end_wal"`
+	BeginTime        time.Time `json:"begin_time"`
+	EndTime          time.Time `json:"end_time"`
+	Label            string    `json:"label"`
+	Fast             bool      `json:"fast_checkpoint"`
+	Compression      string    `json:"compression"`
+	CompressionLevel int       `json:"compression_level"`
+	// DataSize is the size of the files backed up; StoredSize what the
+	// repository holds for them (all parts).
+	DataSize      int64  `json:"data_size"`
+	StoredSize    int64  `json:"stored_size"`
+	FileCount     int    `json:"file_count"`
+	CellarVersion string `json:"cellar_version"`
+	Host          string `json:"host"`
+
+	Tablespaces   []Tablespace `json:"tablespaces"`
+	BackupLabel   string       `json:"backup_label"`
+	TablespaceMap string       `json:"tablespace_map,omitempty"`
+	Parts         []Part       `json:"parts"`
+	Files         []File       `json:"files"`
+}
+
+// Tablespace is a tablespace other than pg_default and pg_global. Its
+// files are recorded under pg_tblspc/<oid>/.
+type Tablespace struct {
+	OID      uint32 `json:"oid"`
+	Name     string `json:"name"`
+	Location string `json:"location"`
+	Size     int64  `json:"size"`
+}
+
+// Part is one stored tar stream.
+type Part struct {
+	Number int    `json:"number"`
+	Key    string `json:"key"`
+	// Size and SHA256 describe the stored (compressed) object; DataSize
+	// is the length of the tar stream inside it.
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+	DataSize int64  `json:"data_size"`
+	Files    int    `json:"files"`
+}
+
+// File types in a manifest.
+const (
+	TypeFile    = "file"
+	TypeDir     = "dir"
+	TypeSymlink = "symlink"
+)
+
+// File is one entry of the data directory (or of a tablespace, under
+// pg_tblspc/<oid>/) as stored in a part.
+type File struct {
+	Path  string    `json:"path"`
+	Type  string    `json:"type"`
+	Size  int64     `json:"size"`
+	Mode  uint32    `json:"mode"`
+	MTime time.Time `json:"mtime"`
+	// SHA256 is the checksum of the bytes stored for a regular file.
+	SHA256 string `json:"sha256,omitempty"`
+	// Link is a symlink's target.
+	Link string `json:"link,omitempty"`
+	// Part is the number of the part that holds the entry, Offset where
+	// the file's data starts in that part's tar stream.
+	Part   int   `json:"part"`
+	Offset int64 `json:"offset"`
+}
+
+// Ratio is the compression ratio of the backup.
+func (m *Manifest) Ratio() float64 {
+	if m.StoredSize == 0 {
+		return 0
+	}
+	return float64(m.DataSize) / float64(m.StoredSize)
+}
+
+// maxManifest bounds what a reader accepts as a manifest, uncompressed.
+const maxManifest = 4 << 30
+
+// WriteManifest stores m, compressed, with a conditional create: a
+// manifest is never replaced.
+func WriteManifest(ctx context.Context, store cloud.Storage, m *Manifest) error {
+	js, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(js)
+	h := Header{Type: "manifest", Name: m.ID, Codec: codec.Zstd, Size: int64(len(js)), SHA256: hex.EncodeToString(sum[:])}
+	var buf bytes.Buffer
+	if err := Encode(&buf, h, 0, bytes.NewReader(js)); err != nil {
+		return err
+	}
+	return cloud.Create(ctx, store, ManifestKey(m.Server, m.ID), &buf, int64(buf.Len()))
+}
+
+// ReadManifest reads and checks a backup's manifest. A missing manifest
+// gives an error that wraps cloud.ErrNotExist.
+func ReadManifest(ctx context.Context, store cloud.Storage, server, id string) (*Manifest, error) {
+	var m Manifest
+	if err := readManifestInto(ctx, store, ManifestKey(server, id), &m); err != nil {
+		return nil, err
+	}
+	if m.ID != id || m.Server != server {
+		return nil, fmt.Errorf("%s: %w: the manifest is of backup %s of server %s", ManifestKey(server, id), ErrCorrupt, m.ID, m.Server)
+	}
+	return &m, nil
+}
+
+func readManifestInto(ctx context.Context, store cloud.Storage, key string, v any) error {
+	js, err := readSmall(ctx, store, key, "manifest", maxManifest)
+	if err != nil {
+		return err
+	}
+	var ver struct {
+		Version int `json:"manifest_version"`
+	}
+	if err := json.Unmarshal(js, &ver); err != nil {
+		return fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
+	}
+	if ver.Version < 1 || ver.Version > ManifestVersion {
+		return fmt.Errorf("%s: manifest version %d is newer than this Cellar reads (%d): upgrade cellar", key, ver.Version, ManifestVersion)
+	}
+	if err := json.Unmarshal(js, v); err != nil {
+		return fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
+	}
+	return nil
+}
+
+// Started is the marker a backup writes when it starts, and rewrites with
+// status FAILED and the error when it fails.
+type Started struct {
+	ID        string    `json:"id"`
+	Server    string    `json:"server"`
+	Status    string    `json:"status"`
+	Host      string    `json:"host"`
+	PID       int       `json:"pid"`
+	BeginTime time.Time `json:"begin_time"`
+	EndTime   time.Time `json:"end_time,omitzero"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// WriteStarted stores (or replaces) the marker of a backup.
+func WriteStarted(ctx context.Context, store cloud.Storage, s Started) error {
+	return PutJSON(ctx, store, StartedKey(s.Server, s.ID), "backup-started", s, false)
+}
+
+// BackupInfo is one backup as the catalog lists it: the summary of its
+// manifest, or the marker of a backup that has none.
+type BackupInfo struct {
+	// Manifest is the backup's manifest without files and parts, or nil
+	// for a backup that did not finish.
+	Manifest *Manifest
+	Started  *Started
+}
+
+// ID is the backup's id.
+func (b BackupInfo) ID() string {
+	if b.Manifest != nil {
+		return b.Manifest.ID
+	}
+	return b.Started.ID
+}
+
+// Status is DONE for a backup with a manifest, otherwise the marker's.
+func (b BackupInfo) Status() string {
+	if b.Manifest != nil {
+		return b.Manifest.Status
+	}
+	return b.Started.Status
+}
+
+// summary is the part of a manifest that a listing decodes.
+type summary struct {
+	Manifest
+	Files json.RawMessage `json:"files"`
+	Parts json.RawMessage `json:"parts"`
+}
+
+// ListBackups lists a server's backups, oldest first, from one paged
+// listing of the catalog prefix and a read of each backup's manifest (or
+// marker), several at once.
+func ListBackups(ctx context.Context, store cloud.Storage, server string) ([]BackupInfo, error) {
+	type entry struct{ manifest, started bool }
+	ids := map[string]*entry{}
+	prefix := BackupsPrefix(server)
+	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
+		id, ext, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), ".")
+		if !ok || !ValidBackupID(id) {
+			return nil
+		}
+		e := ids[id]
+		if e == nil {
+			e = &entry{}
+			ids[id] = e
+		}
+		switch ext {
+		case "manifest":
+			e.manifest = true
+		case "started":
+			e.started = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var order []string
+	for id, e := range ids {
+		if e.manifest || e.started {
+			order = append(order, id)
+		}
+	}
+	sort.Strings(order)
+	out := make([]BackupInfo, len(order))
+	errs := make([]error, len(order))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, id := range order {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if ids[id].manifest {
+				var s summary
+				errs[i] = readManifestInto(ctx, store, ManifestKey(server, id), &s)
+				m := s.Manifest
+				out[i].Manifest = &m
+				return
+			}
+			var s Started
+			errs[i] = GetJSON(ctx, store, StartedKey(server, id), "backup-started", &s)
+			if errors.Is(errs[i], cloud.ErrNotExist) {
+				// Finished (or deleted) between the listing and now.
+				errs[i] = nil
+				s = Started{ID: id, Server: server, Status: StatusFailed, Error: "the backup's marker vanished"}
+			}
+			out[i].Started = &s
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,165 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cloud/mem"
+)
+
+// TestGoldenManifest keeps the manifest format: the golden file decodes
+// into a Manifest and encodes back to the same JSON, field for field.
+func TestGoldenManifest(t *testing.T) {
+	golden, err := os.ReadFile("../testdata/manifest-v1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(golden))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatalf("the golden manifest does not decode: %v", err)
+	}
+	out, err := json.MarshalIndent(&m, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(out)+"\n", string(golden); got != want {
+		t.Fatalf("the manifest encodes differently from testdata/manifest-v1.json:\n%s", got)
+	}
+	if m.Ratio() < 6 || m.Ratio() > 6.1 || m.SystemIdentifier != 7443318127582425231 || m.Files[3].Part != 1 {
+		t.Fatalf("decoded: ratio %.2f, system identifier %d, %+v", m.Ratio(), m.SystemIdentifier, m.Files[3])
+	}
+	// Stored and read back through the repository.
+	ctx := context.Background()
+	store := mem.New(nil)
+	if err := WriteManifest(ctx, store, &m); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteManifest(ctx, store, &m); !errors.Is(err, cloud.ErrExist) {
+		t.Fatalf("a second manifest for the same backup: %v, want ErrExist", err)
+	}
+	got, err := ReadManifest(ctx, store, "main", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Files) != 5 || got.Files[0].SHA256 != m.Files[0].SHA256 || got.TablespaceMap != m.TablespaceMap {
+		t.Fatalf("read back: %+v", got)
+	}
+	if _, err := ReadManifest(ctx, store, "other", m.ID); !errors.Is(err, cloud.ErrNotExist) {
+		t.Fatalf("the manifest of another server: %v", err)
+	}
+}
+
+func TestManifestRefusesNewerVersionAndDamage(t *testing.T) {
+	ctx := context.Background()
+	store := mem.New(nil)
+	m := &Manifest{Version: ManifestVersion + 1, ID: "20260101T000000", Server: "main", Status: StatusDone}
+	if err := WriteManifest(ctx, store, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadManifest(ctx, store, "main", m.ID); err == nil || !strings.Contains(err.Error(), "upgrade cellar") {
+		t.Fatalf("a newer manifest: %v", err)
+	}
+	// One byte changed in the stored object.
+	key := ManifestKey("main", "20260102T000000")
+	m = &Manifest{Version: ManifestVersion, ID: "20260102T000000", Server: "main", Status: StatusDone, Label: strings.Repeat("x", 1000)}
+	if err := WriteManifest(ctx, store, m); err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := store.Get(ctx, key)
+	var buf bytes.Buffer
+	buf.ReadFrom(rc)
+	rc.Close()
+	b := buf.Bytes()
+	b[len(b)-20] ^= 0xff
+	if err := store.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadManifest(ctx, store, "main", m.ID); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a damaged manifest: %v, want ErrCorrupt", err)
+	}
+}
+
+func TestListBackups(t *testing.T) {
+	ctx := context.Background()
+	store := mem.New(nil)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i, status := range []string{StatusDone, StatusFailed, StatusDone, StatusStarted} {
+		id := NewBackupID(t0.Add(time.Duration(i) * time.Hour))
+		s := Started{ID: id, Server: "main", Status: StatusStarted, BeginTime: t0}
+		if err := PutJSON(ctx, store, StartedKey("main", id), "backup-started", s, true); err != nil {
+			t.Fatal(err)
+		}
+		switch status {
+		case StatusDone:
+			m := &Manifest{Version: ManifestVersion, ID: id, Server: "main", Status: StatusDone, DataSize: int64(i),
+				Files: []File{{Path: "PG_VERSION", Type: TypeFile}}, Parts: []Part{{Number: 1}}}
+			if err := WriteManifest(ctx, store, m); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				store.Delete(ctx, StartedKey("main", id))
+			}
+		case StatusFailed:
+			s.Status, s.Error = StatusFailed, "disk full"
+			if err := WriteStarted(ctx, store, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Parts are not the catalog's business.
+		store.Put(ctx, PartKey("main", id, 1, codec.Zstd), strings.NewReader("x"), 1)
+	}
+	// Another server's backups and stray objects.
+	store.Put(ctx, "other/backups/20260101T000000.manifest", strings.NewReader("x"), 1)
+	store.Put(ctx, "main/backups/README", strings.NewReader("x"), 1)
+	list, err := ListBackups(ctx, store, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range list {
+		got = append(got, b.ID()+":"+b.Status())
+	}
+	want := "20260101T000000:DONE 20260101T010000:FAILED 20260101T020000:DONE 20260101T030000:STARTED"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("ListBackups = %v\nwant %s", got, want)
+	}
+	if list[0].Manifest.Files != nil || list[0].Manifest.DataSize != 0 || list[2].Manifest.DataSize != 2 {
+		t.Fatalf("a listing decodes the summary only: %+v", list[0].Manifest)
+	}
+	if list[1].Started.Error != "disk full" {
+		t.Fatalf("failed marker: %+v", list[1].Started)
+	}
+}
+
+func TestLSN(t *testing.T) {
+	l, err := ParseLSN("16/B374D848")
+	if err != nil || uint64(l) != 0x16B374D848 || l.String() != "16/B374D848" {
+		t.Fatalf("ParseLSN: %v %v", l, err)
+	}
+	for _, bad := range []string{"", "16", "x/1", "1/", "1/2/3"} {
+		if _, err := ParseLSN(bad); err == nil {
+			t.Errorf("ParseLSN(%q) accepted", bad)
+		}
+	}
+	seg := int64(16 << 20)
+	if n := LSN(0x5000028).SegmentName(1, seg); n != "000000010000000000000005" {
+		t.Fatal(n)
+	}
+	// A stop LSN on a segment boundary needs the segment before it only.
+	if n := LSN(0x6000000).PrevSegmentName(2, seg); n != "000000020000000000000005" {
+		t.Fatal(n)
+	}
+	if n := LSN(0x6000001).PrevSegmentName(2, seg); n != "000000020000000000000006" {
+		t.Fatal(n)
+	}
+}

@@ -1,0 +1,460 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+)
+
+// backupCluster is an archiving cluster whose configuration also names its
+// data directory and connection, ready for `cellar backup main`.
+func backupCluster(t *testing.T, kind, extraConf string) (*pgtest.Cluster, string, []string) {
+	t.Helper()
+	locks := t.TempDir()
+	c, conf, env := archivingCluster(t, kind, "lock_directory = "+locks+"\n"+extraConf)
+	appendConf(t, conf, fmt.Sprintf("pgdata = %s\nconninfo = %s\n", c.DataDir(), c.ConnString()))
+	return c, conf, env
+}
+
+// openRepository opens the repository of server main as cellar does.
+func openRepository(t *testing.T, conf string, env []string) cloud.Storage {
+	t.Helper()
+	cfg, err := config.Load(conf, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := cfg.Server("main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The SDKs read their own variables from the process environment.
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	st := &state{env: env}
+	store, err := repo.Open(context.Background(), st.repoOptions(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+// listBackups runs list-backups --format json.
+func listBackups(t *testing.T, env []string, conf string) []backupRow {
+	t.Helper()
+	r := cellar(t, env, "--config", conf, "list-backups", "main", "--format", "json")
+	if r.code != 0 {
+		t.Fatalf("list-backups: exit %d: %s", r.code, r.stderr)
+	}
+	var rows []backupRow
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		t.Fatalf("list-backups output: %v\n%s", err, r.stdout)
+	}
+	return rows
+}
+
+// extractParts downloads every part of a backup and unpacks it with the
+// standard tools, tar and zstd, into a new directory.
+func extractParts(t *testing.T, store cloud.Storage, m *catalog.Manifest) string {
+	t.Helper()
+	// Open to PostgreSQL's user, which may start a server on it.
+	dir, err := os.MkdirTemp("", "cellar-extract")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "data")
+	if err := os.Mkdir(out, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range m.Parts {
+		rc, err := store.Get(context.Background(), p.Key)
+		if err != nil {
+			t.Fatalf("part %s: %v", p.Key, err)
+		}
+		data, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		if int64(len(data)) != p.Size || hex.EncodeToString(sum[:]) != p.SHA256 {
+			t.Fatalf("part %s: %d bytes sha256 %x, the manifest records %d bytes %s", p.Key, len(data), sum, p.Size, p.SHA256)
+		}
+		file := filepath.Join(dir, filepath.Base(p.Key))
+		if err := os.WriteFile(file, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sh", "-c", `zstd -d -q -c "$1" | tar -x -C "$2"`, "sh", file, out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("zstd -d | tar -x %s: %v\n%s", p.Key, err, b)
+		}
+		os.Remove(file)
+	}
+	return out
+}
+
+// checkExtracted compares an unpacked backup with its manifest: exactly
+// the files it names, with their sizes and checksums.
+func checkExtracted(t *testing.T, dir string, m *catalog.Manifest) {
+	t.Helper()
+	want := map[string]catalog.File{}
+	for _, f := range m.Files {
+		want[f.Path] = f
+	}
+	seen := 0
+	err := filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		f, ok := want[rel]
+		if !ok {
+			return fmt.Errorf("%s was extracted but is not in the manifest", rel)
+		}
+		seen++
+		switch {
+		case info.Mode()&os.ModeSymlink != 0:
+			if f.Type != catalog.TypeSymlink {
+				return fmt.Errorf("%s: a symlink, the manifest says %s", rel, f.Type)
+			}
+		case info.IsDir():
+			if f.Type != catalog.TypeDir {
+				return fmt.Errorf("%s: a directory, the manifest says %s", rel, f.Type)
+			}
+		default:
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(data)
+			if f.Type != catalog.TypeFile || int64(len(data)) != f.Size || hex.EncodeToString(sum[:]) != f.SHA256 {
+				return fmt.Errorf("%s: %d bytes sha256 %x, the manifest records %s of %d bytes %s", rel, len(data), sum, f.Type, f.Size, f.SHA256)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != len(want) {
+		t.Fatalf("extracted %d entries, the manifest names %d", seen, len(want))
+	}
+}
+
+func TestBackupEveryRepositoryKind(t *testing.T) {
+	for _, kind := range repoKinds {
+		t.Run(kind, func(t *testing.T) {
+			c, conf, env := backupCluster(t, kind, "")
+			spc := c.MakeDir("tablespace")
+			c.Exec(t, "CREATE TABLESPACE extra LOCATION '"+spc+"'")
+			c.Exec(t, "CREATE TABLE spread (id int, note text) TABLESPACE extra")
+			c.Exec(t, "INSERT INTO spread SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+			c.Exec(t, "CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 1000) g")
+			c.Pgbench(t, "-i", "-s", "5", "-q")
+			c.Exec(t, "CREATE TABLE marker (id int primary key)")
+			c.Exec(t, "INSERT INTO marker SELECT generate_series(1, 100)")
+			// pgbench writes during the whole backup.
+			bench := pgtest.Command(t, pgtest.Bin("pgbench"), "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port()), "-U", c.User(), "-c", "2", "-T", "600", "postgres")
+			bench.Dir = "/"
+			bench.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := bench.Start(); err != nil {
+				t.Fatal(err)
+			}
+			stopBench := func() {
+				if bench.Process != nil {
+					_ = syscall.Kill(-bench.Process.Pid, syscall.SIGKILL)
+					_ = bench.Wait()
+					bench.Process = nil
+				}
+			}
+			t.Cleanup(stopBench)
+			time.Sleep(time.Second)
+			r := cellar(t, env, "--config", conf, "backup", "main", "--fast")
+			stopBench()
+			if r.code != 0 {
+				t.Fatalf("backup: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stdout, "done") {
+				t.Fatalf("backup printed %q", r.stdout)
+			}
+			rows := listBackups(t, env, conf)
+			if len(rows) != 1 || rows[0].Status != catalog.StatusDone {
+				t.Fatalf("list-backups after one backup: %+v", rows)
+			}
+			store := openRepository(t, conf, env)
+			m, err := catalog.ReadManifest(context.Background(), store, "main", rows[0].ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.SystemIdentifier != c.SystemIdentifier(t) || m.PGVersion < 150000 || m.Timeline != 1 || m.Standby {
+				t.Fatalf("manifest: system identifier %d, version %d, timeline %d, standby %v", m.SystemIdentifier, m.PGVersion, m.Timeline, m.Standby)
+			}
+			if len(m.Tablespaces) != 1 || m.Tablespaces[0].Name != "extra" || m.Tablespaces[0].Location != spc || m.Tablespaces[0].Size == 0 {
+				t.Fatalf("manifest tablespaces: %+v", m.Tablespaces)
+			}
+			if !strings.Contains(m.TablespaceMap, spc) || !strings.Contains(m.BackupLabel, "START WAL LOCATION") {
+				t.Fatalf("manifest labels: %q %q", m.BackupLabel, m.TablespaceMap)
+			}
+			// Excluded and kept-empty entries.
+			paths := map[string]catalog.File{}
+			for _, f := range m.Files {
+				paths[f.Path] = f
+			}
+			for _, p := range []string{"postmaster.pid", "postmaster.opts", "pg_wal/" + m.BeginWAL} {
+				if _, ok := paths[p]; ok {
+					t.Errorf("the backup holds %s", p)
+				}
+			}
+			for _, p := range []string{"pg_wal", "pg_wal/archive_status", "pg_replslot", "pg_stat_tmp", "pg_notify", "pg_subtrans", "global/pg_control", "PG_VERSION", "backup_label", "tablespace_map"} {
+				if _, ok := paths[p]; !ok {
+					t.Errorf("the backup lacks %s", p)
+				}
+			}
+			scratch := c.QueryString(t, "SELECT pg_relation_filepath('scratch')")
+			if _, ok := paths[scratch]; ok {
+				t.Errorf("the backup holds the main fork of an unlogged table, %s", scratch)
+			}
+			if _, ok := paths[scratch+"_init"]; !ok {
+				t.Errorf("the backup lacks the init fork of an unlogged table, %s_init", scratch)
+			}
+			// The WAL from begin to end is archived.
+			segSize := m.WALSegmentSize
+			b, _ := catalog.ParseWALName(m.BeginWAL)
+			e, _ := catalog.ParseWALName(m.EndWAL)
+			for n := b.SegNo(segSize); n <= e.SegNo(segSize); n++ {
+				w, _ := catalog.ParseWALName(catalog.SegmentNameOf(m.Timeline, n, segSize))
+				if _, err := store.Stat(context.Background(), catalog.WALKey("main", w)); err != nil {
+					t.Fatalf("WAL %s of the backup: %v", w.Name, err)
+				}
+			}
+			// Plain tar + zstd give exactly the files the manifest names.
+			dir := extractParts(t, store, m)
+			checkExtracted(t, dir, m)
+			// show-backup agrees.
+			r = cellar(t, env, "--config", conf, "show-backup", "main", "latest", "--format", "json")
+			var row backupRow
+			if r.code != 0 || json.Unmarshal([]byte(r.stdout), &row) != nil || row.ID != m.ID || row.DataSize != m.DataSize || row.WALFiles == 0 {
+				t.Fatalf("show-backup latest: exit %d %s %s", r.code, r.stdout, r.stderr)
+			}
+			t.Logf("%s: backup %s, %d files, %d parts, %s stored %s", kind, m.ID, m.FileCount, len(m.Parts), humanSize(m.DataSize), humanSize(m.StoredSize))
+		})
+	}
+}
+
+// TestBackupStartsAServer unpacks a backup with tar and zstd, and starts
+// PostgreSQL on it with restore_command = cellar wal-fetch: it reaches the
+// state of the end of the backup.
+func TestBackupStartsAServer(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "")
+	c.Pgbench(t, "-i", "-s", "2", "-q")
+	c.Exec(t, "CREATE TABLE marker (id int primary key)")
+	c.Exec(t, "INSERT INTO marker SELECT generate_series(1, 500)")
+	r := cellar(t, env, "--config", conf, "backup", "main", "--fast")
+	if r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	c.Exec(t, "INSERT INTO marker SELECT generate_series(501, 600)") // after the backup
+	rows := listBackups(t, env, conf)
+	store := openRepository(t, conf, env)
+	m, err := catalog.ReadManifest(context.Background(), store, "main", rows[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := extractParts(t, store, m)
+	c.Chown(dir)
+	restored := pgtest.Restore(t, dir, "recovery", pgtest.Options{
+		Conf: map[string]string{
+			"archive_mode":           "off",
+			"restore_command":        fmt.Sprintf("%s --config %s wal-fetch main %%f %%p", cellarBin, conf),
+			"recovery_target":        "immediate",
+			"recovery_target_action": "promote",
+		},
+		Env: env,
+	})
+	restored.WaitPromoted(t, 2*time.Minute)
+	if n := restored.QueryInt64(t, "SELECT count(*) FROM marker"); n != 500 {
+		t.Fatalf("the restored server has %d markers, want the 500 committed before the backup", n)
+	}
+	if a, b := restored.QueryInt64(t, "SELECT count(*) FROM pgbench_accounts"), c.QueryInt64(t, "SELECT count(*) FROM pgbench_accounts"); a != b {
+		t.Fatalf("pgbench_accounts: %d rows restored, %d in the source", a, b)
+	}
+}
+
+func TestBackupKilledAndConcurrent(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "parallel = 1\n")
+	c.Pgbench(t, "-i", "-s", "20", "-q")
+	repoDir := filepath.Join(filepath.Dir(conf), "repo")
+
+	// A second backup while one runs is refused, naming the holder.
+	cfg, err := config.Load(conf, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := cfg.Server("main")
+	held, err := lockServer(srv, "backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.setBackup("20990101T000000")
+	r := cellar(t, env, "--config", conf, "backup", "main")
+	if r.code == 0 || !strings.Contains(r.stderr, "another backup of server main is running") || !strings.Contains(r.stderr, strconv.Itoa(os.Getpid())) {
+		t.Fatalf("backup while another runs: exit %d: %s", r.code, r.stderr)
+	}
+	held.release()
+
+	// A backup killed halfway is not DONE, and the next one works.
+	cmd := exec.Command(cellarBin, "--config", conf, "backup", "main", "--fast")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		parts, _ := filepath.Glob(filepath.Join(repoDir, "main", "base", "*", ".cellar-tmp-*"))
+		if len(parts) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the backup never started writing a part")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	rows := listBackups(t, env, conf)
+	if len(rows) != 1 || rows[0].Status != catalog.StatusFailed {
+		t.Fatalf("after a killed backup, list-backups shows %+v, want one FAILED", rows)
+	}
+	r = cellar(t, env, "--config", conf, "show-backup", "main", "latest")
+	if r.code == 0 {
+		t.Fatalf("show-backup latest with no finished backup: exit 0: %s", r.stdout)
+	}
+	r = cellar(t, env, "--config", conf, "backup", "main", "--quiet", "--fast")
+	if r.code != 0 {
+		t.Fatalf("backup after a killed one: exit %d: %s", r.code, r.stderr)
+	}
+	rows = listBackups(t, env, conf)
+	var statuses []string
+	for _, r := range rows {
+		statuses = append(statuses, r.Status)
+	}
+	sort.Strings(statuses)
+	if strings.Join(statuses, ",") != "DONE,FAILED" || rows[0].Status != catalog.StatusDone {
+		t.Fatalf("after a killed backup and a good one: %v", statuses)
+	}
+	// Text output names both.
+	r = cellar(t, env, "--config", conf, "list-backups", "main")
+	if r.code != 0 || !strings.Contains(r.stdout, "FAILED") || !strings.Contains(r.stdout, "DONE") {
+		t.Fatalf("list-backups: exit %d: %s", r.code, r.stdout)
+	}
+}
+
+func TestBackupBadInput(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "")
+	empty := func(t *testing.T, conf string) {
+		t.Helper()
+		if rows := listBackups(t, env, conf); len(rows) != 0 {
+			t.Fatalf("a refused backup left %+v in the catalog", rows)
+		}
+	}
+	check := func(t *testing.T, conf string, code int, want string, args ...string) {
+		t.Helper()
+		r := cellar(t, env, append([]string{"--config", conf}, args...)...)
+		if r.code != code || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Fatalf("%v: exit %d, want %d with %q: %s", args, r.code, code, want, r.stderr)
+		}
+	}
+	t.Run("unknown server", func(t *testing.T) {
+		check(t, conf, 2, "unknown server", "backup", "nosuch")
+	})
+	t.Run("pgdata not a data directory", func(t *testing.T) {
+		bad := strings.Replace(readFile(t, conf), "pgdata = "+c.DataDir(), "pgdata = "+t.TempDir(), 1)
+		conf2 := writeConfig(t, bad)
+		check(t, conf2, 1, "not a PostgreSQL data directory", "backup", "main")
+		empty(t, conf2)
+	})
+	t.Run("no privileges", func(t *testing.T) {
+		c.Exec(t, "CREATE ROLE weak LOGIN")
+		bad := strings.Replace(readFile(t, conf), "user="+c.User(), "user=weak", 1)
+		conf2 := writeConfig(t, bad)
+		check(t, conf2, 1, "may not run backups", "backup", "main")
+		empty(t, conf2)
+	})
+	t.Run("server not running", func(t *testing.T) {
+		c.Stop(t)
+		defer c.Start(t)
+		check(t, conf, 1, "connecting to PostgreSQL", "backup", "main")
+		empty(t, conf)
+	})
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestBackupFromStandby backs up a streaming standby of an archiving
+// primary; primary_conninfo lets Cellar close the last segment.
+func TestBackupFromStandby(t *testing.T) {
+	primary, conf, env := archivingCluster(t, "file", "lock_directory = "+t.TempDir()+"\n")
+	primary.Exec(t, "CREATE TABLE marker (id int primary key)")
+	primary.Exec(t, "INSERT INTO marker SELECT generate_series(1, 100)")
+	primary.Pgbench(t, "-i", "-s", "2", "-q")
+	src := primary.BaseBackup(t)
+	standby := pgtest.Restore(t, src, "standby", pgtest.Options{
+		Conf: map[string]string{
+			"primary_conninfo": primary.ConnString(),
+			"archive_mode":     "off",
+		},
+	})
+	// Wait until the standby has replayed the markers.
+	deadline := time.Now().Add(time.Minute)
+	for standby.QueryInt64(t, "SELECT count(*) FROM pg_class WHERE relname = 'pgbench_accounts'") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the standby did not catch up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	appendConf(t, conf, fmt.Sprintf("pgdata = %s\nconninfo = %s\nprimary_conninfo = %s\n", standby.DataDir(), standby.ConnString(), primary.ConnString()))
+	r := cellar(t, env, "--config", conf, "backup", "main", "--fast")
+	if r.code != 0 {
+		t.Fatalf("backup of a standby: exit %d: %s", r.code, r.stderr)
+	}
+	rows := listBackups(t, env, conf)
+	if len(rows) != 1 || rows[0].Status != catalog.StatusDone || !rows[0].Standby || rows[0].Timeline != 1 {
+		t.Fatalf("list-backups after a standby backup: %+v", rows)
+	}
+	if !bytes.Contains([]byte(rows[0].PGData), []byte(filepath.Base(standby.DataDir()))) {
+		t.Fatalf("the backup records pgdata %s", rows[0].PGData)
+	}
+}

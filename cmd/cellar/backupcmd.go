@@ -1,0 +1,408 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/urfave/cli/v2"
+
+	"github.com/cellar-backup/cellar/basebackup"
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+)
+
+func backupCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "take a full base backup of a running server and upload it in parallel parts",
+		ArgsUsage: "SERVER",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "fast", Usage: "start with an immediate checkpoint (default: spread, as PostgreSQL's)"},
+			&cli.IntFlag{Name: "parallel", Aliases: []string{"j"}, Usage: "files read and parts written at once (default: the parallel setting)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usagef("backup takes exactly one SERVER argument")
+			}
+			srv, err := st.server(c)
+			if err != nil {
+				return err
+			}
+			if srv.BackupMethod != "local" {
+				return fmt.Errorf("server %s: backup_method = %s is not available in this version: set backup_method = local", srv.Name, srv.BackupMethod)
+			}
+			parallel := srv.Parallel
+			if c.IsSet("parallel") {
+				parallel = c.Int("parallel")
+				if parallel < 1 || parallel > 256 {
+					return usagef("--parallel %d: use 1 to 256", parallel)
+				}
+			}
+			cod, err := codec.Parse(srv.Compression)
+			if err != nil {
+				return err
+			}
+			lock, err := lockServer(srv, "backup")
+			if err != nil {
+				return err
+			}
+			defer lock.release()
+			ctx := c.Context
+			ro := st.repoOptions(srv)
+			// Each part is its own upload stream: split the upload
+			// concurrency among them so that buffers stay bounded.
+			ro.Concurrency = max(1, srv.UploadConcurrency/parallel)
+			store, err := repo.Open(ctx, ro)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			conn, err := connect(ctx, srv)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(ctx))
+			prog := st.newProgress("backup " + srv.Name)
+			o := basebackup.Options{
+				Store: store, Server: srv.Name, Conn: conn, PGData: srv.PGData,
+				Codec: cod, Level: srv.CompressionLevel, Parallel: parallel,
+				PartSize: int64(srv.BackupPartSize), Fast: c.Bool("fast"),
+				WALTimeout: time.Duration(srv.BackupWALTimeout), Progress: prog, Log: st.log,
+				CellarVersion: versionString(), OnStart: lock.setBackup,
+			}
+			if srv.PrimaryConninfo != "" {
+				o.SwitchPrimaryWAL = func(ctx context.Context) error { return switchPrimaryWAL(ctx, srv) }
+			}
+			m, err := basebackup.Run(ctx, o)
+			prog.Done()
+			if err != nil {
+				return err
+			}
+			if st.format == "json" {
+				return st.printJSON(backupSummary(m))
+			}
+			if !st.quiet {
+				fmt.Fprintf(st.stdout, "Backup %s of server %s done: %s in %s (stored %s, ratio %.1f), WAL %s to %s\n",
+					m.ID, srv.Name, humanSize(m.DataSize), m.EndTime.Sub(m.BeginTime).Round(time.Second),
+					humanSize(m.StoredSize), m.Ratio(), m.BeginWAL, m.EndWAL)
+			}
+			return nil
+		},
+	}
+}
+
+// switchPrimaryWAL closes the current WAL segment on the primary that
+// primary_conninfo names.
+func switchPrimaryWAL(ctx context.Context, srv *config.Server) error {
+	cfg, err := pgx.ParseConfig(srv.PrimaryConninfo)
+	if err != nil {
+		return fmt.Errorf("primary_conninfo of server %s: %v", srv.Name, config.RedactConninfo(err.Error()))
+	}
+	cfg.ConnectTimeout = 10 * time.Second
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "SELECT pg_switch_wal()")
+	return err
+}
+
+// backupRow is one backup as list-backups and show-backup print it.
+type backupRow struct {
+	ID               string               `json:"id"`
+	Server           string               `json:"server"`
+	Status           string               `json:"status"`
+	BeginTime        time.Time            `json:"begin_time"`
+	EndTime          time.Time            `json:"end_time,omitzero"`
+	Duration         float64              `json:"duration_seconds,omitempty"`
+	PGVersion        int                  `json:"pg_version,omitempty"`
+	PGVersionString  string               `json:"pg_version_string,omitempty"`
+	PGData           string               `json:"pgdata,omitempty"`
+	SystemIdentifier string               `json:"system_identifier,omitempty"`
+	Standby          bool                 `json:"standby"`
+	Timeline         uint32               `json:"timeline,omitempty"`
+	BeginWAL         string               `json:"begin_wal,omitempty"`
+	EndWAL           string               `json:"end_wal,omitempty"`
+	BeginLSN         string               `json:"begin_lsn,omitempty"`
+	EndLSN           string               `json:"end_lsn,omitempty"`
+	DataSize         int64                `json:"data_size"`
+	StoredSize       int64                `json:"stored_size"`
+	Ratio            float64              `json:"compression_ratio,omitempty"`
+	Compression      string               `json:"compression,omitempty"`
+	Files            int                  `json:"files"`
+	Parts            int                  `json:"parts"`
+	Tablespaces      []catalog.Tablespace `json:"tablespaces,omitempty"`
+	// WAL archived from the backup's begin WAL up to the next backup's
+	// (list-backups), or to the last archived segment (show-backup).
+	WALFiles  int    `json:"wal_files"`
+	WALSize   int64  `json:"wal_size"`
+	LastWAL   string `json:"last_wal,omitempty"`
+	Previous  string `json:"previous_backup,omitempty"`
+	Next      string `json:"next_backup,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Host      string `json:"host,omitempty"`
+	CellarVer string `json:"cellar_version,omitempty"`
+}
+
+func backupSummary(m *catalog.Manifest) backupRow {
+	return backupRow{
+		ID: m.ID, Server: m.Server, Status: m.Status, BeginTime: m.BeginTime, EndTime: m.EndTime,
+		Duration: m.EndTime.Sub(m.BeginTime).Seconds(), PGVersion: m.PGVersion, PGVersionString: m.PGVersionString,
+		PGData: m.PGData, SystemIdentifier: fmt.Sprint(m.SystemIdentifier), Standby: m.Standby, Timeline: m.Timeline,
+		BeginWAL: m.BeginWAL, EndWAL: m.EndWAL, BeginLSN: m.BeginLSN, EndLSN: m.EndLSN,
+		DataSize: m.DataSize, StoredSize: m.StoredSize, Ratio: m.Ratio(), Compression: m.Compression,
+		Files: m.FileCount, Parts: len(m.Parts), Tablespaces: m.Tablespaces, Host: m.Host, CellarVer: m.CellarVersion,
+	}
+}
+
+// catalogRows lists a server's backups, newest first, with their WAL
+// sizes. A backup that has no manifest is FAILED unless a process on this
+// host still runs it.
+func (st *state) catalogRows(ctx context.Context, srv *config.Server, store cloud.Storage, toEnd bool) ([]backupRow, error) {
+	list, err := catalog.ListBackups(ctx, store, srv.Name)
+	if err != nil {
+		return nil, err
+	}
+	running := runningBackup(srv)
+	var rows []backupRow
+	for _, b := range list {
+		if b.Manifest != nil {
+			rows = append(rows, backupSummary(b.Manifest))
+			continue
+		}
+		s := b.Started
+		r := backupRow{ID: s.ID, Server: srv.Name, Status: s.Status, BeginTime: s.BeginTime, EndTime: s.EndTime, Error: s.Error, Host: s.Host}
+		if r.Status == catalog.StatusStarted && s.ID != running {
+			host, _ := os.Hostname()
+			if s.Host == host {
+				r.Status, r.Error = catalog.StatusFailed, "the backup process ended without finishing (killed?)"
+			}
+		}
+		rows = append(rows, r)
+	}
+	segs, err := archivedSegments(ctx, store, srv.Name)
+	if err != nil {
+		return nil, err
+	}
+	// rows are oldest first here.
+	var done []int
+	for i, r := range rows {
+		if r.Status == catalog.StatusDone {
+			done = append(done, i)
+		}
+	}
+	for k, i := range done {
+		until := ""
+		if k+1 < len(done) {
+			rows[i].Next = rows[done[k+1]].ID
+			if !toEnd {
+				until = rows[done[k+1]].BeginWAL
+			}
+		}
+		if k > 0 {
+			rows[i].Previous = rows[done[k-1]].ID
+		}
+		rows[i].WALFiles, rows[i].WALSize, rows[i].LastWAL = walBetween(segs, rows[i].BeginWAL, until)
+	}
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].ID > rows[j].ID })
+	return rows, nil
+}
+
+type walSeg struct {
+	name string
+	key  string // timeline-independent order: segment number, then timeline
+	size int64
+}
+
+// archivedSegments lists the archived segments, in segment order across
+// timelines.
+func archivedSegments(ctx context.Context, store cloud.Storage, server string) ([]walSeg, error) {
+	var segs []walSeg
+	err := catalog.ListWALFiles(ctx, store, server, func(w catalog.WALName, o cloud.ObjectInfo) error {
+		if w.Kind == catalog.Segment {
+			segs = append(segs, walSeg{name: w.Name, key: w.Name[8:] + w.Name[:8], size: o.Size})
+		}
+		return nil
+	})
+	sort.Slice(segs, func(i, j int) bool { return segs[i].key < segs[j].key })
+	return segs, err
+}
+
+// walBetween counts the segments from the one named from (inclusive) to
+// the one named until (exclusive; "" for no end), on any timeline.
+func walBetween(segs []walSeg, from, until string) (n int, size int64, last string) {
+	if len(from) != 24 {
+		return 0, 0, ""
+	}
+	lo := from[8:] + from[:8]
+	hi := ""
+	if len(until) == 24 {
+		hi = until[8:] + until[:8]
+	}
+	for _, s := range segs {
+		if s.key < lo || (hi != "" && s.key >= hi) {
+			continue
+		}
+		n++
+		size += s.size
+		last = s.name
+	}
+	return n, size, last
+}
+
+func listBackupsCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "list-backups",
+		Usage:     "list a server's backups, newest first",
+		ArgsUsage: "SERVER",
+		Action: func(c *cli.Context) error {
+			return st.storeCommand(c, 1, "list-backups takes exactly one SERVER argument", func(srv *config.Server, store cloud.Storage) error {
+				rows, err := st.catalogRows(c.Context, srv, store, false)
+				if err != nil {
+					return err
+				}
+				if st.format == "json" {
+					if rows == nil {
+						rows = []backupRow{}
+					}
+					return st.printJSON(rows)
+				}
+				if len(rows) == 0 {
+					fmt.Fprintf(st.stdout, "No backups of server %s\n", srv.Name)
+					return nil
+				}
+				for _, r := range rows {
+					if r.Status != catalog.StatusDone {
+						line := fmt.Sprintf("%s %s - %s - started %s", srv.Name, r.ID, r.Status, r.BeginTime.Local().Format(time.ANSIC))
+						if r.Error != "" {
+							line += " - " + oneLine(r.Error)
+						}
+						fmt.Fprintln(st.stdout, st.scrub(line))
+						continue
+					}
+					fmt.Fprintf(st.stdout, "%s %s - %s - %s - Size: %s - Stored: %s - WAL Size: %s\n",
+						srv.Name, r.ID, r.EndTime.Local().Format(time.ANSIC), r.Status,
+						humanSize(r.DataSize), humanSize(r.StoredSize), humanSize(r.WALSize))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func showBackupCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "show-backup",
+		Usage:     "show one backup in detail (BACKUP_ID may be latest/last or oldest/first)",
+		ArgsUsage: "SERVER BACKUP_ID",
+		Action: func(c *cli.Context) error {
+			return st.storeCommand(c, 2, "show-backup takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
+				rows, err := st.catalogRows(c.Context, srv, store, true)
+				if err != nil {
+					return err
+				}
+				r, err := pickRow(rows, c.Args().Get(1))
+				if err != nil {
+					return fmt.Errorf("server %s: %w", srv.Name, err)
+				}
+				if st.format == "json" {
+					return st.printJSON(r)
+				}
+				printBackup(st, r)
+				return nil
+			})
+		},
+	}
+}
+
+// pickRow finds a backup by id or by latest/last, oldest/first (which name
+// DONE backups only); rows are newest first.
+func pickRow(rows []backupRow, id string) (backupRow, error) {
+	var done []backupRow
+	for _, r := range rows {
+		if r.Status == catalog.StatusDone {
+			done = append(done, r)
+		}
+	}
+	switch strings.ToLower(id) {
+	case "latest", "last":
+		if len(done) > 0 {
+			return done[0], nil
+		}
+		return backupRow{}, errors.New("there is no finished backup (see list-backups)")
+	case "oldest", "first":
+		if len(done) > 0 {
+			return done[len(done)-1], nil
+		}
+		return backupRow{}, errors.New("there is no finished backup (see list-backups)")
+	}
+	for _, r := range rows {
+		if r.ID == id {
+			return r, nil
+		}
+	}
+	if !catalog.ValidBackupID(id) {
+		return backupRow{}, fmt.Errorf("%q is not a backup id: use an id such as 20260101T120000 (see list-backups), latest or oldest", id)
+	}
+	return backupRow{}, fmt.Errorf("no backup %s (see list-backups)", id)
+}
+
+func printBackup(st *state, r backupRow) {
+	w := st.stdout
+	line := func(k string, v any) { fmt.Fprintf(w, "  %-24s: %v\n", k, v) }
+	fmt.Fprintf(w, "Backup %s:\n", r.ID)
+	line("Server Name", r.Server)
+	line("Status", r.Status)
+	if r.Status != catalog.StatusDone {
+		line("Begin time", r.BeginTime.Local().Format(time.RFC3339))
+		if r.Error != "" {
+			line("Error", st.scrub(oneLine(r.Error)))
+		}
+		return
+	}
+	line("PostgreSQL Version", fmt.Sprintf("%d (%s)", r.PGVersion, r.PGVersionString))
+	line("PGDATA directory", r.PGData)
+	line("System identifier", r.SystemIdentifier)
+	line("Taken from standby", r.Standby)
+	for _, t := range r.Tablespaces {
+		line("Tablespace "+t.Name, fmt.Sprintf("%s (oid %d, %s)", t.Location, t.OID, humanSize(t.Size)))
+	}
+	fmt.Fprintln(w, "\n  Base backup information:")
+	line("Timeline", r.Timeline)
+	line("Begin WAL", r.BeginWAL)
+	line("End WAL", r.EndWAL)
+	line("Begin LSN", r.BeginLSN)
+	line("End LSN", r.EndLSN)
+	line("Begin time", r.BeginTime.Local().Format(time.RFC3339))
+	line("End time", r.EndTime.Local().Format(time.RFC3339))
+	line("Duration", time.Duration(r.Duration*float64(time.Second)).Round(time.Second))
+	line("Size", humanSize(r.DataSize))
+	line("Stored size", humanSize(r.StoredSize))
+	line("Compression", fmt.Sprintf("%s, ratio %.2f", r.Compression, r.Ratio))
+	line("Files", r.Files)
+	line("Parts", r.Parts)
+	fmt.Fprintln(w, "\n  WAL information:")
+	line("No of files", r.WALFiles)
+	line("Size (stored)", humanSize(r.WALSize))
+	line("Last available", r.LastWAL)
+	fmt.Fprintln(w, "\n  Catalog information:")
+	line("Previous Backup", orDash(r.Previous))
+	line("Next Backup", orDash(r.Next))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
