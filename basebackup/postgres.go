@@ -43,17 +43,17 @@ func Inspect(ctx context.Context, conn *pgx.Conn, pgdata string) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("reading the server's version and identity: %w", explain(err))
 	}
-	if s.Version < MinVersion {
-		return nil, fmt.Errorf("PostgreSQL %s is not supported: Cellar backs up PostgreSQL 12 and later", s.VersionString)
+	if err := CheckVersion(s.Version, s.VersionString); err != nil {
+		return nil, err
 	}
-	if err := checkPrivileges(ctx, conn, s.Version); err != nil {
+	if err := CheckPrivileges(ctx, conn, s.Version); err != nil {
 		return nil, err
 	}
 	if err := conn.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&s.DataDirectory); err != nil {
 		return nil, fmt.Errorf("reading data_directory: %w", explain(err))
 	}
 	if pgdata != "" {
-		if err := samePath(pgdata, s.DataDirectory); err != nil {
+		if err := CheckDataDirectory(pgdata, s.DataDirectory); err != nil {
 			return nil, err
 		}
 	}
@@ -77,9 +77,17 @@ func Inspect(ctx context.Context, conn *pgx.Conn, pgdata string) (*Server, error
 	return &s, nil
 }
 
-// checkPrivileges checks that the user may run the backup functions:
+// CheckVersion checks that Cellar backs up this version of PostgreSQL.
+func CheckVersion(num int, text string) error {
+	if num < MinVersion {
+		return fmt.Errorf("PostgreSQL %s is not supported: Cellar backs up PostgreSQL 12 and later", text)
+	}
+	return nil
+}
+
+// CheckPrivileges checks that the user may run the backup functions:
 // a superuser, or a user granted EXECUTE on them.
-func checkPrivileges(ctx context.Context, conn *pgx.Conn, version int) error {
+func CheckPrivileges(ctx context.Context, conn *pgx.Conn, version int) error {
 	start, stop := "pg_backup_start(text, boolean)", "pg_backup_stop(boolean)"
 	if version < 150000 {
 		start, stop = "pg_start_backup(text, boolean, boolean)", "pg_stop_backup(boolean, boolean)"
@@ -98,8 +106,9 @@ func checkPrivileges(ctx context.Context, conn *pgx.Conn, version int) error {
 		user, start, stop, user)
 }
 
-// samePath checks that pgdata is the data directory the server runs on.
-func samePath(pgdata, dataDirectory string) error {
+// CheckDataDirectory checks that pgdata is the data directory the server
+// runs on, dataDirectory.
+func CheckDataDirectory(pgdata, dataDirectory string) error {
 	if _, err := os.Stat(filepath.Join(pgdata, "PG_VERSION")); err != nil {
 		return fmt.Errorf("pgdata %s is not a PostgreSQL data directory (no readable PG_VERSION): set pgdata to the server's data directory, %s", pgdata, dataDirectory)
 	}

@@ -31,11 +31,20 @@ type Config struct {
 	// Root is the absolute path of the repository directory. It is created
 	// on the first write if missing.
 	Root string
+	// Owner, when set, owns every file and directory the repository
+	// creates: a process running as root gives them to the user that
+	// PostgreSQL's archive_command runs as, so that both can go on
+	// using the repository. It needs the privilege to chown.
+	Owner *Owner
 }
+
+// Owner is a numeric user and group.
+type Owner struct{ UID, GID int }
 
 // Storage is a repository in a local directory.
 type Storage struct {
-	root string
+	root  string
+	owner *Owner
 }
 
 // ParseURL returns the directory named by a file:///abs/path URL.
@@ -57,7 +66,7 @@ func New(_ context.Context, cfg Config) (*Storage, error) {
 	if fi, err := os.Stat(cfg.Root); err == nil && !fi.IsDir() {
 		return nil, fmt.Errorf("file repository path %q is not a directory", cfg.Root)
 	}
-	return &Storage{root: filepath.Clean(cfg.Root)}, nil
+	return &Storage{root: filepath.Clean(cfg.Root), owner: cfg.Owner}, nil
 }
 
 var (
@@ -99,12 +108,17 @@ func (s *Storage) write(ctx context.Context, key string, r io.Reader, size int64
 		}
 	}
 	dir := filepath.Dir(name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := s.mkdirAll(dir); err != nil {
 		return cloud.OpError(op, key, translate(err))
 	}
 	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
 		return cloud.OpError(op, key, translate(err))
+	}
+	if err := s.chown(tmp.Name()); err != nil {
+		_ = tmp.Close()
+		_ = os.Remove(tmp.Name())
+		return cloud.OpError(op, key, err)
 	}
 	committed := false
 	defer func() {
@@ -145,6 +159,36 @@ func (s *Storage) write(ctx context.Context, key string, r io.Reader, size int64
 	}
 	committed = true
 	return cloud.OpError(op, key, syncDir(dir))
+}
+
+// mkdirAll makes dir and its missing parents (0700), each owned by the
+// configured owner.
+func (s *Storage) mkdirAll(dir string) error {
+	if s.owner == nil {
+		return os.MkdirAll(dir, 0o700)
+	}
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := s.mkdirAll(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return s.chown(dir)
+}
+
+func (s *Storage) chown(path string) error {
+	if s.owner == nil {
+		return nil
+	}
+	return os.Lchown(path, s.owner.UID, s.owner.GID)
 }
 
 func syncDir(dir string) error {

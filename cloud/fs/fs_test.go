@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cellar-backup/cellar/cloud"
@@ -105,5 +106,29 @@ func TestStatBelowFile(t *testing.T) {
 	_, err := s.Stat(context.Background(), "file/below")
 	if !errors.Is(err, cloud.ErrNotExist) {
 		t.Fatalf("Stat below a file = %v, want ErrNotExist", err)
+	}
+}
+
+// TestOwner gives what the repository creates to the configured owner.
+func TestOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs as root, as the test suite does: it needs chown")
+	}
+	root := t.TempDir()
+	s, err := fs.New(context.Background(), fs.Config{Root: root, Owner: &fs.Owner{UID: 65534, GID: 65534}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(context.Background(), "main/wal/x/y", strings.NewReader("data"), 4); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"main", "main/wal", "main/wal/x", "main/wal/x/y"} {
+		fi, err := os.Stat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || st.Gid != 65534 {
+			t.Errorf("%s is owned by %d:%d, want 65534:65534", p, st.Uid, st.Gid)
+		}
 	}
 }

@@ -164,6 +164,7 @@ func (st *state) repoOptions(s *config.Server) repo.Options {
 	if o.AzureSASToken == "" {
 		o.AzureSASToken = st.getenv("AZURE_STORAGE_SAS_TOKEN")
 	}
+	o.FileOwner = repositoryOwner(s)
 	st.secrets = append(st.secrets, o.AzureKey, o.AzureSASToken, o.AzureConnectionString,
 		st.getenv("AWS_SECRET_ACCESS_KEY"), st.getenv("AWS_SESSION_TOKEN"))
 	return o

@@ -458,3 +458,42 @@ func TestBackupFromStandby(t *testing.T) {
 		t.Fatalf("the backup records pgdata %s", rows[0].PGData)
 	}
 }
+
+// TestCheckBackupPreconditions covers what check adds for backups: the
+// version, the privileges, pgdata, and the age of the latest backup.
+func TestCheckBackupPreconditions(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "")
+	appendConf(t, conf, "last_backup_maximum_age = 1 DAYS\n")
+	r := cellar(t, env, "--config", conf, "check", "main")
+	lines := checkLines(r)
+	for _, name := range []string{"PostgreSQL version supported", "superuser or backup privileges", "data directory"} {
+		if lines[name] != "OK" {
+			t.Errorf("check %s = %q", name, lines[name])
+		}
+	}
+	if !strings.HasPrefix(lines["backup maximum age"], "FAILED (there is no finished backup") || r.code != 1 {
+		t.Fatalf("check with no backup: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	r = cellar(t, env, "--config", conf, "check", "main")
+	if r.code != 0 || checkLines(r)["backup maximum age"] != "OK" {
+		t.Fatalf("check after a backup: exit %d\n%s", r.code, r.stdout)
+	}
+	r = cellar(t, env, "--config", conf, "check", "main", "--nagios")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "CELLAR OK") {
+		t.Fatalf("check --nagios: exit %d %s", r.code, r.stdout)
+	}
+	// A user without the backup privileges, and a pgdata that is not the
+	// server's.
+	c.Exec(t, "CREATE ROLE weak LOGIN")
+	bad := strings.Replace(readFile(t, conf), "user="+c.User(), "user=weak", 1)
+	bad = strings.Replace(bad, "pgdata = "+c.DataDir(), "pgdata = "+t.TempDir(), 1)
+	r = cellar(t, env, "--config", writeConfig(t, bad), "check", "main")
+	lines = checkLines(r)
+	if r.code != 1 || !strings.Contains(lines["superuser or backup privileges"], "may not run backups") ||
+		!strings.HasPrefix(lines["data directory"], "FAILED") {
+		t.Fatalf("check as a weak user: exit %d\n%s", r.code, r.stdout)
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cellar-backup/cellar/basebackup"
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
@@ -66,6 +67,9 @@ func checkCommand(st *state) *cli.Command {
 				// PostgreSQL is checked when Cellar knows how to reach it.
 				if srv.Conninfo != "" {
 					results = append(results, st.checkPostgres(c.Context, srv, store)...)
+				}
+				if srv.LastBackupMaximumAge != "" {
+					results = append(results, st.checkBackupAge(c.Context, srv, store))
 				}
 				if store != nil {
 					store.Close()
@@ -209,6 +213,26 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 		}
 		return v
 	}
+	var version int
+	if err := conn.QueryRow(cctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		results = append(results, fail("PostgreSQL version supported", err.Error()))
+	} else if err := basebackup.CheckVersion(version, show("server_version")); err != nil {
+		results = append(results, fail("PostgreSQL version supported", err.Error()))
+	} else {
+		results = append(results, ok("PostgreSQL version supported"))
+	}
+	if err := basebackup.CheckPrivileges(cctx, conn, version); err != nil {
+		results = append(results, fail("superuser or backup privileges", err.Error()))
+	} else {
+		results = append(results, ok("superuser or backup privileges"))
+	}
+	if srv.PGData != "" {
+		if err := basebackup.CheckDataDirectory(srv.PGData, show("data_directory")); err != nil {
+			results = append(results, fail("data directory", err.Error()))
+		} else {
+			results = append(results, ok("data directory"))
+		}
+	}
 	if v := show("wal_level"); v == "replica" || v == "logical" {
 		results = append(results, ok("wal_level"))
 	} else {
@@ -280,4 +304,36 @@ func deref(s *string) string {
 		return "?"
 	}
 	return *s
+}
+
+// checkBackupAge checks that the newest finished backup is younger than
+// last_backup_maximum_age.
+func (st *state) checkBackupAge(ctx context.Context, srv *config.Server, store cloud.Storage) checkResult {
+	const name = "backup maximum age"
+	fail := func(hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
+	limit, err := config.ParseAge(srv.LastBackupMaximumAge)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if store == nil {
+		return fail("the repository could not be opened (see repository reachable)")
+	}
+	list, err := catalog.ListBackups(ctx, store, srv.Name)
+	if err != nil {
+		return fail(err.Error())
+	}
+	var newest time.Time
+	for _, b := range list {
+		if b.Manifest != nil && b.Manifest.Status == catalog.StatusDone && b.Manifest.EndTime.After(newest) {
+			newest = b.Manifest.EndTime
+		}
+	}
+	if newest.IsZero() {
+		return fail(fmt.Sprintf("there is no finished backup, and last_backup_maximum_age is %s: run cellar backup %s", srv.LastBackupMaximumAge, srv.Name))
+	}
+	if age := time.Since(newest); age > limit {
+		return fail(fmt.Sprintf("the latest backup is %s old, more than last_backup_maximum_age (%s): run cellar backup %s and check its schedule",
+			age.Round(time.Minute), srv.LastBackupMaximumAge, srv.Name))
+	}
+	return checkResult{Name: name, Status: "OK"}
 }

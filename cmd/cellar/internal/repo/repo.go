@@ -22,6 +22,8 @@ var Schemes = []string{"file", "s3", "gs", "azure"}
 // Options are the storage settings of one server.
 type Options struct {
 	URL string
+	// FileOwner owns what a file:// repository creates (see fs.Config).
+	FileOwner *fs.Owner
 
 	PartSize    int64
 	Concurrency int
@@ -84,7 +86,7 @@ func Open(ctx context.Context, o Options) (cloud.Storage, error) {
 	switch u.Scheme {
 	case "file":
 		root, _ := fs.ParseURL(u)
-		return storage(fs.New(ctx, fs.Config{Root: root}))
+		return storage(fs.New(ctx, fs.Config{Root: root, Owner: o.FileOwner}))
 	case "s3":
 		bucket, prefix, _ := s3.ParseURL(u)
 		return storage(s3.New(ctx, s3.Config{
