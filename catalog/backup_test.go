@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -161,5 +162,53 @@ func TestLSN(t *testing.T) {
 	}
 	if n := LSN(0x6000001).PrevSegmentName(2, seg); n != "000000020000000000000006" {
 		t.Fatal(n)
+	}
+}
+
+// listCounter counts what a storage lists and reads.
+type listCounter struct {
+	cloud.Storage
+	lists, listed, gets int
+}
+
+func (c *listCounter) List(ctx context.Context, prefix string, fn func(cloud.ObjectInfo) error) error {
+	c.lists++
+	return c.Storage.List(ctx, prefix, func(o cloud.ObjectInfo) error { c.listed++; return fn(o) })
+}
+
+func (c *listCounter) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	c.gets++
+	return c.Storage.Get(ctx, key)
+}
+
+// TestListBackupsIsBounded: listing the catalog reads a few objects per
+// backup, however many parts and WAL files the repository holds.
+func TestListBackupsIsBounded(t *testing.T) {
+	ctx := context.Background()
+	store := mem.New(nil)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const backups = 6
+	for i := range backups {
+		id := NewBackupID(t0.Add(time.Duration(i) * 24 * time.Hour))
+		m := &Manifest{Version: ManifestVersion, ID: id, Server: "main", Status: StatusDone}
+		for n := 1; n <= 300; n++ {
+			store.Put(ctx, PartKey("main", id, n, codec.Zstd), strings.NewReader("p"), 1)
+			m.Parts = append(m.Parts, Part{Number: n})
+		}
+		if err := WriteManifest(ctx, store, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3000 {
+		w, _ := ParseWALName(SegmentNameOf(1, uint64(i), 16<<20))
+		store.Put(ctx, WALKey("main", w), strings.NewReader("w"), 1)
+	}
+	c := &listCounter{Storage: store}
+	list, err := ListBackups(ctx, c, "main")
+	if err != nil || len(list) != backups {
+		t.Fatalf("ListBackups: %d, %v", len(list), err)
+	}
+	if c.lists != 1 || c.listed != backups || c.gets != backups {
+		t.Fatalf("listing %d backups among %d objects: %d list calls, %d objects listed, %d reads", backups, 6*300+3000, c.lists, c.listed, c.gets)
 	}
 }
