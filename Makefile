@@ -97,13 +97,17 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # Then WAL archiving side by side with pgBackRest (testdata/bench-wal.sh):
 # 100 real segments pushed and fetched one process call at a time against a
 # TLS MinIO, interleaved, page cache dropped before each batch, medians of
-# three runs.
+# three runs. Then full base backups side by side with pgBackRest
+# (testdata/bench-backup.sh): pgbench scale 100 and a 6-million-row mixed
+# table, cellar zstd and s2 against pgBackRest zst level 1, interleaved,
+# page cache dropped before each run, medians of three runs.
 bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	@sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 	testdata/servers.sh $(TOOLS) $(GO) test -run '^$$' -bench . -benchtime 3x -count 6 ./cloud/... | tee bench.out
 	$(TOOLS)/bin/benchstat bench.out
 	$(GO) build -o bin/walbench ./cmd/cellar/internal/walbench
 	testdata/bench-wal.sh $(TOOLS) bin/cellar bin/walbench 100 3
+	testdata/bench-backup.sh $(TOOLS) bin/cellar 3
 
 demo: build
 	@testdata/demo.sh bin/cellar
