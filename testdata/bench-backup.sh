@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Base backup benchmark, side by side with pgBackRest, as `make bench` runs
 # it: full backups of a PostgreSQL 15 cluster to a TLS MinIO by
-# `cellar backup --fast` (zstd, then s2; parallel = 2) and `pgbackrest
+# `cellar backup --fast` (zstd, then s2; parallel = 4, the default) and `pgbackrest
 # backup --type=full` (zst level 1, process-max = 2, start-fast), of two
 # data sets: pgbench at scale 100 (about 1.5 GB) and a "mixed" table of
 # 6 million rows of bigint, timestamp, int, md5 text and a short status
@@ -103,7 +103,7 @@ mkdir -p "$dir/lock" "$dir/time" "$dir/log"
 	echo "s3_region = us-east-1"
 	echo "s3_force_path_style = on"
 	echo "compression = zstd"
-	echo "parallel = 2"
+	echo "parallel = 4"
 	echo "lock_directory = $dir/lock"
 	echo "[main]"
 	echo "pgdata = $dir/pg"

@@ -26,7 +26,7 @@ func NewLimiter(n int) Limiter {
 
 // NewParallelWriter returns a writer that compresses what is written to it
 // with c and writes the stream to w. With a codec whose streams
-// concatenate (Concatenable), it cuts the stream into pieces of
+// concatenate (Concatenable), and with S2 (whose chunks do), it cuts the stream into pieces of
 // ParallelPiece bytes and compresses up to depth of them at once, each
 // while holding a slot of lim, and writes them to w in order: a single
 // large file keeps every core busy. Memory is bounded by depth pieces.
@@ -38,13 +38,17 @@ func NewParallelWriter(w io.Writer, c Codec, level int, lim Limiter, depth int) 
 	if err != nil {
 		return nil, err
 	}
-	if !c.Concatenable() {
+	piece := c.AppendStream
+	switch {
+	case c == S2:
+		piece = func(dst, src []byte, level int) ([]byte, error) { return appendS2Body(dst, src, level) }
+	case !c.Concatenable():
 		return c.NewWriter(w, level)
 	}
 	if depth < 1 {
 		depth = 1
 	}
-	p := &parallelWriter{c: c, level: level, out: w, lim: lim, jobs: make(chan *pieceJob, depth), done: make(chan struct{})}
+	p := &parallelWriter{c: c, piece: piece, level: level, out: w, lim: lim, jobs: make(chan *pieceJob, depth), done: make(chan struct{})}
 	go p.drain()
 	return p, nil
 }
@@ -57,6 +61,8 @@ type pieceJob struct {
 
 type parallelWriter struct {
 	c     Codec
+	piece func(dst, src []byte, level int) ([]byte, error)
+	n     int64 // bytes written
 	level int
 	out   io.Writer
 	lim   Limiter
@@ -109,6 +115,7 @@ func (p *parallelWriter) Write(b []byte) (int, error) {
 		}
 		k := copy(p.buf[len(p.buf):ParallelPiece], b)
 		p.buf = p.buf[:len(p.buf)+k]
+		p.n += int64(k)
 		b = b[k:]
 		n += k
 		if len(p.buf) == ParallelPiece {
@@ -128,7 +135,7 @@ func (p *parallelWriter) submit() {
 		if p.lim != nil {
 			p.lim <- struct{}{}
 		}
-		j.dst, j.err = p.c.AppendStream(getPiece(), j.src, p.level)
+		j.dst, j.err = p.piece(getPiece(), j.src, p.level)
 		if p.lim != nil {
 			<-p.lim
 		}
@@ -167,5 +174,18 @@ func (p *parallelWriter) Close() error {
 	p.closed = true
 	close(p.jobs)
 	<-p.done
-	return p.failed()
+	if err := p.failed(); err != nil || p.c != S2 {
+		return err
+	}
+	// An S2 stream ends with Cellar's end chunk; an empty one is a
+	// whole empty stream.
+	end := s2End(p.n)
+	if p.n == 0 {
+		var err error
+		if end, err = p.c.AppendStream(nil, nil, p.level); err != nil {
+			return err
+		}
+	}
+	_, err := p.out.Write(end)
+	return err
 }

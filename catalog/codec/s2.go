@@ -168,3 +168,30 @@ func (d *s2Decoder) release(reuse bool) {
 		s2Decoders.Put(d)
 	}
 }
+
+// appendS2Body appends src to dst as S2 chunks, after a stream identifier
+// and without the end-of-stream chunk: pieces made so follow one another in
+// a stream that s2End closes.
+func appendS2Body(dst, src []byte, level int) ([]byte, error) {
+	if len(src) == 0 {
+		return dst, nil
+	}
+	buf := bytes.NewBuffer(dst)
+	enc := newS2Writer(buf, level).(*writer).enc.(*s2Encoder)
+	defer enc.release()
+	if _, err := enc.w.Write(src); err != nil {
+		return dst, err
+	}
+	if err := enc.w.Flush(); err != nil {
+		return dst, err
+	}
+	return buf.Bytes(), nil
+}
+
+// s2End returns the end-of-stream chunk of a stream of n bytes.
+func s2End(n int64) []byte {
+	out := make([]byte, 4, 4+s2EndLen)
+	out[0], out[1] = s2EndChunk, byte(s2EndLen)
+	out = append(out, s2EndMagic...)
+	return binary.LittleEndian.AppendUint64(out, uint64(n))
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -61,6 +62,8 @@ func backupCommand(st *state) *cli.Command {
 			// Each part is its own upload stream: split the upload
 			// concurrency among them so that buffers stay bounded.
 			ro.Concurrency = max(1, srv.UploadConcurrency/parallel)
+			ro.PartSize = max(minUploadPart, ro.PartSize/int64(parallel))
+			st.boundMemory()
 			store, err := repo.Open(ctx, ro)
 			if err != nil {
 				return err
@@ -99,6 +102,22 @@ func backupCommand(st *state) *cli.Command {
 		},
 	}
 }
+
+// minUploadPart is the smallest upload part every store takes (S3's).
+const minUploadPart = 5 << 20
+
+// boundMemory keeps a long run's heap (upload buffers, compression
+// pieces) from doubling before the collector runs: a soft limit of
+// longRunMemory, unless GOGC or GOMEMLIMIT say otherwise.
+func (st *state) boundMemory() {
+	if st.getenv("GOGC") != "" || st.getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(longRunMemory)
+}
+
+// longRunMemory is the soft memory limit of backup and restore.
+const longRunMemory = 100 << 20
 
 // switchPrimaryWAL closes the current WAL segment on the primary that
 // primary_conninfo names.
