@@ -29,26 +29,6 @@ import (
 // part is a unit that restore fetches in parallel.
 const DefaultPartSize = 512 << 20
 
-// Progress is told how a backup advances. The zero Options use one that
-// does nothing; cmd renders it as a bar or as log lines.
-type Progress interface {
-	// Start gives the number of bytes of files to read.
-	Start(total int64)
-	// Add reports n more bytes read.
-	Add(n int64)
-	// Stage names what the backup does now, e.g. "waiting for WAL".
-	Stage(name string)
-	// Done ends the display.
-	Done()
-}
-
-type noProgress struct{}
-
-func (noProgress) Start(int64)  {}
-func (noProgress) Add(int64)    {}
-func (noProgress) Stage(string) {}
-func (noProgress) Done()        {}
-
 // Options configure one backup.
 type Options struct {
 	Store  cloud.Storage
@@ -71,7 +51,7 @@ type Options struct {
 	// primary: a backup from a standby calls it so that its last segment
 	// is archived without waiting for traffic.
 	SwitchPrimaryWAL func(context.Context) error
-	Progress         Progress
+	Progress         catalog.Progress
 	Log              *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now           func() time.Time
@@ -92,7 +72,7 @@ func (b *backup) progress(n int64) { b.o.Progress.Add(n) }
 
 func (o *Options) defaults() {
 	if o.Progress == nil {
-		o.Progress = noProgress{}
+		o.Progress = catalog.NoProgress{}
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)

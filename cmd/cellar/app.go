@@ -81,6 +81,7 @@ func newApp(st *state) *cli.App {
 			backupCommand(st),
 			listBackupsCommand(st),
 			showBackupCommand(st),
+			restoreCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

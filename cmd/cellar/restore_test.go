@@ -1,0 +1,162 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/restore"
+)
+
+// restoreDir returns a new, missing directory that PostgreSQL's user may
+// reach, for cellar restore.
+func restoreDir(t *testing.T) string {
+	t.Helper()
+	base, err := os.MkdirTemp("", "cellar-restore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(base, "data")
+}
+
+// startRestored starts PostgreSQL on a directory cellar restored (with its
+// recovery settings and signal) and waits until recovery has ended.
+func startRestored(t *testing.T, src *pgtest.Cluster, dir string, env []string) *pgtest.Cluster {
+	t.Helper()
+	src.Chown(dir)
+	c := pgtest.Restore(t, dir, "", pgtest.Options{Conf: map[string]string{"archive_mode": "off"}, Env: env})
+	c.WaitPromoted(t, 3*time.Minute)
+	return c
+}
+
+// markers commits n marker rows one by one and returns, for each, a time
+// just after its commit.
+func markers(t *testing.T, c *pgtest.Cluster, from, n int) []time.Time {
+	t.Helper()
+	var out []time.Time
+	for i := from; i < from+n; i++ {
+		c.Exec(t, fmt.Sprintf("INSERT INTO marker VALUES (%d)", i))
+		var ts time.Time
+		c.Scan(t, "SELECT clock_timestamp()", nil, &ts)
+		out = append(out, ts)
+		time.Sleep(30 * time.Millisecond)
+	}
+	return out
+}
+
+func TestRestoreToTargets(t *testing.T) {
+	for _, kind := range repoKinds {
+		t.Run(kind, func(t *testing.T) {
+			c, conf, env := backupCluster(t, kind, "")
+			c.Pgbench(t, "-i", "-s", "2", "-q")
+			c.Exec(t, "CREATE TABLE marker (id int primary key)")
+			if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+				t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+			}
+			times := markers(t, c, 1, 10)
+			lsn := c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text")
+			markers(t, c, 11, 5)
+			c.Exec(t, "SELECT pg_create_restore_point('before_16')")
+			var xid string
+			c.Scan(t, "INSERT INTO marker VALUES (16) RETURNING txid_current()::text", nil, &xid)
+			markers(t, c, 17, 3)
+			c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+
+			// A time between marker 5 and marker 6.
+			target := times[4].Add(10 * time.Millisecond).UTC().Format("2006-01-02 15:04:05.000000+00")
+			cases := []struct {
+				name string
+				args []string
+				want int64
+			}{
+				{"time", []string{"--target-time", target}, 5},
+				{"lsn", []string{"--target-lsn", lsn}, 10},
+				{"name", []string{"--target-name", "before_16"}, 15},
+				{"xid", []string{"--target-xid", xid}, 16},
+				{"xid exclusive", []string{"--target-xid", xid, "--exclusive"}, 15},
+				{"immediate", []string{"--target-immediate"}, 0},
+				{"end", nil, 19},
+			}
+			if kind != "file" {
+				cases = cases[:1] // the other targets differ only in PostgreSQL's settings
+			}
+			for _, tc := range cases {
+				dir := restoreDir(t)
+				args := append([]string{"--config", conf, "restore", "main", "latest", dir}, tc.args...)
+				r := cellar(t, env, args...)
+				if r.code != 0 {
+					t.Fatalf("%s: restore: exit %d: %s", tc.name, r.code, r.stderr)
+				}
+				if _, err := os.Stat(filepath.Join(dir, restore.IncompleteMarker)); err == nil {
+					t.Fatalf("%s: the restored directory is still marked incomplete", tc.name)
+				}
+				rc := startRestored(t, c, dir, env)
+				got := rc.QueryInt64(t, "SELECT count(*) FROM marker")
+				maxID := rc.QueryInt64(t, "SELECT coalesce(max(id), 0) FROM marker")
+				if got != tc.want || maxID != tc.want {
+					t.Fatalf("%s: %d markers (max %d) after recovery, want exactly 1..%d", tc.name, got, maxID, tc.want)
+				}
+				if n := rc.QueryInt64(t, "SELECT count(*) FROM pgbench_accounts"); n != 200000 {
+					t.Fatalf("%s: pgbench_accounts has %d rows", tc.name, n)
+				}
+				rc.Stop(t)
+				t.Logf("%s %s: %d markers", kind, tc.name, got)
+			}
+		})
+	}
+}
+
+func TestRestoreRefusals(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "")
+	c.Exec(t, "CREATE TABLE marker (id int primary key)")
+	before := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", restoreDir(t)); r.code != 1 || !strings.Contains(r.stderr, "no finished backup") {
+		t.Fatalf("restore with no backup: exit %d: %s", r.code, r.stderr)
+	}
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	times := markers(t, c, 1, 2)
+	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+	nonEmpty := restoreDir(t)
+	os.MkdirAll(nonEmpty, 0o700)
+	os.WriteFile(filepath.Join(nonEmpty, "x"), []byte("x"), 0o600)
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"latest", restoreDir(t), "--target-time", before}, 1, "is before the end of backup"},
+		{[]string{"latest", restoreDir(t), "--target-time", future}, 1, "is after the last archived WAL"},
+		{[]string{"auto", restoreDir(t), "--target-time", before}, 1, "no backup of server main ended before"},
+		{[]string{"latest", restoreDir(t), "--target-lsn", "0/1"}, 1, "is before the end of backup"},
+		{[]string{"latest", nonEmpty}, 1, "is not empty"},
+		{[]string{"latest", c.DataDir(), "--delta"}, 1, "is running on"},
+		{[]string{"latest", restoreDir(t), "--target-time", "yesterday"}, 2, "is not a time"},
+		{[]string{"latest", restoreDir(t), "--target-xid", "1", "--target-name", "x"}, 2, "at most one"},
+		{[]string{"latest", restoreDir(t), "--target-action", "explode", "--target-immediate"}, 2, "use pause, promote or shutdown"},
+		{[]string{"latest", restoreDir(t), "--tablespace", "nosuch:/tmp/x"}, 1, "has no such tablespace"},
+		{[]string{"20200101T000000", restoreDir(t)}, 1, "no backup 20200101T000000"},
+		{[]string{restoreDir(t)}, 2, "BACKUP_ID may be left out only with --target-time"},
+	} {
+		r := cellar(t, env, append([]string{"--config", conf, "restore", "main"}, tc.args...)...)
+		if r.code != tc.code || !strings.Contains(r.stderr, tc.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Errorf("restore %v: exit %d, want %d with %q: %s", tc.args, r.code, tc.code, tc.want, r.stderr)
+		}
+	}
+	// auto picks the newest backup that ended before the target.
+	dir := restoreDir(t)
+	r := cellar(t, env, "--config", conf, "restore", "main", dir, "--target-time", times[1].UTC().Format(time.RFC3339Nano))
+	if r.code != 0 {
+		t.Fatalf("restore with an automatic backup: exit %d: %s", r.code, r.stderr)
+	}
+}

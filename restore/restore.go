@@ -1,0 +1,599 @@
+// Package restore rebuilds a data directory from a base backup in the
+// repository: parts downloaded and unpacked in parallel as they stream in,
+// every file checked against the manifest, tablespaces where the user
+// wants them, and recovery configured to reach a target with
+// restore_command.
+package restore
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+)
+
+// IncompleteMarker is the file a restore leaves in the data directory
+// until it is done. While it is there, global/pg_control is missing too,
+// so PostgreSQL refuses to start on a half-restored directory.
+const IncompleteMarker = "CELLAR_RESTORE_INCOMPLETE"
+
+// Recovery is what restore writes to make PostgreSQL recover.
+type Recovery struct {
+	// Settings are written, in order, to postgresql.auto.conf, e.g.
+	// {"restore_command", "cellar wal-fetch main %f %p"}.
+	Settings [][2]string
+	// Signal is "recovery" or "standby" (the .signal file to create), or
+	// "" for none.
+	Signal string
+}
+
+// Options configure a restore.
+type Options struct {
+	Store    cloud.Storage
+	Manifest *catalog.Manifest
+	// Dest is the data directory to make. It must be missing or empty,
+	// unless Delta.
+	Dest string
+	// Parallel is the number of parts downloaded and unpacked at once.
+	Parallel int
+	// Tablespaces maps a tablespace name to the directory where it goes;
+	// a tablespace not named goes back to its recorded location.
+	Tablespaces map[string]string
+	// Delta re-syncs an existing directory: files whose size and checksum
+	// match the manifest stay, the others are fetched, and files the
+	// backup does not have are removed.
+	Delta    bool
+	Recovery Recovery
+	Progress catalog.Progress
+	Log      *slog.Logger
+}
+
+// Result says what a restore did.
+type Result struct {
+	Files, Fetched, Kept, Removed int
+	Bytes                         int64
+	Parts                         int
+}
+
+type restorer struct {
+	o        Options
+	m        *catalog.Manifest
+	dest     string
+	spc      map[string]string // "pg_tblspc/<oid>" -> directory
+	byPath   map[string]*catalog.File
+	needed   map[string]bool // files to fetch
+	mu       sync.Mutex
+	restored map[string]bool
+	res      Result
+	owner    *owner // who gets the files, when restoring as root
+}
+
+// Run restores the backup. On error the directory stays marked incomplete;
+// running again with Delta finishes it.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if o.Progress == nil {
+		o.Progress = catalog.NoProgress{}
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Parallel < 1 {
+		o.Parallel = 1
+	}
+	dest, err := filepath.Abs(o.Dest)
+	if err != nil {
+		return Result{}, err
+	}
+	r := &restorer{o: o, m: o.Manifest, dest: dest, spc: map[string]string{}, byPath: map[string]*catalog.File{}, needed: map[string]bool{}, restored: map[string]bool{}}
+	for i := range r.m.Files {
+		r.byPath[r.m.Files[i].Path] = &r.m.Files[i]
+	}
+	if err := r.plan(); err != nil {
+		return Result{}, err
+	}
+	if err := r.prepare(); err != nil {
+		return Result{}, err
+	}
+	if err := r.fetch(ctx); err != nil {
+		return r.res, err
+	}
+	if err := r.finish(); err != nil {
+		return r.res, err
+	}
+	return r.res, nil
+}
+
+// plan maps tablespaces to their directories and checks the destination.
+func (r *restorer) plan() error {
+	known := map[string]bool{}
+	for _, t := range r.m.Tablespaces {
+		known[t.Name] = true
+		loc := t.Location
+		if to, ok := r.o.Tablespaces[t.Name]; ok {
+			loc = to
+		}
+		if !filepath.IsAbs(loc) {
+			return fmt.Errorf("tablespace %s: %q is not an absolute path", t.Name, loc)
+		}
+		r.spc["pg_tblspc/"+strconv.FormatUint(uint64(t.OID), 10)] = filepath.Clean(loc)
+	}
+	for name := range r.o.Tablespaces {
+		if !known[name] {
+			var names []string
+			for n := range known {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			have := "none"
+			if len(names) > 0 {
+				have = strings.Join(names, ", ")
+			}
+			return fmt.Errorf("--tablespace %s: backup %s has no such tablespace (it has: %s)", name, r.m.ID, have)
+		}
+	}
+	if pid, running := runningServer(r.dest); running {
+		return fmt.Errorf("a PostgreSQL server (pid %d) is running on %s: stop it before restoring there", pid, r.dest)
+	}
+	dirs := []string{r.dest}
+	for _, loc := range r.spc {
+		if loc == r.dest || strings.HasPrefix(loc, r.dest+"/") {
+			return fmt.Errorf("tablespace location %s is inside the data directory %s: map it elsewhere with --tablespace NAME:PATH", loc, r.dest)
+		}
+		dirs = append(dirs, loc)
+	}
+	if r.o.Delta {
+		return nil
+	}
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("restore destination %s: %w", d, err)
+		}
+		if len(ents) > 0 {
+			what := "the destination"
+			if d != r.dest {
+				what = "the tablespace location"
+			}
+			return fmt.Errorf("%s %s is not empty: restore into an empty directory, or use --delta to re-sync it (--tablespace NAME:PATH moves a tablespace)", what, d)
+		}
+	}
+	return nil
+}
+
+// runningServer reports whether a postmaster.pid in dir names a live
+// process.
+func runningServer(dir string) (int, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, processAlive(pid)
+}
+
+// local is where a manifest path goes.
+func (r *restorer) local(p string) string {
+	for prefix, loc := range r.spc {
+		if p == prefix {
+			return filepath.Join(r.dest, filepath.FromSlash(p)) // the link
+		}
+		if rest, ok := strings.CutPrefix(p, prefix+"/"); ok {
+			return filepath.Join(loc, filepath.FromSlash(rest))
+		}
+	}
+	return filepath.Join(r.dest, filepath.FromSlash(p))
+}
+
+// prepare makes the directories, marks the restore incomplete and, for a
+// delta restore, decides what to fetch and removes what the backup does
+// not have.
+func (r *restorer) prepare() error {
+	r.owner = ownerFor(r.dest)
+	if err := os.MkdirAll(r.dest, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", r.dest, err)
+	}
+	if err := os.Chmod(r.dest, 0o700); err != nil {
+		return err
+	}
+	marker := filepath.Join(r.dest, IncompleteMarker)
+	text := fmt.Sprintf("cellar is restoring backup %s of server %s here; this directory is not usable until it finishes.\nRun the restore again with --delta to finish it.\n", r.m.ID, r.m.Server)
+	if err := os.WriteFile(marker, []byte(text), 0o600); err != nil {
+		return fmt.Errorf("marking %s: %w", r.dest, err)
+	}
+	// Without pg_control, PostgreSQL cannot start here by accident.
+	if err := os.Remove(filepath.Join(r.dest, "global", "pg_control")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, loc := range r.spc {
+		if err := os.MkdirAll(loc, 0o700); err != nil {
+			return fmt.Errorf("creating tablespace directory %s: %w", loc, err)
+		}
+	}
+	var total int64
+	for _, f := range r.m.Files {
+		if f.Type != catalog.TypeFile {
+			continue
+		}
+		r.res.Files++
+		if r.o.Delta && f.Path != "global/pg_control" && sameFile(r.local(f.Path), f) {
+			r.res.Kept++
+			continue
+		}
+		r.needed[f.Path] = true
+		total += f.Size
+	}
+	if r.o.Delta {
+		if err := r.removeExtra(); err != nil {
+			return err
+		}
+	}
+	r.o.Progress.Start(total)
+	return nil
+}
+
+// sameFile reports whether the file at path has f's size and checksum.
+func sameFile(path string, f catalog.File) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != f.Size {
+		return false
+	}
+	in, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer in.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, in); err != nil {
+		return false
+	}
+	return hex.EncodeToString(h.Sum(nil)) == f.SHA256
+}
+
+// removeExtra removes, for a delta restore, what the backup does not have.
+func (r *restorer) removeExtra() error {
+	want := map[string]bool{}
+	for _, f := range r.m.Files {
+		want[r.local(f.Path)] = true
+	}
+	want[filepath.Join(r.dest, IncompleteMarker)] = true
+	roots := []string{r.dest}
+	for _, loc := range r.spc {
+		roots = append(roots, loc)
+		want[loc] = true
+	}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			if p == root || want[p] {
+				return nil
+			}
+			if err := os.RemoveAll(p); err != nil {
+				return err
+			}
+			r.res.Removed++
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("removing what the backup does not have: %w", err)
+		}
+	}
+	return nil
+}
+
+// fetch downloads and unpacks the parts that hold a file to fetch (all of
+// them, but for a delta restore), parallel at once.
+func (r *restorer) fetch(ctx context.Context) error {
+	r.o.Progress.Stage("restoring")
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	need := map[int]bool{}
+	for _, f := range r.m.Files {
+		if r.needed[f.Path] || f.Type != catalog.TypeFile {
+			need[f.Part] = true
+		}
+	}
+	queue := make(chan catalog.Part, len(r.m.Parts))
+	for _, p := range r.m.Parts {
+		if need[p.Number] {
+			queue <- p
+			r.res.Parts++
+		}
+	}
+	close(queue)
+	var wg sync.WaitGroup
+	for range r.o.Parallel {
+		wg.Go(func() {
+			buf := make([]byte, 256<<10)
+			for p := range queue {
+				if ctx.Err() != nil {
+					return
+				}
+				if err := r.part(ctx, p, buf); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	var missing []string
+	for p := range r.needed {
+		if !r.restored[p] {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("%w: backup %s: %d files of the manifest are in no part, e.g. %s", catalog.ErrCorrupt, r.m.ID, len(missing), missing[0])
+	}
+	return nil
+}
+
+// hashingReader hashes and counts what is read through it.
+type hashingReader struct {
+	r io.Reader
+	h hash.Hash
+	n int64
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	h.n += int64(n)
+	return n, err
+}
+
+// part downloads one part and unpacks what is to be restored of it.
+func (r *restorer) part(ctx context.Context, p catalog.Part, buf []byte) error {
+	rc, err := r.o.Store.Get(ctx, p.Key)
+	if err != nil {
+		return fmt.Errorf("part %s: %w", p.Key, err)
+	}
+	defer rc.Close()
+	stored := &hashingReader{r: rc, h: sha256.New()}
+	zr, err := codec.Codec(r.m.Compression).NewReader(stored)
+	if err != nil {
+		return fmt.Errorf("part %s: %w", p.Key, err)
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: part %s: %v", catalog.ErrCorrupt, p.Key, err)
+		}
+		name := strings.TrimSuffix(hdr.Name, "/")
+		f, ok := r.byPath[name]
+		if !ok || f.Part != p.Number {
+			return fmt.Errorf("%w: part %s holds %s, which the manifest does not place there", catalog.ErrCorrupt, p.Key, name)
+		}
+		if err := r.entry(f, tr, buf); err != nil {
+			return fmt.Errorf("part %s: %w", p.Key, err)
+		}
+	}
+	// Read to the end of the compressed stream, so that its checks run.
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return fmt.Errorf("%w: part %s: %v", catalog.ErrCorrupt, p.Key, err)
+	}
+	if _, err := io.Copy(io.Discard, stored); err != nil {
+		return fmt.Errorf("part %s: %w", p.Key, err)
+	}
+	if got := hex.EncodeToString(stored.h.Sum(nil)); stored.n != p.Size || got != p.SHA256 {
+		return fmt.Errorf("%w: part %s: %d bytes with sha256 %s, the manifest records %d bytes with %s", catalog.ErrCorrupt, p.Key, stored.n, got, p.Size, p.SHA256)
+	}
+	return nil
+}
+
+// entry restores one tar entry.
+func (r *restorer) entry(f *catalog.File, tr *tar.Reader, buf []byte) error {
+	dst := r.local(f.Path)
+	switch f.Type {
+	case catalog.TypeDir:
+		if loc, ok := r.spc[f.Path]; ok {
+			return r.link(dst, loc)
+		}
+		return os.MkdirAll(dst, 0o700) // modes are set at the end
+	case catalog.TypeSymlink:
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		_ = os.Remove(dst)
+		return os.Symlink(f.Link, dst)
+	}
+	if !r.needed[f.Path] {
+		return nil // kept by a delta restore; the tar reader skips it
+	}
+	if f.Path == "global/pg_control" {
+		dst += ".cellar-restore" // put in place last
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(io.MultiWriter(out, h, progressWriter{r.o.Progress}), tr, buf)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restoring %s: %w", f.Path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); n != f.Size || got != f.SHA256 {
+		return fmt.Errorf("%w: %s: %d bytes with sha256 %s, the manifest records %d bytes with %s", catalog.ErrCorrupt, f.Path, n, got, f.Size, f.SHA256)
+	}
+	if err := os.Chmod(dst, fs.FileMode(f.Mode)&fs.ModePerm); err != nil {
+		return err
+	}
+	_ = os.Chtimes(dst, f.MTime, f.MTime)
+	r.mu.Lock()
+	r.restored[f.Path] = true
+	r.res.Fetched++
+	r.res.Bytes += n
+	r.mu.Unlock()
+	return nil
+}
+
+type progressWriter struct{ p catalog.Progress }
+
+func (w progressWriter) Write(b []byte) (int, error) { w.p.Add(int64(len(b))); return len(b), nil }
+
+// link makes pg_tblspc/<oid> point to a tablespace's directory.
+func (r *restorer) link(dst, loc string) error {
+	if cur, err := os.Readlink(dst); err == nil && cur == loc {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	_ = os.Remove(dst)
+	return os.Symlink(loc, dst)
+}
+
+// finish sets directory modes, writes the tablespace map and the recovery
+// settings, syncs everything, puts pg_control in place and removes the
+// marker.
+func (r *restorer) finish() error {
+	r.o.Progress.Stage("syncing")
+	for _, f := range r.m.Files {
+		if f.Type != catalog.TypeDir {
+			continue
+		}
+		if _, isSpc := r.spc[f.Path]; isSpc {
+			continue
+		}
+		dst := r.local(f.Path)
+		if err := os.MkdirAll(dst, 0o700); err != nil {
+			return err
+		}
+		_ = os.Chmod(dst, fs.FileMode(f.Mode)&fs.ModePerm)
+	}
+	if len(r.spc) > 0 {
+		var lines []string
+		for _, t := range r.m.Tablespaces {
+			lines = append(lines, fmt.Sprintf("%d %s", t.OID, r.spc["pg_tblspc/"+strconv.FormatUint(uint64(t.OID), 10)]))
+		}
+		if err := os.WriteFile(filepath.Join(r.dest, "tablespace_map"), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := writeRecovery(r.dest, r.m.ID, r.o.Recovery); err != nil {
+		return err
+	}
+	syncDirs := []string{r.dest}
+	for _, loc := range r.spc {
+		syncDirs = append(syncDirs, loc)
+	}
+	for _, d := range syncDirs {
+		if err := syncFS(d); err != nil {
+			return fmt.Errorf("syncing %s: %w", d, err)
+		}
+	}
+	control := filepath.Join(r.dest, "global", "pg_control")
+	if r.needed["global/pg_control"] {
+		if err := os.Rename(control+".cellar-restore", control); err != nil {
+			return err
+		}
+		if err := syncFS(filepath.Join(r.dest, "global")); err != nil {
+			return err
+		}
+	}
+	if err := r.chownAll(syncDirs); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(r.dest, IncompleteMarker)); err != nil {
+		return err
+	}
+	r.o.Progress.Done()
+	return syncFS(r.dest)
+}
+
+// writeRecovery appends the recovery settings to postgresql.auto.conf and
+// creates the signal file.
+func writeRecovery(dest, id string, rec Recovery) error {
+	for _, sig := range []string{"recovery.signal", "standby.signal"} {
+		_ = os.Remove(filepath.Join(dest, sig))
+	}
+	if len(rec.Settings) > 0 {
+		auto := filepath.Join(dest, "postgresql.auto.conf")
+		var b strings.Builder
+		old, err := os.ReadFile(auto)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		b.Write(old)
+		if len(old) > 0 && !strings.HasSuffix(string(old), "\n") {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "# Recovery settings written by cellar restore of backup %s at %s\n", id, time.Now().UTC().Format(time.RFC3339))
+		for _, kv := range rec.Settings {
+			fmt.Fprintf(&b, "%s = '%s'\n", kv[0], strings.ReplaceAll(kv[1], "'", "''"))
+		}
+		if err := os.WriteFile(auto, []byte(b.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	if rec.Signal != "" {
+		return os.WriteFile(filepath.Join(dest, rec.Signal+".signal"), nil, 0o600)
+	}
+	return nil
+}
+
+// chownAll gives the restored files to the owner, when there is one.
+func (r *restorer) chownAll(roots []string) error {
+	if r.owner == nil {
+		return nil
+	}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, r.owner.uid, r.owner.gid)
+		})
+		if err != nil {
+			return fmt.Errorf("giving the restored files to uid %d: %w", r.owner.uid, err)
+		}
+	}
+	return nil
+}
