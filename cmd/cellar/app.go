@@ -82,6 +82,7 @@ func newApp(st *state) *cli.App {
 			listBackupsCommand(st),
 			showBackupCommand(st),
 			restoreCommand(st),
+			verifyCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

@@ -1,13 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
 	"github.com/cellar-backup/cellar/restore"
 )
@@ -158,5 +165,176 @@ func TestRestoreRefusals(t *testing.T) {
 	r := cellar(t, env, "--config", conf, "restore", "main", dir, "--target-time", times[1].UTC().Format(time.RFC3339Nano))
 	if r.code != 0 {
 		t.Fatalf("restore with an automatic backup: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+// damage flips one byte in the middle of an object.
+func damage(t *testing.T, store cloud.Storage, key string) {
+	t.Helper()
+	ctx := context.Background()
+	rc, err := store.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x55
+	if err := store.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerifyFindsDamage(t *testing.T) {
+	for _, kind := range repoKinds {
+		t.Run(kind, func(t *testing.T) {
+			c, conf, env := backupCluster(t, kind, "")
+			c.Pgbench(t, "-i", "-s", "2", "-q")
+			if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+				t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+			}
+			_, last := makeSegments(t, c, 3)
+			c.WaitArchived(t, last, 2*time.Minute)
+			r := cellar(t, env, "--config", conf, "verify", "main", "latest", "--to-latest")
+			if r.code != 0 || !strings.Contains(r.stdout, ": OK") {
+				t.Fatalf("verify of an intact backup: exit %d: %s%s", r.code, r.stdout, r.stderr)
+			}
+			store := openRepository(t, conf, env)
+			m, err := catalog.ReadManifest(context.Background(), store, "main", listBackups(t, env, conf)[0].ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// One byte of a part.
+			part := m.Parts[0].Key
+			damage(t, store, part)
+			r = cellar(t, env, "--config", conf, "verify", "main", "latest")
+			if r.code != 1 || !strings.Contains(r.stdout, "FAILED "+part) {
+				t.Fatalf("verify after damaging %s: exit %d: %s%s", part, r.code, r.stdout, r.stderr)
+			}
+			dir := restoreDir(t)
+			r = cellar(t, env, "--config", conf, "restore", "main", "latest", dir)
+			if r.code != 1 || !strings.Contains(r.stderr, "marked incomplete") {
+				t.Fatalf("restore of a damaged backup: exit %d: %s", r.code, r.stderr)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "global", "pg_control")); err == nil {
+				t.Fatal("a failed restore left global/pg_control in place")
+			}
+			// One WAL segment missing (before the last), found by
+			// --to-latest.
+			lw, _ := catalog.ParseWALName(last)
+			gap := catalog.SegmentNameOf(1, lw.SegNo(m.WALSegmentSize)-1, m.WALSegmentSize)
+			w, _ := catalog.ParseWALName(gap)
+			if err := store.Delete(context.Background(), catalog.WALKey("main", w)); err != nil {
+				t.Fatal(err)
+			}
+			r = cellar(t, env, "--config", conf, "--format", "json", "verify", "main", "latest", "--to-latest")
+			if r.code != 1 || !strings.Contains(r.stdout, `"object": "`+gap+`"`) || !strings.Contains(r.stdout, "missing") {
+				t.Fatalf("verify with %s deleted: exit %d: %s%s", gap, r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+// TestRestoreTablespaceDeltaAndIncomplete restores a tablespace to a new
+// place, re-syncs a damaged copy with --delta, and finishes a killed
+// restore with --delta.
+func TestRestoreTablespaceDeltaAndIncomplete(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "")
+	spc := c.MakeDir("tablespace")
+	c.Exec(t, "CREATE TABLESPACE extra LOCATION '"+spc+"'")
+	c.Exec(t, "CREATE TABLE spread (id int, note text) TABLESPACE extra")
+	c.Exec(t, "INSERT INTO spread SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
+	c.Pgbench(t, "-i", "-s", "5", "-q")
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+
+	dir := restoreDir(t)
+	moved := filepath.Join(filepath.Dir(dir), "moved-tablespace")
+	args := []string{"--config", conf, "restore", "main", "latest", dir, "--tablespace", "extra:" + moved, "--target-immediate"}
+	if r := cellar(t, env, args...); r.code != 0 {
+		t.Fatalf("restore with a moved tablespace: exit %d: %s", r.code, r.stderr)
+	}
+	if link, err := os.Readlink(filepath.Join(dir, "pg_tblspc", fmt.Sprint(c.QueryInt64(t, "SELECT oid::bigint FROM pg_tablespace WHERE spcname = 'extra'")))); err != nil || link != moved {
+		t.Fatalf("pg_tblspc link: %q %v, want %s", link, err, moved)
+	}
+	c.Chown(moved)
+	rc := startRestored(t, c, dir, env)
+	if n := rc.QueryInt64(t, "SELECT count(*) FROM spread"); n != 50000 {
+		t.Fatalf("the moved tablespace's table has %d rows", n)
+	}
+	if loc := rc.QueryString(t, "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"); loc != moved {
+		t.Fatalf("the tablespace is at %s, want %s", loc, moved)
+	}
+	rc.Stop(t)
+
+	// A damaged copy: a file changed, one removed, one added.
+	accounts := filepath.Join(dir, c.QueryString(t, "SELECT pg_relation_filepath('pgbench_accounts')"))
+	if err := os.WriteFile(accounts, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, "PG_VERSION"))
+	os.WriteFile(filepath.Join(dir, "base", "stray"), []byte("x"), 0o600)
+	r := cellar(t, env, "--config", conf, "--format", "json", "restore", "main", "latest", dir, "--delta", "--tablespace", "extra:"+moved, "--target-immediate")
+	if r.code != 0 {
+		t.Fatalf("restore --delta: exit %d: %s", r.code, r.stderr)
+	}
+	var res struct{ Files, Fetched, Kept, Removed int }
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("restore --delta output: %v: %s", err, r.stdout)
+	}
+	// The changed and removed files, pg_control (always fetched), and
+	// what the server changed while it ran (backup_label, the recovery
+	// settings, a few catalog files); everything else is kept.
+	if res.Fetched < 3 || res.Fetched > 30 || res.Removed < 1 || res.Kept != res.Files-res.Fetched {
+		t.Fatalf("restore --delta: %+v, want a few files fetched, the rest kept and the stray file removed", res)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "base", "stray")); err == nil {
+		t.Fatal("restore --delta kept a file the backup does not have")
+	}
+	rc = startRestored(t, c, dir, env)
+	if n := rc.QueryInt64(t, "SELECT count(*) FROM pgbench_accounts"); n != 500000 {
+		t.Fatalf("after restore --delta, pgbench_accounts has %d rows", n)
+	}
+	rc.Stop(t)
+
+	// A restore killed halfway leaves the directory marked incomplete,
+	// without pg_control; --delta finishes it.
+	dir2 := restoreDir(t)
+	cmd := exec.Command(cellarBin, "--config", conf, "restore", "main", "latest", dir2, "--tablespace", "extra:"+filepath.Join(filepath.Dir(dir2), "ts"), "--parallel", "1")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if _, err := os.Stat(filepath.Join(dir2, "base")); err == nil {
+			break
+		}
+		if i > 20000 {
+			t.Fatal("the restore never started writing")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if _, err := os.Stat(filepath.Join(dir2, restore.IncompleteMarker)); err != nil {
+		t.Fatalf("a killed restore left no incomplete marker: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir2, "global", "pg_control")); err == nil {
+		t.Fatal("a killed restore left global/pg_control in place")
+	}
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir2); r.code != 1 || !strings.Contains(r.stderr, "is not empty") {
+		t.Fatalf("restore onto a half-restored directory without --delta: exit %d: %s", r.code, r.stderr)
+	}
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir2, "--delta", "--tablespace", "extra:"+filepath.Join(filepath.Dir(dir2), "ts")); r.code != 0 {
+		t.Fatalf("restore --delta of a half-restored directory: exit %d: %s", r.code, r.stderr)
+	}
+	c.Chown(filepath.Join(filepath.Dir(dir2), "ts"))
+	rc = startRestored(t, c, dir2, env)
+	if n := rc.QueryInt64(t, "SELECT count(*) FROM spread"); n != 50000 {
+		t.Fatalf("after finishing a killed restore, spread has %d rows", n)
 	}
 }

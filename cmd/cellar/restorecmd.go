@@ -388,3 +388,47 @@ func checkTarget(ctx context.Context, store cloud.Storage, srv *config.Server, m
 	}
 	return nil
 }
+
+func verifyCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "re-read a backup and its WAL, check every checksum and WAL continuity; exit 0 only when all is intact",
+		ArgsUsage: "SERVER BACKUP_ID",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "to-latest", Usage: "check the WAL on to the last segment archived on the backup's timeline"},
+		},
+		Action: func(c *cli.Context) error {
+			return st.storeCommand(c, 2, "verify takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
+				m, err := chooseBackup(c.Context, st, srv, store, c.Args().Get(1), target{})
+				if err != nil {
+					return err
+				}
+				prog := st.newProgress("verify " + srv.Name)
+				res, err := restore.Verify(c.Context, restore.VerifyOptions{Store: store, Manifest: m, Parallel: srv.Parallel, ToLatest: c.Bool("to-latest"), Progress: prog})
+				prog.Done()
+				if err != nil {
+					return err
+				}
+				status := "OK"
+				if len(res.Problems) > 0 {
+					status = "FAILED"
+				}
+				if st.format == "json" {
+					if err := st.printJSON(map[string]any{"server": srv.Name, "backup": m.ID, "status": status, "result": res}); err != nil {
+						return err
+					}
+				} else {
+					for _, p := range res.Problems {
+						fmt.Fprintf(st.stdout, "FAILED %s: %s\n", p.Object, st.scrub(oneLine(p.Error)))
+					}
+					fmt.Fprintf(st.stdout, "Backup %s of server %s: %s (%d parts, %d files, WAL %s to %s: %d segments)\n",
+						m.ID, srv.Name, status, res.Parts, res.Files, res.FirstWAL, res.LastWAL, res.WAL)
+				}
+				if len(res.Problems) > 0 {
+					return &exitError{code: exitFailure, silent: true}
+				}
+				return nil
+			})
+		},
+	}
+}

@@ -1,0 +1,238 @@
+package restore
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
+)
+
+// VerifyOptions configure a verification of a backup.
+type VerifyOptions struct {
+	Store    cloud.Storage
+	Manifest *catalog.Manifest
+	Parallel int
+	// ToLatest checks the WAL on to the last segment archived on the
+	// backup's timeline, not only to the backup's end.
+	ToLatest bool
+	Progress catalog.Progress
+}
+
+// Problem is one thing found wrong, naming the object or file.
+type Problem struct {
+	Object string `json:"object"`
+	Error  string `json:"error"`
+}
+
+// VerifyResult is what a verification found.
+type VerifyResult struct {
+	Parts    int       `json:"parts_checked"`
+	Files    int       `json:"files_checked"`
+	WAL      int       `json:"wal_segments_checked"`
+	FirstWAL string    `json:"first_wal"`
+	LastWAL  string    `json:"last_wal"`
+	Problems []Problem `json:"problems"`
+}
+
+// Verify re-reads every part of the backup and checks each file against
+// the manifest, then checks that every WAL segment from the backup's
+// begin to its end (or to the last archived, with ToLatest) is in the
+// repository and intact. It returns an error only when it could not do
+// that; what it found wrong is in the result.
+func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
+	if o.Progress == nil {
+		o.Progress = catalog.NoProgress{}
+	}
+	m := o.Manifest
+	res := VerifyResult{Problems: []Problem{}}
+	var mu sync.Mutex
+	add := func(obj string, err error) {
+		mu.Lock()
+		res.Problems = append(res.Problems, Problem{obj, err.Error()})
+		mu.Unlock()
+	}
+	byPart := map[int]map[string]*catalog.File{}
+	for i := range m.Files {
+		f := &m.Files[i]
+		if byPart[f.Part] == nil {
+			byPart[f.Part] = map[string]*catalog.File{}
+		}
+		byPart[f.Part][f.Path] = f
+	}
+	var total int64
+	for _, p := range m.Parts {
+		total += p.DataSize
+	}
+	o.Progress.Start(total)
+	queue := make(chan catalog.Part, len(m.Parts))
+	for _, p := range m.Parts {
+		queue <- p
+	}
+	close(queue)
+	var wg sync.WaitGroup
+	for range max(1, o.Parallel) {
+		wg.Go(func() {
+			for p := range queue {
+				n, err := verifyPart(ctx, o.Store, m, p, byPart[p.Number], o.Progress)
+				mu.Lock()
+				res.Parts++
+				res.Files += n
+				mu.Unlock()
+				if err != nil {
+					add(p.Key, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	o.Progress.Done()
+	if err := verifyWAL(ctx, o, &res, add); err != nil {
+		return res, err
+	}
+	sort.Slice(res.Problems, func(i, j int) bool { return res.Problems[i].Object < res.Problems[j].Object })
+	return res, nil
+}
+
+// verifyPart reads one part to its end and checks every entry in it.
+func verifyPart(ctx context.Context, store cloud.Storage, m *catalog.Manifest, p catalog.Part, want map[string]*catalog.File, prog catalog.Progress) (int, error) {
+	rc, err := store.Get(ctx, p.Key)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	stored := &hashingReader{r: rc, h: sha256.New()}
+	zr, err := codec.Codec(m.Compression).NewReader(stored)
+	if err != nil {
+		return 0, err
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	seen := map[string]bool{}
+	var bad []string
+	buf := make([]byte, 256<<10)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return len(seen), fmt.Errorf("%w: %v", catalog.ErrCorrupt, err)
+		}
+		name := strings.TrimSuffix(hdr.Name, "/")
+		f, ok := want[name]
+		if !ok {
+			bad = append(bad, name+": in the part but not in the manifest")
+			continue
+		}
+		seen[name] = true
+		if f.Type != catalog.TypeFile {
+			continue
+		}
+		h := sha256.New()
+		n, err := io.CopyBuffer(io.MultiWriter(h, progressWriter{prog}), tr, buf)
+		if err != nil {
+			return len(seen), fmt.Errorf("%w: %s: %v", catalog.ErrCorrupt, name, err)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); n != f.Size || got != f.SHA256 {
+			bad = append(bad, fmt.Sprintf("%s: %d bytes with sha256 %s, the manifest records %d bytes with %s", name, n, got, f.Size, f.SHA256))
+		}
+	}
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return len(seen), fmt.Errorf("%w: %v", catalog.ErrCorrupt, err)
+	}
+	if _, err := io.Copy(io.Discard, stored); err != nil {
+		return len(seen), err
+	}
+	for name := range want {
+		if !seen[name] {
+			bad = append(bad, name+": missing from the part")
+		}
+	}
+	if got := hex.EncodeToString(stored.h.Sum(nil)); stored.n != p.Size || got != p.SHA256 {
+		bad = append(bad, fmt.Sprintf("the part has %d bytes with sha256 %s, the manifest records %d bytes with %s", stored.n, got, p.Size, p.SHA256))
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return len(seen), fmt.Errorf("%w: %s", catalog.ErrCorrupt, strings.Join(bad, "; "))
+	}
+	return len(seen), nil
+}
+
+// verifyWAL checks the backup's WAL, segment by segment, reading each one
+// whole so that its checksum is checked.
+func verifyWAL(ctx context.Context, o VerifyOptions, res *VerifyResult, add func(string, error)) error {
+	m := o.Manifest
+	first, err := catalog.ParseWALName(m.BeginWAL)
+	if err != nil {
+		return err
+	}
+	last, err := catalog.ParseWALName(m.EndWAL)
+	if err != nil {
+		return err
+	}
+	segSize := m.WALSegmentSize
+	end := last.SegNo(segSize)
+	if o.ToLatest {
+		err := catalog.ListWALFiles(ctx, o.Store, m.Server, func(w catalog.WALName, _ cloud.ObjectInfo) error {
+			if w.Kind == catalog.Segment && w.Timeline == m.Timeline && w.SegNo(segSize) > end {
+				end = w.SegNo(segSize)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for n := first.SegNo(segSize); n <= end; n++ {
+		name := catalog.SegmentNameOf(m.Timeline, n, segSize)
+		w, _ := catalog.ParseWALName(name)
+		key := catalog.WALKey(m.Server, w)
+		if res.FirstWAL == "" {
+			res.FirstWAL = name
+		}
+		res.LastWAL = name
+		res.WAL++
+		if err := readWAL(ctx, o.Store, key, name); err != nil {
+			if errors.Is(err, cloud.ErrNotExist) {
+				err = errors.New("missing from the repository")
+			}
+			add(name, err)
+		}
+	}
+	return nil
+}
+
+func readWAL(ctx context.Context, store cloud.Storage, key, name string) error {
+	rc, err := store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	h, err := catalog.ReadHeader(rc)
+	if err != nil {
+		return err
+	}
+	if h.Name != name {
+		return fmt.Errorf("%w: the object holds %s", catalog.ErrCorrupt, h.Name)
+	}
+	body, err := catalog.Decode(rc, h)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	_, err = io.Copy(io.Discard, body)
+	return err
+}
