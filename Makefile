@@ -109,7 +109,7 @@ bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	testdata/bench-wal.sh $(TOOLS) bin/cellar bin/walbench 100 3
 	testdata/bench-backup.sh $(TOOLS) bin/cellar 3
 
-demo: build
+demo: postgres build
 	@testdata/demo.sh bin/cellar
 
 clean:

@@ -427,3 +427,12 @@ func TestRestoreToTimeWhilePgbenchWrites(t *testing.T) {
 	}
 	t.Logf("recovered to %s: 12 markers, %v pgbench transactions, balances consistent", target, row[4])
 }
+
+// TestDemo runs the first-run demo, as `make demo` does.
+func TestDemo(t *testing.T) {
+	cmd := exec.Command("bash", "../../testdata/demo.sh", cellarBin)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PROVEN: the restore reached exactly the target time") {
+		t.Fatalf("testdata/demo.sh: %v\n%s", err, out)
+	}
+}
