@@ -524,6 +524,9 @@ func (r *restorer) finish() error {
 	for _, loc := range r.spc {
 		syncDirs = append(syncDirs, loc)
 	}
+	if err := r.chownAll(syncDirs); err != nil {
+		return err
+	}
 	for _, d := range syncDirs {
 		if err := syncFS(d); err != nil {
 			return fmt.Errorf("syncing %s: %w", d, err)
@@ -537,9 +540,6 @@ func (r *restorer) finish() error {
 		if err := syncFS(filepath.Join(r.dest, "global")); err != nil {
 			return err
 		}
-	}
-	if err := r.chownAll(syncDirs); err != nil {
-		return err
 	}
 	if err := os.Remove(filepath.Join(r.dest, IncompleteMarker)); err != nil {
 		return err
