@@ -11,20 +11,41 @@
 # tree, peak RSS of its largest process). The cluster archives WAL to both
 # repositories (archive_command runs cellar wal-push, then pgbackrest
 # archive-push), since both wait for the backup's WAL. Between runs each
-# repository is emptied of its backups (untimed). Cellar's peak RSS is
+# repository is emptied of its backups (untimed), but for those of the
+# last round, which the restores use. Cellar's peak RSS is
 # also measured on pgbench at scale 10, to show that it does not grow with
 # the database.
+#
+# Restores follow the backups of each data set: the last backup of each
+# tool is kept (cellar zstd, cellar s2, pgBackRest), and each tool restores
+# its own from the MinIO into an empty directory under the bench
+# directory, as root (the files go to the directory's owner, the cluster's
+# user): `cellar restore main ID DEST` (parallel = 4, the default; it
+# syncs the filesystem before it exits) against `pgbackrest restore
+# --pg1-path=DEST` (process-max = 2; it fsyncs every file). Runs are
+# interleaved, the page cache is dropped before each and the destination
+# removed after it, untimed; each is timed by /usr/bin/time as above.
+#
+# Last, PostgreSQL's recovery of BENCH_RECOVERY_MB (1024) MiB of WAL
+# archived by cellar wal-push after the kept mixed zstd backup: that
+# backup restored by cellar (untimed), then the time from `pg_ctl start`
+# until the server, promoted at the end of the archive, accepts
+# connections, with the restore_command cellar restore wrote (cellar
+# wal-fetch, prefetching `parallel` segments ahead); page cache dropped
+# before each run.
 #
 #   testdata/bench-backup.sh TOOLS_DIR CELLAR_BIN [RUNS]
 #
 # Smaller data sets for a quick trial: BENCH_SCALE (pgbench scale, 100),
-# BENCH_MIXED_ROWS (6000000), BENCH_RSS_SCALE (10; 0 skips that part).
+# BENCH_MIXED_ROWS (6000000), BENCH_RSS_SCALE (10; 0 skips that part),
+# BENCH_RECOVERY_MB (1024; 0 skips the recovery).
 set -euo pipefail
 tools=$1
 runs=${3:-3}
 scale=${BENCH_SCALE:-100}
 mixed_rows=${BENCH_MIXED_ROWS:-6000000}
 rss_scale=${BENCH_RSS_SCALE:-10}
+rec_mb=${BENCH_RECOVERY_MB:-1024}
 pgbin=/usr/lib/postgresql/15/bin
 command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest; }
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
@@ -173,7 +194,9 @@ settle() {
 	fi
 }
 
-declare -A wall cpu rss stored datasz
+declare -A wall cpu rss stored datasz bid
+# keep_last: the backups of the last round are kept for the restores.
+keep_last=0
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 
@@ -201,8 +224,11 @@ run() {
 		js=$("$cellar" --config "$dir/cellar.conf" --format json show-backup main latest)
 		data=$(jq -r .data_size <<<"$js")
 		st=$(jq -r .stored_size <<<"$js")
-		s3_delete cellar/main/backups/
-		s3_delete cellar/main/base/
+		bid[$set:$tool]=$(jq -r .id <<<"$js")
+		if [ "$keep_last" = 0 ] || [ "$r" -lt "$runs" ]; then
+			s3_delete "cellar/main/backups/${bid[$set:$tool]}."
+			s3_delete "cellar/main/base/${bid[$set:$tool]}/"
+		fi
 	else
 		local js
 		js=$("${as[@]}" pgbackrest --config="$dir/pgbackrest.conf" --stanza=bench info --output=json)
@@ -254,6 +280,65 @@ rss_check() { # SET
 	done
 }
 
+# restore SET TOOL R: one timed restore of TOOL's last backup of SET, as
+# root into an empty directory owned by the cluster's user, with the page
+# cache dropped before it; its results go under the set "restore-SET".
+restore() {
+	local set=$1 tool=$2 r=$3 dest="$dir/restore" k="restore-$1:$2"
+	local tf="$dir/time/restore-$1-$2-$3" log="$dir/log/restore-$1-$2-$3.log" cmd
+	case $tool in
+	cellar-*) cmd=("$cellar" --config "$dir/cellar.conf" --quiet restore main "${bid[$set:$tool]}" "$dest") ;;
+	pgbackrest) cmd=(pgbackrest --config="$dir/pgbackrest.conf" --stanza=bench --pg1-path="$dest" restore) ;;
+	esac
+	rm -rf "$dest"
+	mkdir -m 700 "$dest"
+	chown "$user" "$dest"
+	sync
+	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+	if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" "${cmd[@]}" >"$log" 2>&1; then
+		echo "bench: $tool restore $r of $set failed: ${cmd[*]}" >&2
+		cat "$log" "$tf" >&2
+		exit 1
+	fi
+	local e u s m data got
+	read -r e u s m <"$tf"
+	data=$(awk -v m="${datasz[$set:$tool]}" 'BEGIN {printf "%.0f", m * 1048576}')
+	# What was written, against the backup's data size (untimed).
+	got=$(du -sb --exclude=postgresql.auto.conf --exclude=recovery.signal "$dest" | cut -f1)
+	rm -rf "$dest"
+	wall[$k]+="$e "
+	cpu[$k]+="$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}') "
+	rss[$k]+="$(awk -v m="$m" 'BEGIN {printf "%.1f", m / 1024}') "
+	datasz[$k]=${datasz[$set:$tool]}
+	printf 'restore %d %-12s %7.2f s  %6.1f MiB/s  CPU %6.2f s  RSS %6.1f MiB  data %7.1f MiB  written %7.1f MiB\n' \
+		"$r" "$tool" "$e" "$(awk -v d="$data" -v e="$e" 'BEGIN {print d / 1048576 / e}')" \
+		"$(awk -v u="$u" -v s="$s" 'BEGIN {print u + s}')" "$(awk -v m="$m" 'BEGIN {print m / 1024}')" \
+		"$(mib "$data")" "$(mib "$got")"
+}
+restores() { # SET: the restores of SET's kept backups, interleaved
+	local r tool c
+	for tool in cellar-zstd cellar-s2; do
+		c=$("$cellar" --config "$dir/cellar.conf" --format json show-backup main "${bid[$1:$tool]}" | jq -r .compression)
+		[ "$c" = "${tool#cellar-}" ] || { echo "bench: backup ${bid[$1:$tool]} kept for $tool is $c" >&2; exit 1; }
+	done
+	echo "-- restores"
+	for r in $(seq 1 "$runs"); do
+		for tool in "${tools_all[@]}"; do restore "$1" "$tool" "$r"; done
+	done
+}
+report_restore() { # SET
+	local set=restore-$1 tool k w
+	printf '\n%s, restore, medians of %d runs\n' "$1" "$runs"
+	printf '%-12s %8s %8s %8s %13s %10s\n' tool "wall s" "MiB/s" "CPU s" "peak RSS MiB" "data MiB"
+	for tool in "${tools_all[@]}"; do
+		k="$set:$tool"
+		w=$(echo "${wall[$k]}" | median)
+		printf '%-12s %8.2f %8.1f %8.2f %13.1f %10.1f\n' "$tool" "$w" \
+			"$(awk -v d="${datasz[$k]}" -v w="$w" 'BEGIN {print d / w}')" \
+			"$(echo "${cpu[$k]}" | median)" "$(echo "${rss[$k]}" | median)" "${datasz[$k]}"
+	done
+}
+
 tools_all=(cellar-zstd cellar-s2 pgbackrest)
 if [ "$rss_scale" -gt 0 ]; then
 	echo "== pgbench scale $rss_scale, cellar only (peak RSS against database size)"
@@ -265,6 +350,7 @@ if [ "$rss_scale" -gt 0 ]; then
 	archive_to /bin/true
 fi
 
+keep_last=1
 echo
 echo "== pgbench scale $scale"
 t0=$(date +%s)
@@ -275,6 +361,12 @@ for r in $(seq 1 "$runs"); do
 	for tool in "${tools_all[@]}"; do run "pgbench-$scale" "$tool" "$r"; done
 done
 archive_to /bin/true
+restores "pgbench-$scale"
+# The next data set's backups start from a repository without these.
+for tool in cellar-zstd cellar-s2; do
+	s3_delete "cellar/main/backups/${bid[pgbench-$scale:$tool]}."
+	s3_delete "cellar/main/base/${bid[pgbench-$scale:$tool]}/"
+done
 
 echo
 echo "== mixed, $mixed_rows rows"
@@ -289,6 +381,65 @@ echo "(loaded in $(($(date +%s) - t0)) s; table: $(psql -c "SELECT pg_size_prett
 for r in $(seq 1 "$runs"); do
 	for tool in "${tools_all[@]}"; do run mixed "$tool" "$r"; done
 done
+restores mixed
+
+if [ "$rec_mb" -gt 0 ]; then
+	echo
+	echo "== recovery of $rec_mb MiB of WAL archived after the mixed zstd backup, restore_command = cellar wal-fetch"
+	archive_to "$cellar --config $dir/cellar.conf wal-push main %p"
+	a0=$(psql -c "SELECT archived_count FROM pg_stat_archiver")
+	while [ $(($(psql -c "SELECT archived_count FROM pg_stat_archiver") - a0)) -lt $((rec_mb / 16)) ]; do
+		"${as[@]}" "$pgbin/pgbench" -h "$dir" -p "$pgport" -i -s 10 -q postgres >/dev/null 2>&1
+		psql -c "SELECT pg_switch_wal()" >/dev/null
+		while ls "$dir/pg/pg_wal/archive_status" | grep -q '\.ready$'; do sleep 0.2; done
+	done
+	nrec=$(($(psql -c "SELECT archived_count FROM pg_stat_archiver") - a0))
+	echo "($nrec segments archived after the backup)"
+	rdest=$dir/restore
+	rport=$(free_port)
+	for r in $(seq 1 "$runs"); do
+		rm -rf "$rdest"
+		mkdir -m 700 "$rdest"
+		chown "$user" "$rdest"
+		"$cellar" --config "$dir/cellar.conf" --quiet restore main "${bid[mixed:cellar-zstd]}" "$rdest"
+		cat >>"$rdest/postgresql.auto.conf" <<CONF
+port = $rport
+archive_mode = off
+hot_standby = off
+CONF
+		sync
+		echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+		log="$dir/log/recovery-$r.log"
+		t0=$(date +%s.%N)
+		"${as[@]}" "$pgbin/pg_ctl" -D "$rdest" -l "$log" -W start >/dev/null
+		# pg_ctl -w counts a server in recovery as started: wait for the
+		# end of recovery instead.
+		until grep -q 'database system is ready to accept connections' "$log" 2>/dev/null; do
+			if grep -q 'FATAL\|PANIC\|database system is shut down' "$log" 2>/dev/null ||
+				[ "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print (b - a > 600)}')" = 1 ]; then
+				echo "bench: recovery run $r failed:" >&2
+				tail -20 "$log" >&2
+				"${as[@]}" "$pgbin/pg_ctl" -D "$rdest" stop -m immediate >/dev/null 2>&1 || true
+				exit 1
+			fi
+			sleep 0.02
+		done
+		t1=$(date +%s.%N)
+		"${as[@]}" "$pgbin/pg_ctl" -D "$rdest" stop -m immediate >/dev/null
+		got=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$log" || true)
+		if [ "$got" -lt "$nrec" ]; then
+			echo "bench: recovery run $r restored $got segments, want at least $nrec:" >&2
+			tail -20 "$log" >&2
+			exit 1
+		fi
+		e=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+		wall[recovery]+="$e "
+		nseg=$got
+		printf 'recovery %d %7.2f s  %6.1f MiB/s of WAL  (%d segments restored)\n' "$r" "$e" \
+			"$(awk -v n="$got" -v e="$e" 'BEGIN {print n * 16 / e}')" "$got"
+	done
+	rm -rf "$rdest"
+fi
 
 echo
 echo "== results"
@@ -304,4 +455,17 @@ report mixed "${tools_all[@]}"
 ratio mixed cellar-zstd 1.0
 ratio mixed cellar-s2 0.5
 rss_check mixed
+report_restore "pgbench-$scale"
+ratio "restore-pgbench-$scale" cellar-zstd 0.5
+ratio "restore-pgbench-$scale" cellar-s2 0.5
+rss_check "restore-pgbench-$scale"
+report_restore mixed
+ratio restore-mixed cellar-zstd 0.8
+ratio restore-mixed cellar-s2 0.8
+rss_check restore-mixed
+if [ "$rec_mb" -gt 0 ]; then
+	w=$(echo "${wall[recovery]}" | median)
+	printf '\nrecovery of %d segments (%d MiB) of WAL with cellar wal-fetch, median of %d runs: %.2f s, %.1f MiB/s\n' \
+		"$nseg" $((nseg * 16)) "$runs" "$w" "$(awk -v n="$nseg" -v w="$w" 'BEGIN {print n * 16 / w}')"
+fi
 printf '\nbenchmark took %d s\n' "$(($(date +%s) - started))"
