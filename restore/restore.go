@@ -452,7 +452,14 @@ func (r *restorer) entry(f *catalog.File, tr *tar.Reader, buf []byte) error {
 		return err
 	}
 	h := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(out, h, progressWriter{r.o.Progress}), tr, buf)
+	wb := &writeBack{f: out}
+	var n int64
+	if f.Size <= int64(len(buf)) {
+		n, err = io.CopyBuffer(io.MultiWriter(wb, h, progressWriter{r.o.Progress}), tr, buf)
+	} else {
+		n, err = pipeline(tr, io.MultiWriter(wb, h, progressWriter{r.o.Progress}))
+	}
+	wb.flush()
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -596,4 +603,75 @@ func (r *restorer) chownAll(roots []string) error {
 		}
 	}
 	return nil
+}
+
+// writeBack writes to a file and starts the disk's write-back of every
+// few megabytes as they are written, so that the disk works while the
+// restore goes on and the sync at the end has little left to do.
+type writeBack struct {
+	f          *os.File
+	off, start int64
+}
+
+const writeBackEvery = 8 << 20
+
+func (w *writeBack) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if w.off-w.start >= writeBackEvery {
+		w.flush()
+	}
+	return n, err
+}
+
+func (w *writeBack) flush() {
+	if w.off > w.start {
+		startWriteBack(w.f, w.start, w.off-w.start)
+		w.start = w.off
+	}
+}
+
+// pipeline copies r to w with the reading (here: decompressing and
+// untarring) on this goroutine and the writing (hashing, writing to disk)
+// on another, a few chunks apart: two cores for one large file.
+func pipeline(r io.Reader, w io.Writer) (int64, error) {
+	const chunk, depth = 512 << 10, 4
+	full := make(chan []byte, depth)
+	free := make(chan []byte, depth+1)
+	for range depth + 1 {
+		free <- make([]byte, chunk)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		var err error
+		for b := range full {
+			if err == nil {
+				_, err = w.Write(b)
+			}
+			free <- b[:cap(b)]
+		}
+		werr <- err
+	}()
+	var n int64
+	var rerr error
+	for {
+		b := <-free
+		k, err := io.ReadFull(r, b)
+		n += int64(k)
+		if k > 0 {
+			full <- b[:k]
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+	}
+	close(full)
+	if err := <-werr; err != nil {
+		return n, err
+	}
+	return n, rerr
 }

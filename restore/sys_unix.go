@@ -53,3 +53,9 @@ func ownerFor(dest string) *owner {
 	}
 	return nil
 }
+
+// startWriteBack asks the kernel to start writing a range of the file to
+// disk, without waiting.
+func startWriteBack(f *os.File, off, n int64) {
+	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+}
