@@ -1,0 +1,198 @@
+// Package retention decides what a retention policy removes: a pure
+// function from the catalog, the WAL listing, the policy and the clock to
+// a plan, tested without storage; a separate step carries the plan out.
+package retention
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/cellar-backup/cellar/catalog"
+)
+
+// Policy is a server's retention settings.
+type Policy struct {
+	// Redundancy keeps the newest n finished backups (REDUNDANCY n).
+	Redundancy int
+	// Window keeps what recovery to any moment of the last Window needs
+	// (RECOVERY WINDOW OF ...).
+	Window time.Duration
+	// MinimumRedundancy is never gone below, whatever the policy says.
+	MinimumRedundancy int
+}
+
+// Backup is what the plan needs to know of a backup.
+type Backup struct {
+	ID       string
+	Status   string // catalog.StatusDone, StatusFailed, ...
+	EndTime  time.Time
+	Timeline uint32
+	BeginWAL string
+	EndWAL   string
+	// Keep pins the backup and the WAL it needs to be consistent.
+	Keep bool
+}
+
+// Input is everything the plan depends on.
+type Input struct {
+	Backups        []Backup
+	WAL            []catalog.WALName
+	Policy         Policy
+	Now            time.Time
+	WALSegmentSize int64
+}
+
+// Plan is what retention removes, and why it keeps what it keeps.
+type Plan struct {
+	// Obsolete are finished backups the policy no longer needs.
+	Obsolete []string
+	// Failed are failed backups older than the newest finished one.
+	Failed []string
+	// Retained are the finished backups that stay, oldest first.
+	Retained []string
+	// WAL are the WAL files to remove.
+	WAL []string
+	// Reason says, per backup, why it stays or goes.
+	Reason map[string]string
+}
+
+// Decide applies the policy. It never removes a kept backup, never leaves
+// fewer than MinimumRedundancy finished backups, keeps for a window the
+// newest backup that ended before the window's start, and removes only
+// WAL that no retained backup needs: segments before the oldest retained
+// backup's begin WAL (on every timeline), except a kept backup's own
+// range. History files are always kept.
+func Decide(in Input) Plan {
+	p := Plan{Reason: map[string]string{}}
+	var done []Backup
+	for _, b := range in.Backups {
+		if b.Status == catalog.StatusDone {
+			done = append(done, b)
+		}
+	}
+	sort.SliceStable(done, func(i, j int) bool { return done[i].EndTime.Before(done[j].EndTime) })
+	keep := make([]bool, len(done))
+	n := len(done)
+	pol := in.Policy
+	switch {
+	case pol.Redundancy > 0:
+		for i := max(0, n-pol.Redundancy); i < n; i++ {
+			keep[i] = true
+			p.Reason[done[i].ID] = fmt.Sprintf("one of the newest %d", pol.Redundancy)
+		}
+	case pol.Window > 0:
+		start := in.Now.Add(-pol.Window)
+		anchor := -1
+		for i, b := range done {
+			if !b.EndTime.Before(start) {
+				keep[i] = true
+				p.Reason[b.ID] = "inside the recovery window"
+			} else {
+				anchor = i
+			}
+		}
+		if anchor >= 0 {
+			keep[anchor] = true
+			p.Reason[done[anchor].ID] = "the newest backup before the window's start, which recovery to its start needs"
+		}
+	default:
+		for i := range done {
+			keep[i] = true
+			p.Reason[done[i].ID] = "no retention policy"
+		}
+	}
+	for i := max(0, n-pol.MinimumRedundancy); i < n; i++ {
+		if !keep[i] {
+			keep[i] = true
+			p.Reason[done[i].ID] = fmt.Sprintf("minimum_redundancy = %d", pol.MinimumRedundancy)
+		}
+	}
+	for i, b := range done {
+		if b.Keep {
+			keep[i] = true
+			p.Reason[b.ID] = "kept (cellar keep)"
+		}
+	}
+	oldest := -1
+	for i, b := range done {
+		if keep[i] {
+			p.Retained = append(p.Retained, b.ID)
+			if oldest < 0 && !b.Keep {
+				oldest = i
+			}
+		} else {
+			p.Obsolete = append(p.Obsolete, b.ID)
+			p.Reason[b.ID] = "OBSOLETE: the policy no longer needs it"
+		}
+	}
+	// Failed backups older than the newest finished one.
+	if n > 0 {
+		newest := done[n-1].ID
+		for _, b := range in.Backups {
+			if b.Status == catalog.StatusFailed && b.ID < newest {
+				p.Failed = append(p.Failed, b.ID)
+				p.Reason[b.ID] = "failed, and a newer backup is done"
+			}
+		}
+	}
+	p.WAL = removableWAL(in, done, keep, oldest)
+	return p
+}
+
+// removableWAL lists the WAL files before the oldest retained (not kept)
+// backup's begin WAL, on every timeline, except the ranges that kept
+// backups need and every history file. With no finished backup retained
+// by the policy, no WAL goes: it may be all there is.
+func removableWAL(in Input, done []Backup, keep []bool, oldest int) []string {
+	if oldest < 0 {
+		// Only kept backups (or none): remove nothing but what precedes
+		// every kept backup's range, and only when there are some.
+		return nil
+	}
+	seg := in.WALSegmentSize
+	if seg <= 0 {
+		seg = 16 << 20
+	}
+	first, err := catalog.ParseWALName(done[oldest].BeginWAL)
+	if err != nil {
+		return nil
+	}
+	cutoff := first.SegNo(seg)
+	type span struct {
+		tl       uint32
+		from, to uint64
+	}
+	var pinned []span
+	for i, b := range done {
+		if !keep[i] || !b.Keep {
+			continue
+		}
+		bw, err1 := catalog.ParseWALName(b.BeginWAL)
+		ew, err2 := catalog.ParseWALName(b.EndWAL)
+		if err1 != nil || err2 != nil {
+			return nil // cannot tell what it needs: remove nothing
+		}
+		pinned = append(pinned, span{bw.Timeline, bw.SegNo(seg), ew.SegNo(seg)})
+	}
+	var out []string
+	for _, w := range in.WAL {
+		if w.Kind == catalog.History {
+			continue
+		}
+		s := w.SegNo(seg)
+		if s >= cutoff {
+			continue
+		}
+		needed := false
+		for _, p := range pinned {
+			if w.Timeline == p.tl && s >= p.from && s <= p.to {
+				needed = true
+			}
+		}
+		if !needed {
+			out = append(out, w.Name)
+		}
+	}
+	return out
+}
