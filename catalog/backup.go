@@ -51,6 +51,9 @@ func BackupsPrefix(server string) string { return server + "/backups/" }
 // ManifestKey is the key of a backup's manifest.
 func ManifestKey(server, id string) string { return BackupsPrefix(server) + id + ".manifest" }
 
+// KeepKey is the key of the marker that pins a backup (cellar keep).
+func KeepKey(server, id string) string { return BackupsPrefix(server) + id + ".keep" }
+
 // StartedKey is the key of the marker of a backup that started.
 func StartedKey(server, id string) string { return BackupsPrefix(server) + id + ".started" }
 
@@ -229,6 +232,23 @@ type Started struct {
 	Error     string    `json:"error,omitempty"`
 }
 
+// Keep records that a backup is pinned.
+type Keep struct {
+	ID     string    `json:"id"`
+	Target string    `json:"target"` // "standalone": the backup and the WAL to make it consistent
+	Since  time.Time `json:"since"`
+}
+
+// WriteKeep pins a backup; DeleteKeep releases it.
+func WriteKeep(ctx context.Context, store cloud.Storage, server string, k Keep) error {
+	return PutJSON(ctx, store, KeepKey(server, k.ID), "backup-keep", k, false)
+}
+
+// DeleteKeep releases a pinned backup.
+func DeleteKeep(ctx context.Context, store cloud.Storage, server, id string) error {
+	return store.Delete(ctx, KeepKey(server, id))
+}
+
 // WriteStarted stores (or replaces) the marker of a backup.
 func WriteStarted(ctx context.Context, store cloud.Storage, s Started) error {
 	return PutJSON(ctx, store, StartedKey(s.Server, s.ID), "backup-started", s, false)
@@ -241,6 +261,8 @@ type BackupInfo struct {
 	// for a backup that did not finish.
 	Manifest *Manifest
 	Started  *Started
+	// Keep is set for a backup pinned with cellar keep.
+	Keep bool
 }
 
 // ID is the backup's id.
@@ -270,7 +292,7 @@ type summary struct {
 // listing of the catalog prefix and a read of each backup's manifest (or
 // marker), several at once.
 func ListBackups(ctx context.Context, store cloud.Storage, server string) ([]BackupInfo, error) {
-	type entry struct{ manifest, started bool }
+	type entry struct{ manifest, started, keep bool }
 	ids := map[string]*entry{}
 	prefix := BackupsPrefix(server)
 	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
@@ -288,6 +310,8 @@ func ListBackups(ctx context.Context, store cloud.Storage, server string) ([]Bac
 			e.manifest = true
 		case "started":
 			e.started = true
+		case "keep":
+			e.keep = true
 		}
 		return nil
 	})
@@ -306,6 +330,7 @@ func ListBackups(ctx context.Context, store cloud.Storage, server string) ([]Bac
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	for i, id := range order {
+		out[i].Keep = ids[id].keep
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()

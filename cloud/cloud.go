@@ -142,3 +142,60 @@ func (e *opError) Error() string {
 	return e.op + " " + e.key + ": " + e.err.Error()
 }
 func (e *opError) Unwrap() error { return e.err }
+
+// BatchDeleter is implemented by backends that delete many objects in one
+// request (S3's DeleteObjects).
+type BatchDeleter interface {
+	// DeleteBatch removes the objects; missing ones are not an error. It
+	// takes at most MaxBatchDelete keys.
+	DeleteBatch(ctx context.Context, keys []string) error
+}
+
+// MaxBatchDelete is the most keys one DeleteBatch call takes.
+const MaxBatchDelete = 1000
+
+// DeleteAll removes the objects, in batches where the backend has them,
+// otherwise with several deletes at once.
+func DeleteAll(ctx context.Context, s Storage, keys []string) error {
+	if b, ok := s.(BatchDeleter); ok {
+		for len(keys) > 0 {
+			n := min(len(keys), MaxBatchDelete)
+			if err := b.DeleteBatch(ctx, keys[:n]); err != nil {
+				return err
+			}
+			keys = keys[n:]
+		}
+		return nil
+	}
+	const workers = 16
+	next := make(chan string)
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			var first error
+			for k := range next {
+				if err := s.Delete(ctx, k); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- k
+	}
+	close(next)
+	var first error
+	for range workers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}

@@ -34,6 +34,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go/logging"
 
 	"github.com/cellar-backup/cellar/cloud"
@@ -592,6 +593,37 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 			return nil // some S3-compatible servers answer 404
 		}
 		return s.translate(ctx, "delete", key, err)
+	}
+	return nil
+}
+
+// DeleteBatch removes up to 1,000 objects with one DeleteObjects request.
+func (s *Storage) DeleteBatch(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if len(keys) > cloud.MaxBatchDelete {
+		return fmt.Errorf("s3: %d keys in one batch, at most %d", len(keys), cloud.MaxBatchDelete)
+	}
+	ids := make([]types.ObjectIdentifier, 0, len(keys))
+	for _, k := range keys {
+		if err := cloud.ValidKey(k); err != nil {
+			return cloud.OpError("delete", k, err)
+		}
+		ids = append(ids, types.ObjectIdentifier{Key: aws.String(s.name(k))})
+	}
+	out, err := s.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
+		Bucket: aws.String(s.bucket),
+		Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
+	})
+	if err != nil {
+		return s.translate(ctx, "delete", keys[0], err)
+	}
+	for _, e := range out.Errors {
+		if aws.ToString(e.Code) == "NoSuchKey" {
+			continue
+		}
+		return cloud.OpError("delete", cloud.TrimPrefix(s.prefix, aws.ToString(e.Key)), fmt.Errorf("%s: %s", aws.ToString(e.Code), aws.ToString(e.Message)))
 	}
 	return nil
 }

@@ -91,6 +91,33 @@ func Run(t *testing.T, newStorage func(t *testing.T) cloud.Storage, opts Options
 		}
 	})
 
+	t.Run("DeleteAll", func(t *testing.T) {
+		ctx := context.Background()
+		var keys []string
+		for i := range 1203 {
+			k := fmt.Sprintf("deleteall/%05d", i)
+			if i%2 == 0 { // half of them exist; the others are missing
+				if err := s.Put(ctx, k, strings.NewReader("x"), 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			keys = append(keys, k)
+		}
+		if err := s.Put(ctx, "deleteall-not/kept", strings.NewReader("x"), 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := cloud.DeleteAll(ctx, s, keys); err != nil {
+			t.Fatalf("DeleteAll: %v", err)
+		}
+		left := 0
+		if err := s.List(ctx, "deleteall", func(o cloud.ObjectInfo) error { left++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if left != 1 {
+			t.Fatalf("%d objects left after DeleteAll, want only deleteall-not/kept", left)
+		}
+	})
+
 	t.Run("ListEmpty", func(t *testing.T) {
 		got := list(t, s, "nothing-here/")
 		if len(got) != 0 {
