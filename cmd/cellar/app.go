@@ -83,6 +83,9 @@ func newApp(st *state) *cli.App {
 			showBackupCommand(st),
 			restoreCommand(st),
 			verifyCommand(st),
+			retentionCommand(st),
+			deleteCommand(st),
+			keepCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

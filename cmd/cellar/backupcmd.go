@@ -80,7 +80,7 @@ func backupCommand(st *state) *cli.Command {
 				Codec: cod, Level: srv.CompressionLevel, Parallel: parallel,
 				PartSize: int64(srv.BackupPartSize), Fast: c.Bool("fast"),
 				WALTimeout: time.Duration(srv.BackupWALTimeout), Progress: prog, Log: st.log,
-				CellarVersion: versionString(), OnStart: lock.setBackup,
+				CellarVersion: versionString(), OnStart: lock.setBackup, Now: st.now,
 			}
 			if srv.PrimaryConninfo != "" {
 				o.SwitchPrimaryWAL = func(ctx context.Context) error { return switchPrimaryWAL(ctx, srv) }
@@ -163,12 +163,16 @@ type backupRow struct {
 	Tablespaces      []catalog.Tablespace `json:"tablespaces,omitempty"`
 	// WAL archived from the backup's begin WAL up to the next backup's
 	// (list-backups), or to the last archived segment (show-backup).
-	WALFiles  int    `json:"wal_files"`
-	WALSize   int64  `json:"wal_size"`
-	LastWAL   string `json:"last_wal,omitempty"`
-	Previous  string `json:"previous_backup,omitempty"`
-	Next      string `json:"next_backup,omitempty"`
-	Error     string `json:"error,omitempty"`
+	WALFiles int    `json:"wal_files"`
+	WALSize  int64  `json:"wal_size"`
+	LastWAL  string `json:"last_wal,omitempty"`
+	Previous string `json:"previous_backup,omitempty"`
+	Next     string `json:"next_backup,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Keep     bool   `json:"keep"`
+	// Retention is the policy's verdict on a finished backup: VALID,
+	// OBSOLETE or KEEP:STANDALONE.
+	Retention string `json:"retention_status,omitempty"`
 	Host      string `json:"host,omitempty"`
 	CellarVer string `json:"cellar_version,omitempty"`
 }
@@ -196,7 +200,9 @@ func (st *state) catalogRows(ctx context.Context, srv *config.Server, store clou
 	var rows []backupRow
 	for _, b := range list {
 		if b.Manifest != nil {
-			rows = append(rows, backupSummary(b.Manifest))
+			r := backupSummary(b.Manifest)
+			r.Keep = b.Keep
+			rows = append(rows, r)
 			continue
 		}
 		s := b.Started
@@ -233,6 +239,7 @@ func (st *state) catalogRows(ctx context.Context, srv *config.Server, store clou
 		}
 		rows[i].WALFiles, rows[i].WALSize, rows[i].LastWAL = walBetween(segs, rows[i].BeginWAL, until)
 	}
+	st.markRetention(ctx, srv, store, rows)
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].ID > rows[j].ID })
 	return rows, nil
 }
@@ -382,6 +389,9 @@ func printBackup(st *state, r backupRow) {
 	fmt.Fprintf(w, "Backup %s:\n", r.ID)
 	line("Server Name", r.Server)
 	line("Status", r.Status)
+	if r.Retention != "" {
+		line("Retention Policy", r.Retention)
+	}
 	if r.Status != catalog.StatusDone {
 		line("Begin time", r.BeginTime.Local().Format(time.RFC3339))
 		if r.Error != "" {
@@ -424,4 +434,28 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// markRetention sets each finished backup's retention status from the
+// server's policy (none: every backup is VALID).
+func (st *state) markRetention(ctx context.Context, srv *config.Server, store cloud.Storage, rows []backupRow) {
+	obsolete := map[string]bool{}
+	if pol, err := policyOf(srv); err == nil && srv.RetentionPolicy != "" {
+		if p, _, err := st.plan(ctx, srv, store, pol); err == nil {
+			for _, id := range p.Obsolete {
+				obsolete[id] = true
+			}
+		}
+	}
+	for i := range rows {
+		switch {
+		case rows[i].Status != catalog.StatusDone:
+		case rows[i].Keep:
+			rows[i].Retention = "KEEP:STANDALONE"
+		case obsolete[rows[i].ID]:
+			rows[i].Retention = "OBSOLETE"
+		default:
+			rows[i].Retention = "VALID"
+		}
+	}
 }

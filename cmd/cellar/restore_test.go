@@ -436,3 +436,109 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("testdata/demo.sh: %v\n%s", err, out)
 	}
 }
+
+// TestRetentionEndToEnd backs up on four (moved) days with WAL between,
+// applies RECOVERY WINDOW OF 7 DAYS, and restores the oldest retained
+// backup to the end of the WAL.
+func TestRetentionEndToEnd(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			c, conf, env := backupCluster(t, kind, "retention_policy = RECOVERY WINDOW OF 7 DAYS\nminimum_redundancy = 1\n")
+			c.Exec(t, "CREATE TABLE marker (id int primary key)")
+			day := func(d int) []string {
+				return append(append([]string(nil), env...), "CELLAR_NOW="+time.Date(2026, 3, 1+d, 12, 0, 0, 0, time.UTC).Format(time.RFC3339))
+			}
+			var ids []string
+			for i, d := range []int{0, 5, 10, 15} {
+				markers(t, c, 10*i+1, 3)
+				c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+				if r := cellar(t, day(d), "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+					t.Fatalf("backup on day %d: exit %d: %s", d, r.code, r.stderr)
+				}
+				ids = append(ids, time.Date(2026, 3, 1+d, 12, 0, 0, 0, time.UTC).Format("20060102T150405"))
+			}
+			markers(t, c, 100, 3)
+			c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+			now := day(16)
+			rows := listBackups(t, now, conf)
+			status := map[string]string{}
+			for _, r := range rows {
+				status[r.ID] = r.Retention
+			}
+			if status[ids[0]] != "OBSOLETE" || status[ids[1]] != "VALID" || status[ids[3]] != "VALID" {
+				t.Fatalf("retention statuses before: %v", status)
+			}
+			store := openRepository(t, conf, env)
+			count := func() (n int) {
+				store.List(context.Background(), "main/", func(cloud.ObjectInfo) error { n++; return nil })
+				return n
+			}
+			before := count()
+			r := cellar(t, now, "--config", conf, "retention", "main", "--dry-run")
+			if r.code != 0 || !strings.Contains(r.stdout, "Would remove backup "+ids[0]) || count() != before {
+				t.Fatalf("retention --dry-run: exit %d, %d objects of %d left: %s%s", r.code, count(), before, r.stdout, r.stderr)
+			}
+			r = cellar(t, now, "--config", conf, "--format", "json", "retention", "main")
+			if r.code != 0 {
+				t.Fatalf("retention: exit %d: %s", r.code, r.stderr)
+			}
+			var out struct {
+				Retained []string
+				Removed  struct {
+					Backups  []struct{ ID string }
+					WALFiles int `json:"wal_files"`
+				}
+			}
+			if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || len(out.Removed.Backups) != 1 || out.Removed.Backups[0].ID != ids[0] || out.Removed.WALFiles == 0 {
+				t.Fatalf("retention removed %+v (%v): %s", out.Removed, err, r.stdout)
+			}
+			rows = listBackups(t, now, conf)
+			if len(rows) != 3 || rows[2].ID != ids[1] {
+				t.Fatalf("after retention: %+v", rows)
+			}
+			// Nothing before the oldest retained backup's WAL is left; its
+			// WAL on is complete, so it restores to the end.
+			r = cellar(t, now, "--config", conf, "--format", "json", "list-wal", "main")
+			if r.code != 0 || !strings.Contains(r.stdout, `"first": "`+rows[2].BeginWAL+`"`) || !strings.Contains(r.stdout, `"gaps": []`) {
+				t.Fatalf("list-wal after retention (oldest backup begins at %s): %s", rows[2].BeginWAL, r.stdout)
+			}
+			dir := restoreDir(t)
+			if r := cellar(t, now, "--config", conf, "restore", "main", ids[1], dir); r.code != 0 {
+				t.Fatalf("restore of the oldest retained backup: exit %d: %s", r.code, r.stderr)
+			}
+			rc := startRestored(t, c, dir, env)
+			if n := rc.QueryInt64(t, "SELECT count(*) FROM marker"); n != 15 {
+				t.Fatalf("restored from the oldest retained backup to the end: %d markers, want 15", n)
+			}
+			rc.Stop(t)
+
+			// keep, delete, minimum redundancy.
+			if r := cellar(t, now, "--config", conf, "keep", "main", ids[2]); r.code != 0 {
+				t.Fatalf("keep: exit %d: %s", r.code, r.stderr)
+			}
+			if r := cellar(t, now, "--config", conf, "delete", "main", ids[2]); r.code != 1 || !strings.Contains(r.stderr, "is kept") {
+				t.Fatalf("delete of a kept backup: exit %d: %s", r.code, r.stderr)
+			}
+			if r := cellar(t, day(40), "--config", conf, "retention", "main"); r.code != 0 {
+				t.Fatalf("retention much later: exit %d: %s", r.code, r.stderr)
+			}
+			rows = listBackups(t, day(40), conf)
+			got := map[string]string{}
+			for _, r := range rows {
+				got[r.ID] = r.Retention
+			}
+			if got[ids[2]] != "KEEP:STANDALONE" || len(rows) != 2 {
+				t.Fatalf("a month later, with %s kept: %v", ids[2], got)
+			}
+			if r := cellar(t, now, "--config", conf, "keep", "main", ids[2], "--release"); r.code != 0 {
+				t.Fatalf("keep --release: exit %d: %s", r.code, r.stderr)
+			}
+			if r := cellar(t, now, "--config", conf, "delete", "main", ids[2]); r.code != 0 {
+				t.Fatalf("delete: exit %d: %s", r.code, r.stderr)
+			}
+			if r := cellar(t, now, "--config", conf, "delete", "main", "latest"); r.code != 1 || !strings.Contains(r.stderr, "below minimum_redundancy = 1") {
+				t.Fatalf("delete of the last backup under minimum_redundancy = 1: exit %d: %s", r.code, r.stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/retention"
+)
+
+// now is the clock of the catalog commands. CELLAR_NOW (RFC 3339) moves
+// it, for tests of retention that must not wait for days.
+func (st *state) now() time.Time {
+	if v := st.getenv("CELLAR_NOW"); v != "" {
+		if t, err := time.Parse(time.RFC3339, v); err == nil {
+			return t
+		}
+	}
+	return time.Now()
+}
+
+// policyOf is the server's retention policy for retention.Decide.
+func policyOf(srv *config.Server) (retention.Policy, error) {
+	p := retention.Policy{MinimumRedundancy: srv.MinimumRedundancy}
+	if srv.RetentionPolicy == "" {
+		return p, nil
+	}
+	rp, err := config.ParseRetentionPolicy(srv.RetentionPolicy)
+	if err != nil {
+		return p, err
+	}
+	p.Redundancy, p.Window = rp.Redundancy, rp.Window
+	return p, nil
+}
+
+// plan gathers the catalog and decides with the server's policy.
+func (st *state) plan(ctx context.Context, srv *config.Server, store cloud.Storage, pol retention.Policy) (retention.Plan, map[string]int64, error) {
+	in, sizes, err := retention.Gather(ctx, store, srv.Name)
+	if err != nil {
+		return retention.Plan{}, nil, err
+	}
+	in.Policy, in.Now = pol, st.now()
+	return retention.Decide(in), sizes, nil
+}
+
+func retentionCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "retention",
+		Usage:     "apply the retention policy: remove obsolete backups, failed ones and the WAL no backup needs",
+		ArgsUsage: "SERVER",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "dry-run", Usage: "print what would be removed, remove nothing"}},
+		Action: func(c *cli.Context) error {
+			return st.storeCommand(c, 1, "retention takes exactly one SERVER argument", func(srv *config.Server, store cloud.Storage) error {
+				if srv.RetentionPolicy == "" {
+					return fmt.Errorf("server %s has no retention_policy: set retention_policy = REDUNDANCY n or RECOVERY WINDOW OF n DAYS", srv.Name)
+				}
+				pol, err := policyOf(srv)
+				if err != nil {
+					return err
+				}
+				lock, err := lockServer(srv, "retention")
+				if err != nil {
+					return err
+				}
+				defer lock.release()
+				p, sizes, err := st.plan(c.Context, srv, store, pol)
+				if err != nil {
+					return err
+				}
+				dry := c.Bool("dry-run")
+				res, err := retention.Execute(c.Context, store, srv.Name, p, sizes, dry)
+				if err != nil {
+					return err
+				}
+				if st.format == "json" {
+					return st.printJSON(map[string]any{"server": srv.Name, "policy": srv.RetentionPolicy, "dry_run": dry, "retained": nonNil(p.Retained), "removed": res})
+				}
+				verb := "Removed"
+				if dry {
+					verb = "Would remove"
+				}
+				for _, b := range res.Backups {
+					fmt.Fprintf(st.stdout, "%s backup %s (%s, %d parts, %s)\n", verb, b.ID, b.Reason, b.Parts, humanSize(b.Bytes))
+				}
+				fmt.Fprintf(st.stdout, "%s %d WAL files (%s); %s freed in all. Retained: %d backups.\n",
+					verb, res.WALFiles, humanSize(res.WALBytes), humanSize(res.Bytes), len(p.Retained))
+				return nil
+			})
+		},
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func deleteCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "delete",
+		Usage:     "remove one backup (refused when kept or below minimum_redundancy)",
+		ArgsUsage: "SERVER BACKUP_ID",
+		Action: func(c *cli.Context) error {
+			return st.storeCommand(c, 2, "delete takes SERVER and BACKUP_ID", func(srv *config.Server, store cloud.Storage) error {
+				ctx := c.Context
+				lock, err := lockServer(srv, "retention")
+				if err != nil {
+					return err
+				}
+				defer lock.release()
+				rows, err := st.catalogRows(ctx, srv, store, false)
+				if err != nil {
+					return err
+				}
+				r, err := pickRow(rows, c.Args().Get(1))
+				if err != nil {
+					return fmt.Errorf("server %s: %w", srv.Name, err)
+				}
+				if r.Keep {
+					return fmt.Errorf("backup %s of server %s is kept: release it first with cellar keep %s %s --release", r.ID, srv.Name, srv.Name, r.ID)
+				}
+				done := 0
+				for _, x := range rows {
+					if x.Status == catalog.StatusDone {
+						done++
+					}
+				}
+				if r.Status == catalog.StatusDone && done-1 < srv.MinimumRedundancy {
+					return fmt.Errorf("deleting backup %s would leave %d backups of server %s, below minimum_redundancy = %d", r.ID, done-1, srv.Name, srv.MinimumRedundancy)
+				}
+				rb, err := retention.RemoveBackup(ctx, store, srv.Name, r.ID, "deleted")
+				if err != nil {
+					return err
+				}
+				// The WAL before the oldest backup left is of no use.
+				p, sizes, err := st.plan(ctx, srv, store, retention.Policy{})
+				if err != nil {
+					return err
+				}
+				p.Obsolete, p.Failed = nil, nil
+				res, err := retention.Execute(ctx, store, srv.Name, p, sizes, false)
+				if err != nil {
+					return err
+				}
+				if !st.quiet {
+					fmt.Fprintf(st.stdout, "Deleted backup %s of server %s (%d parts, %s) and %d WAL files no backup needs (%s)\n",
+						r.ID, srv.Name, rb.Parts, humanSize(rb.Bytes), res.WALFiles, humanSize(res.WALBytes))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func keepCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:      "keep",
+		Usage:     "pin a backup (and the WAL it needs to be consistent) so retention never removes it",
+		ArgsUsage: "SERVER BACKUP_ID",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "release", Usage: "unpin it"}},
+		Action: func(c *cli.Context) error {
+			return st.storeCommand(c, 2, "keep takes SERVER and BACKUP_ID", func(srv *config.Server, store cloud.Storage) error {
+				rows, err := st.catalogRows(c.Context, srv, store, false)
+				if err != nil {
+					return err
+				}
+				r, err := pickRow(rows, c.Args().Get(1))
+				if err != nil {
+					return fmt.Errorf("server %s: %w", srv.Name, err)
+				}
+				if c.Bool("release") {
+					if err := catalog.DeleteKeep(c.Context, store, srv.Name, r.ID); err != nil {
+						return err
+					}
+					fmt.Fprintf(st.stdout, "Backup %s of server %s is no longer kept\n", r.ID, srv.Name)
+					return nil
+				}
+				if r.Status != catalog.StatusDone {
+					return fmt.Errorf("backup %s of server %s is %s: only a finished backup can be kept", r.ID, srv.Name, r.Status)
+				}
+				if err := catalog.WriteKeep(c.Context, store, srv.Name, catalog.Keep{ID: r.ID, Target: "standalone", Since: st.now().UTC()}); err != nil {
+					return err
+				}
+				fmt.Fprintf(st.stdout, "Backup %s of server %s is kept (standalone: with the WAL from %s to %s)\n", r.ID, srv.Name, r.BeginWAL, r.EndWAL)
+				return nil
+			})
+		},
+	}
+}
