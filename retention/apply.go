@@ -35,6 +35,9 @@ func Gather(ctx context.Context, store cloud.Storage, server string) (Input, map
 	}
 	for _, b := range list {
 		rb := Backup{ID: b.ID(), Status: b.Status(), Keep: b.Keep}
+		if b.Started != nil {
+			rb.Host = b.Started.Host
+		}
 		if m := b.Manifest; m != nil {
 			rb.EndTime, rb.Timeline, rb.BeginWAL, rb.EndWAL = m.EndTime, m.Timeline, m.BeginWAL, m.EndWAL
 		}

@@ -32,6 +32,8 @@ type Backup struct {
 	EndWAL   string
 	// Keep pins the backup and the WAL it needs to be consistent.
 	Keep bool
+	// Host is where an unfinished backup ran.
+	Host string
 }
 
 // Input is everything the plan depends on.

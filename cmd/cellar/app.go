@@ -86,6 +86,7 @@ func newApp(st *state) *cli.App {
 			retentionCommand(st),
 			deleteCommand(st),
 			keepCommand(st),
+			cronCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

@@ -373,6 +373,27 @@ func TestBackupKilledAndConcurrent(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "FAILED") || !strings.Contains(r.stdout, "DONE") {
 		t.Fatalf("list-backups: exit %d: %s", r.code, r.stdout)
 	}
+	// check counts the failed backup; cron removes it, parts and all.
+	if r := cellar(t, env, "--config", conf, "check", "main"); r.code != 1 || !strings.HasPrefix(checkLines(r)["failed backups"], "FAILED (there are 1 failed") {
+		t.Fatalf("check with a failed backup: exit %d: %s", r.code, r.stdout)
+	}
+	later := append(append([]string(nil), env...), "CELLAR_NOW="+time.Now().Add(48*time.Hour).UTC().Format(time.RFC3339))
+	if r := cellar(t, later, "--config", conf, "cron"); r.code != 0 {
+		t.Fatalf("cron: exit %d: %s", r.code, r.stderr)
+	}
+	rows = listBackups(t, env, conf)
+	if len(rows) != 1 || rows[0].Status != catalog.StatusDone {
+		t.Fatalf("after cron: %+v", rows)
+	}
+	parts, _ := filepath.Glob(filepath.Join(repoDir, "main", "base", "*", "part-*"))
+	for _, p := range parts {
+		if !strings.Contains(p, rows[0].ID) {
+			t.Fatalf("after cron, these parts are left: %v (want those of %s only)", parts, rows[0].ID)
+		}
+	}
+	if r := cellar(t, env, "--config", conf, "check", "main"); r.code != 0 || checkLines(r)["WAL continuity"] != "OK" {
+		t.Fatalf("check after cron: exit %d: %s", r.code, r.stdout)
+	}
 }
 
 func TestBackupBadInput(t *testing.T) {

@@ -19,6 +19,8 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/retention"
+	"github.com/cellar-backup/cellar/wal"
 )
 
 // checkResult is one line of `cellar check`.
@@ -70,6 +72,9 @@ func checkCommand(st *state) *cli.Command {
 				}
 				if srv.LastBackupMaximumAge != "" {
 					results = append(results, st.checkBackupAge(c.Context, srv, store))
+				}
+				if store != nil {
+					results = append(results, st.checkCatalog(c.Context, srv, store)...)
 				}
 				if store != nil {
 					store.Close()
@@ -336,4 +341,85 @@ func (st *state) checkBackupAge(ctx context.Context, srv *config.Server, store c
 			age.Round(time.Minute), srv.LastBackupMaximumAge, srv.Name))
 	}
 	return checkResult{Name: name, Status: "OK"}
+}
+
+// checkCatalog checks the backups against the retention settings: minimum
+// redundancy, the policy, failed backups, and WAL continuity from the
+// oldest retained backup to the last archived segment.
+func (st *state) checkCatalog(ctx context.Context, srv *config.Server, store cloud.Storage) []checkResult {
+	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
+	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
+	pol, err := policyOf(srv)
+	if err != nil {
+		return []checkResult{fail("retention policy settings", err.Error())}
+	}
+	in, _, err := retention.Gather(ctx, store, srv.Name)
+	if err != nil {
+		return []checkResult{fail("backup catalog", err.Error())}
+	}
+	p, _, err := st.plan(ctx, srv, store, pol)
+	if err != nil {
+		return []checkResult{fail("backup catalog", err.Error())}
+	}
+	failedIDs := map[string]bool{}
+	for _, id := range p.Failed {
+		failedIDs[id] = true
+	}
+	var out []checkResult
+	done, failed := 0, 0
+	var oldest *retention.Backup
+	retained := map[string]bool{}
+	for _, id := range p.Retained {
+		retained[id] = true
+	}
+	for i, b := range in.Backups {
+		switch b.Status {
+		case catalog.StatusDone:
+			done++
+			if oldest == nil && retained[b.ID] {
+				oldest = &in.Backups[i]
+			}
+		case catalog.StatusFailed:
+			failed++
+		case catalog.StatusStarted:
+			if failedIDs[b.ID] {
+				failed++ // killed
+			}
+		}
+	}
+	if done < srv.MinimumRedundancy {
+		out = append(out, fail("minimum redundancy requirements", fmt.Sprintf("have %d backups, expected at least %d", done, srv.MinimumRedundancy)))
+	} else {
+		out = append(out, ok("minimum redundancy requirements"))
+	}
+	out = append(out, ok("retention policy settings"))
+	if failed > 0 {
+		out = append(out, fail("failed backups", fmt.Sprintf("there are %d failed backups: see list-backups; cellar cron removes them once a newer backup is done", failed)))
+	} else {
+		out = append(out, ok("failed backups"))
+	}
+	if oldest != nil {
+		tls, err := wal.ListWAL(ctx, store, srv.Name)
+		if err != nil {
+			return append(out, fail("WAL continuity", err.Error()))
+		}
+		var gaps []string
+		for _, t := range tls {
+			if t.Timeline < oldest.Timeline {
+				continue
+			}
+			for _, g := range t.Gaps {
+				if g.To[8:] >= oldest.BeginWAL[8:] { // after the backup's begin, on any timeline
+
+					gaps = append(gaps, g.From+".."+g.To)
+				}
+			}
+		}
+		if len(gaps) > 0 {
+			out = append(out, fail("WAL continuity", fmt.Sprintf("WAL is missing after backup %s: %s", oldest.ID, strings.Join(gaps, ", "))))
+		} else {
+			out = append(out, ok("WAL continuity"))
+		}
+	}
+	return out
 }

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -45,7 +48,131 @@ func (st *state) plan(ctx context.Context, srv *config.Server, store cloud.Stora
 		return retention.Plan{}, nil, err
 	}
 	in.Policy, in.Now = pol, st.now()
+	// A backup still marked STARTED that no process here runs was killed
+	// if it ran here, or if it began more than orphanAge ago: it counts
+	// as FAILED, as list-backups shows it.
+	running := runningBackup(srv)
+	host, _ := os.Hostname()
+	for i, b := range in.Backups {
+		began, err := time.Parse(catalog.BackupIDLayout, b.ID)
+		if b.Status == catalog.StatusStarted && b.ID != running && (b.Host == host || err == nil && in.Now.Sub(began) > orphanAge) {
+			in.Backups[i].Status = catalog.StatusFailed
+		}
+	}
 	return retention.Decide(in), sizes, nil
+}
+
+// orphanAge is how old the remains of a killed backup (a marker without a
+// manifest, parts without either) must be before cron removes them.
+const orphanAge = 24 * time.Hour
+
+// orphanParts lists the backups that have parts in the repository but no
+// manifest and no marker, whose newest part is older than orphanAge.
+func (st *state) orphanParts(ctx context.Context, srv *config.Server, store cloud.Storage) ([]string, error) {
+	list, err := catalog.ListBackups(ctx, store, srv.Name)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{}
+	for _, b := range list {
+		known[b.ID()] = true
+	}
+	newest := map[string]time.Time{}
+	prefix := srv.Name + "/base/"
+	err = store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
+		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/")
+		if ok && catalog.ValidBackupID(id) && !known[id] && o.ModTime.After(newest[id]) {
+			newest[id] = o.ModTime
+		}
+		return nil
+	})
+	var out []string
+	for id, t := range newest {
+		if st.now().Sub(t) > orphanAge {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out, err
+}
+
+func cronCommand(st *state) *cli.Command {
+	return &cli.Command{
+		Name:  "cron",
+		Usage: "maintenance for every active server: retention, failed backups and orphan parts; safe to run every minute",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usagef("cron takes no arguments")
+			}
+			cfg, err := st.config(c)
+			if err != nil {
+				return err
+			}
+			var failed []string
+			for _, srv := range cfg.Servers() {
+				if !srv.Active || srv.Repository == "" {
+					continue
+				}
+				if err := st.cronServer(c.Context, srv); err != nil {
+					failed = append(failed, srv.Name)
+					fmt.Fprintf(st.stderr, "cellar: cron: server %s: %s\n", srv.Name, st.scrub(oneLine(err.Error())))
+				}
+			}
+			if len(failed) > 0 {
+				return &exitError{code: exitFailure, silent: true}
+			}
+			return nil
+		},
+	}
+}
+
+// cronServer does one server's maintenance under its retention lock; a
+// server whose lock is held (another cron, a retention) is left for the
+// next run.
+func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
+	lock, err := lockServer(srv, "retention")
+	if err != nil {
+		st.log.Info("cron: skipping a busy server", "server", srv.Name, "reason", err)
+		return nil
+	}
+	defer lock.release()
+	pol, err := policyOf(srv)
+	if err != nil {
+		return err
+	}
+	store, err := st.openStore(ctx, srv)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	p, sizes, err := st.plan(ctx, srv, store, pol)
+	if err != nil {
+		return err
+	}
+	if srv.RetentionPolicy == "" {
+		// Without a policy, only failed backups go.
+		p.Obsolete, p.WAL = nil, nil
+	}
+	res, err := retention.Execute(ctx, store, srv.Name, p, sizes, false)
+	if err != nil {
+		return err
+	}
+	orphans, err := st.orphanParts(ctx, srv, store)
+	if err != nil {
+		return err
+	}
+	for _, id := range orphans {
+		rb, err := retention.RemoveBackup(ctx, store, srv.Name, id, "orphan parts")
+		if err != nil {
+			return err
+		}
+		res.Backups = append(res.Backups, rb)
+		res.Bytes += rb.Bytes
+	}
+	if len(res.Backups) > 0 || res.WALFiles > 0 {
+		st.log.Info("cron: removed", "server", srv.Name, "backups", len(res.Backups), "wal_files", res.WALFiles, "bytes", res.Bytes)
+	}
+	return nil
 }
 
 func retentionCommand(st *state) *cli.Command {
