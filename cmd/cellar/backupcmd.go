@@ -29,6 +29,7 @@ func backupCommand(st *state) *cli.Command {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "fast", Usage: "start with an immediate checkpoint (default: spread, as PostgreSQL's)"},
 			&cli.IntFlag{Name: "parallel", Aliases: []string{"j"}, Usage: "files read and parts written at once (default: the parallel setting)"},
+			&cli.BoolFlag{Name: "keep", Usage: "keep the backup (and the WAL it needs) from retention, as cellar keep does"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -89,6 +90,11 @@ func backupCommand(st *state) *cli.Command {
 			prog.Done()
 			if err != nil {
 				return err
+			}
+			if c.Bool("keep") {
+				if err := catalog.WriteKeep(ctx, store, srv.Name, catalog.Keep{ID: m.ID, Target: "standalone", Since: st.now().UTC()}); err != nil {
+					return fmt.Errorf("backup %s is done, but keeping it failed (run cellar keep %s %s): %w", m.ID, srv.Name, m.ID, err)
+				}
 			}
 			if st.format == "json" {
 				return st.printJSON(backupSummary(m))

@@ -452,7 +452,11 @@ func TestRetentionEndToEnd(t *testing.T) {
 			for i, d := range []int{0, 5, 10, 15} {
 				markers(t, c, 10*i+1, 3)
 				c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
-				if r := cellar(t, day(d), "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+				args := []string{"--config", conf, "backup", "main", "--fast", "--quiet"}
+				if d == 10 {
+					args = append(args, "--keep")
+				}
+				if r := cellar(t, day(d), args...); r.code != 0 {
 					t.Fatalf("backup on day %d: exit %d: %s", d, r.code, r.stderr)
 				}
 				ids = append(ids, time.Date(2026, 3, 1+d, 12, 0, 0, 0, time.UTC).Format("20060102T150405"))
@@ -512,9 +516,9 @@ func TestRetentionEndToEnd(t *testing.T) {
 			}
 			rc.Stop(t)
 
-			// keep, delete, minimum redundancy.
-			if r := cellar(t, now, "--config", conf, "keep", "main", ids[2]); r.code != 0 {
-				t.Fatalf("keep: exit %d: %s", r.code, r.stderr)
+			// keep (backup --keep made day 10's), delete, minimum redundancy.
+			if got := listBackups(t, now, conf); got[1].ID != ids[2] || got[1].Retention != "KEEP:STANDALONE" {
+				t.Fatalf("backup --keep: %+v", got[1])
 			}
 			if r := cellar(t, now, "--config", conf, "delete", "main", ids[2]); r.code != 1 || !strings.Contains(r.stderr, "is kept") {
 				t.Fatalf("delete of a kept backup: exit %d: %s", r.code, r.stderr)
