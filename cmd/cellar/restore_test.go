@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -542,6 +543,70 @@ func TestRetentionEndToEnd(t *testing.T) {
 			}
 			if r := cellar(t, now, "--config", conf, "delete", "main", "latest"); r.code != 1 || !strings.Contains(r.stderr, "below minimum_redundancy = 1") {
 				t.Fatalf("delete of the last backup under minimum_redundancy = 1: exit %d: %s", r.code, r.stderr)
+			}
+		})
+	}
+}
+
+// TestRetentionDeletesAcrossPages: retention on a repository of synthetic
+// backups and 3,000 WAL objects removes exactly what the policy says,
+// across list pages and delete batches, on MinIO and the filesystem.
+func TestRetentionDeletesAcrossPages(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			base := t.TempDir()
+			repoConf, env := repository(t, kind, func(n string) string { d := filepath.Join(base, n); os.MkdirAll(d, 0o700); return d })
+			conf := writeConfig(t, "[cellar]\n"+repoConf+"lock_directory = "+base+"\nretention_policy = REDUNDANCY 2\n\n[main]\n")
+			store := openRepository(t, conf, env)
+			ctx := context.Background()
+			const segSize = 16 << 20
+			if _, err := catalog.EnsureIdentity(ctx, store, "main", catalog.Identity{SystemIdentifier: 1, WALSegmentSize: segSize}); err != nil {
+				t.Fatal(err)
+			}
+			keys := make(chan string)
+			var wg sync.WaitGroup
+			for range 32 {
+				wg.Go(func() {
+					for k := range keys {
+						if err := store.Put(ctx, k, strings.NewReader("w"), 1); err != nil {
+							t.Error(err)
+						}
+					}
+				})
+			}
+			for n := range 3200 {
+				w, _ := catalog.ParseWALName(catalog.SegmentNameOf(1, uint64(n), segSize))
+				keys <- catalog.WALKey("main", w)
+			}
+			close(keys)
+			wg.Wait()
+			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			for i, begin := range []uint64{0, 1000, 3000, 3100} {
+				id := catalog.NewBackupID(t0.Add(time.Duration(i) * 24 * time.Hour))
+				m := &catalog.Manifest{Version: catalog.ManifestVersion, ID: id, Server: "main", Status: catalog.StatusDone, Timeline: 1,
+					WALSegmentSize: segSize, BeginWAL: catalog.SegmentNameOf(1, begin, segSize), EndWAL: catalog.SegmentNameOf(1, begin+1, segSize),
+					BeginTime: t0.Add(time.Duration(i) * 24 * time.Hour), EndTime: t0.Add(time.Duration(i)*24*time.Hour + time.Hour)}
+				store.Put(ctx, catalog.PartKey("main", id, 1, "zstd"), strings.NewReader("part"), 4)
+				if err := catalog.WriteManifest(ctx, store, m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := cellar(t, env, "--config", conf, "--format", "json", "retention", "main")
+			if r.code != 0 {
+				t.Fatalf("retention: exit %d: %s", r.code, r.stderr)
+			}
+			wal, parts := 0, 0
+			store.List(ctx, "main/", func(o cloud.ObjectInfo) error {
+				switch {
+				case strings.HasPrefix(o.Key, "main/wal/"):
+					wal++
+				case strings.HasPrefix(o.Key, "main/base/"):
+					parts++
+				}
+				return nil
+			})
+			if wal != 200 || parts != 2 {
+				t.Fatalf("after retention: %d WAL objects (want 200, from segment 3000 on) and %d parts (want 2): %s", wal, parts, r.stdout)
 			}
 		})
 	}
