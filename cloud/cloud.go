@@ -157,35 +157,28 @@ const MaxBatchDelete = 1000
 // DeleteAll removes the objects, in batches where the backend has them,
 // otherwise with several deletes at once.
 func DeleteAll(ctx context.Context, s Storage, keys []string) error {
+	// Batches go 4 at a time; single deletes 16 at a time.
+	workers, size, del := 16, 1, func(batch []string) error { return s.Delete(ctx, batch[0]) }
 	if b, ok := s.(BatchDeleter); ok {
-		for len(keys) > 0 {
-			n := min(len(keys), MaxBatchDelete)
-			if err := b.DeleteBatch(ctx, keys[:n]); err != nil {
-				return err
-			}
-			keys = keys[n:]
-		}
-		return nil
+		workers, size, del = 4, MaxBatchDelete, func(batch []string) error { return b.DeleteBatch(ctx, batch) }
 	}
-	const workers = 16
-	next := make(chan string)
+	next := make(chan []string)
 	errs := make(chan error, workers)
 	for range workers {
 		go func() {
 			var first error
-			for k := range next {
-				if err := s.Delete(ctx, k); err != nil && first == nil {
+			for batch := range next {
+				if err := del(batch); err != nil && first == nil {
 					first = err
 				}
 			}
 			errs <- first
 		}()
 	}
-	for _, k := range keys {
-		if ctx.Err() != nil {
-			break
-		}
-		next <- k
+	for len(keys) > 0 && ctx.Err() == nil {
+		n := min(len(keys), size)
+		next <- keys[:n]
+		keys = keys[n:]
 	}
 	close(next)
 	var first error
