@@ -70,12 +70,26 @@ func checkCommand(st *state) *cli.Command {
 				if srv.Conninfo != "" {
 					results = append(results, st.checkPostgres(c.Context, srv, store)...)
 				}
+				// The catalog checks need a repository that answers, and
+				// are bounded like the rest.
+				repoOK := store != nil
+				for _, r := range repoResults {
+					repoOK = repoOK && r.Status == "OK"
+				}
+				cctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 				if srv.LastBackupMaximumAge != "" {
-					results = append(results, st.checkBackupAge(c.Context, srv, store))
+					if repoOK {
+						results = append(results, st.checkBackupAge(cctx, srv, store))
+					} else {
+						results = append(results, checkResult{"backup maximum age", "FAILED", "the repository does not answer (see repository reachable)"})
+					}
 				}
-				if store != nil {
-					results = append(results, st.checkCatalog(c.Context, srv, store)...)
+				// The backup catalog is checked for a server set up for
+				// backups (a repository alone is checked as such).
+				if repoOK && (srv.Conninfo != "" || srv.RetentionPolicy != "" || srv.MinimumRedundancy > 0) {
+					results = append(results, st.checkCatalog(cctx, srv, store)...)
 				}
+				cancel()
 				if store != nil {
 					store.Close()
 				}
