@@ -179,20 +179,7 @@ func TestBackupEveryRepositoryKind(t *testing.T) {
 			c.Exec(t, "CREATE TABLE marker (id int primary key)")
 			c.Exec(t, "INSERT INTO marker SELECT generate_series(1, 100)")
 			// pgbench writes during the whole backup.
-			bench := pgtest.Command(t, pgtest.Bin("pgbench"), "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port()), "-U", c.User(), "-c", "2", "-T", "600", "postgres")
-			bench.Dir = "/"
-			bench.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-			if err := bench.Start(); err != nil {
-				t.Fatal(err)
-			}
-			stopBench := func() {
-				if bench.Process != nil {
-					_ = syscall.Kill(-bench.Process.Pid, syscall.SIGKILL)
-					_ = bench.Wait()
-					bench.Process = nil
-				}
-			}
-			t.Cleanup(stopBench)
+			stopBench := backgroundPgbench(t, c)
 			time.Sleep(time.Second)
 			r := cellar(t, env, "--config", conf, "backup", "main", "--fast")
 			stopBench()
@@ -517,4 +504,25 @@ func TestCheckBackupPreconditions(t *testing.T) {
 		!strings.HasPrefix(lines["data directory"], "FAILED") {
 		t.Fatalf("check as a weak user: exit %d\n%s", r.code, r.stdout)
 	}
+}
+
+// backgroundPgbench starts pgbench writing to c with two clients, and
+// returns what stops it (also registered as a cleanup).
+func backgroundPgbench(t *testing.T, c *pgtest.Cluster) (stop func()) {
+	t.Helper()
+	bench := pgtest.Command(t, pgtest.Bin("pgbench"), "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port()), "-U", c.User(), "-c", "2", "-T", "600", "postgres")
+	bench.Dir = "/"
+	bench.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop = func() {
+		if bench.Process != nil {
+			_ = syscall.Kill(-bench.Process.Pid, syscall.SIGKILL)
+			_ = bench.Wait()
+			bench.Process = nil
+		}
+	}
+	t.Cleanup(stop)
+	return stop
 }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -392,20 +391,7 @@ func TestRestoreToTimeWhilePgbenchWrites(t *testing.T) {
 	c, conf, env := backupCluster(t, "file", "")
 	c.Pgbench(t, "-i", "-s", "2", "-q")
 	c.Exec(t, "CREATE TABLE marker (id int primary key)")
-	bench := pgtest.Command(t, pgtest.Bin("pgbench"), "-h", "127.0.0.1", "-p", fmt.Sprint(c.Port()), "-U", c.User(), "-c", "2", "-T", "600", "postgres")
-	bench.Dir = "/"
-	bench.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := bench.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stop := func() {
-		if bench.Process != nil {
-			_ = syscall.Kill(-bench.Process.Pid, syscall.SIGKILL)
-			_ = bench.Wait()
-			bench.Process = nil
-		}
-	}
-	t.Cleanup(stop)
+	stop := backgroundPgbench(t, c)
 	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
 		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
 	}
