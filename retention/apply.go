@@ -25,14 +25,25 @@ type RemovedBackup struct {
 	Bytes  int64  `json:"bytes"`
 }
 
+// Inventory is a server's catalog and WAL listing as read once, for
+// callers that show it as well as decide on it.
+type Inventory struct {
+	// Backups is the catalog, oldest first; Input.Backups holds the same
+	// backups in the same order, as Decide sees them.
+	Backups  []catalog.BackupInfo
+	Input    Input
+	WALSizes map[string]int64 // stored size by WAL file name
+}
+
 // Gather reads what Decide needs from the repository: the catalog and the
 // WAL listing, with the WAL files' stored sizes.
-func Gather(ctx context.Context, store cloud.Storage, server string) (Input, map[string]int64, error) {
-	var in Input
+func Gather(ctx context.Context, store cloud.Storage, server string) (*Inventory, error) {
 	list, err := catalog.ListBackups(ctx, store, server)
 	if err != nil {
-		return in, nil, err
+		return nil, err
 	}
+	inv := &Inventory{Backups: list, WALSizes: map[string]int64{}}
+	in := &inv.Input
 	for _, b := range list {
 		rb := Backup{ID: b.ID(), Status: b.Status(), Keep: b.Keep}
 		if b.Started != nil {
@@ -47,15 +58,17 @@ func Gather(ctx context.Context, store cloud.Storage, server string) (Input, map
 	if id, err := catalog.ReadIdentity(ctx, store, server); err == nil {
 		in.WALSegmentSize = id.WALSegmentSize
 	} else if !errors.Is(err, cloud.ErrNotExist) {
-		return in, nil, err
+		return nil, err
 	}
-	sizes := map[string]int64{}
 	err = catalog.ListWALFiles(ctx, store, server, func(w catalog.WALName, o cloud.ObjectInfo) error {
 		in.WAL = append(in.WAL, w)
-		sizes[w.Name] = o.Size
+		inv.WALSizes[w.Name] = o.Size
 		return nil
 	})
-	return in, sizes, err
+	if err != nil {
+		return nil, err
+	}
+	return inv, nil
 }
 
 // Execute carries out a plan: each backup leaves the catalog first (its

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/retention"
 )
 
 func backupCommand(st *state) *cli.Command {
@@ -195,16 +195,10 @@ func backupSummary(m *catalog.Manifest) backupRow {
 }
 
 // catalogRows lists a server's backups, newest first, with their WAL
-// sizes. A backup that has no manifest is FAILED unless a process on this
-// host still runs it.
-func (st *state) catalogRows(ctx context.Context, srv *config.Server, store cloud.Storage, toEnd bool) ([]backupRow, error) {
-	list, err := catalog.ListBackups(ctx, store, srv.Name)
-	if err != nil {
-		return nil, err
-	}
-	running := runningBackup(srv)
+// sizes and retention status.
+func (st *state) catalogRows(srv *config.Server, inv *retention.Inventory, toEnd bool) []backupRow {
 	var rows []backupRow
-	for _, b := range list {
+	for i, b := range inv.Backups {
 		if b.Manifest != nil {
 			r := backupSummary(b.Manifest)
 			r.Keep = b.Keep
@@ -213,18 +207,12 @@ func (st *state) catalogRows(ctx context.Context, srv *config.Server, store clou
 		}
 		s := b.Started
 		r := backupRow{ID: s.ID, Server: srv.Name, Status: s.Status, BeginTime: s.BeginTime, EndTime: s.EndTime, Error: s.Error, Host: s.Host}
-		if r.Status == catalog.StatusStarted && s.ID != running {
-			host, _ := os.Hostname()
-			if s.Host == host {
-				r.Status, r.Error = catalog.StatusFailed, "the backup process ended without finishing (killed?)"
-			}
+		if r.Status == catalog.StatusStarted && inv.Input.Backups[i].Status == catalog.StatusFailed {
+			r.Status, r.Error = catalog.StatusFailed, "the backup process ended without finishing (killed?)"
 		}
 		rows = append(rows, r)
 	}
-	segs, err := archivedSegments(ctx, store, srv.Name)
-	if err != nil {
-		return nil, err
-	}
+	segs := archivedSegments(inv)
 	// rows are oldest first here.
 	var done []int
 	for i, r := range rows {
@@ -245,9 +233,9 @@ func (st *state) catalogRows(ctx context.Context, srv *config.Server, store clou
 		}
 		rows[i].WALFiles, rows[i].WALSize, rows[i].LastWAL = walBetween(segs, rows[i].BeginWAL, until)
 	}
-	st.markRetention(ctx, srv, store, rows)
+	st.markRetention(srv, inv, rows)
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].ID > rows[j].ID })
-	return rows, nil
+	return rows
 }
 
 type walSeg struct {
@@ -258,16 +246,15 @@ type walSeg struct {
 
 // archivedSegments lists the archived segments, in segment order across
 // timelines.
-func archivedSegments(ctx context.Context, store cloud.Storage, server string) ([]walSeg, error) {
+func archivedSegments(inv *retention.Inventory) []walSeg {
 	var segs []walSeg
-	err := catalog.ListWALFiles(ctx, store, server, func(w catalog.WALName, o cloud.ObjectInfo) error {
+	for _, w := range inv.Input.WAL {
 		if w.Kind == catalog.Segment {
-			segs = append(segs, walSeg{name: w.Name, key: w.Name[8:] + w.Name[:8], size: o.Size})
+			segs = append(segs, walSeg{name: w.Name, key: w.Name[8:] + w.Name[:8], size: inv.WALSizes[w.Name]})
 		}
-		return nil
-	})
+	}
 	sort.Slice(segs, func(i, j int) bool { return segs[i].key < segs[j].key })
-	return segs, err
+	return segs
 }
 
 // walBetween counts the segments from the one named from (inclusive) to
@@ -299,10 +286,11 @@ func listBackupsCommand(st *state) *cli.Command {
 		ArgsUsage: "SERVER",
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 1, "list-backups takes exactly one SERVER argument", func(srv *config.Server, store cloud.Storage) error {
-				rows, err := st.catalogRows(c.Context, srv, store, false)
+				inv, err := st.gather(c.Context, srv, store)
 				if err != nil {
 					return err
 				}
+				rows := st.catalogRows(srv, inv, false)
 				if st.format == "json" {
 					if rows == nil {
 						rows = []backupRow{}
@@ -339,10 +327,11 @@ func showBackupCommand(st *state) *cli.Command {
 		ArgsUsage: "SERVER BACKUP_ID",
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "show-backup takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
-				rows, err := st.catalogRows(c.Context, srv, store, true)
+				inv, err := st.gather(c.Context, srv, store)
 				if err != nil {
 					return err
 				}
+				rows := st.catalogRows(srv, inv, true)
 				r, err := pickRow(rows, c.Args().Get(1))
 				if err != nil {
 					return fmt.Errorf("server %s: %w", srv.Name, err)
@@ -444,13 +433,11 @@ func orDash(s string) string {
 
 // markRetention sets each finished backup's retention status from the
 // server's policy (none: every backup is VALID).
-func (st *state) markRetention(ctx context.Context, srv *config.Server, store cloud.Storage, rows []backupRow) {
+func (st *state) markRetention(srv *config.Server, inv *retention.Inventory, rows []backupRow) {
 	obsolete := map[string]bool{}
 	if pol, err := policyOf(srv); err == nil && srv.RetentionPolicy != "" {
-		if p, _, err := st.plan(ctx, srv, store, pol); err == nil {
-			for _, id := range p.Obsolete {
-				obsolete[id] = true
-			}
+		for _, id := range st.decide(inv, pol).Obsolete {
+			obsolete[id] = true
 		}
 	}
 	for i := range rows {

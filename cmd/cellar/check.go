@@ -20,7 +20,6 @@ import (
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 	"github.com/cellar-backup/cellar/retention"
-	"github.com/cellar-backup/cellar/wal"
 )
 
 // checkResult is one line of `cellar check`.
@@ -367,18 +366,11 @@ func (st *state) checkCatalog(ctx context.Context, srv *config.Server, store clo
 	if err != nil {
 		return []checkResult{fail("retention policy settings", err.Error())}
 	}
-	in, _, err := retention.Gather(ctx, store, srv.Name)
+	inv, err := st.gather(ctx, srv, store)
 	if err != nil {
 		return []checkResult{fail("backup catalog", err.Error())}
 	}
-	p, _, err := st.plan(ctx, srv, store, pol)
-	if err != nil {
-		return []checkResult{fail("backup catalog", err.Error())}
-	}
-	failedIDs := map[string]bool{}
-	for _, id := range p.Failed {
-		failedIDs[id] = true
-	}
+	p := st.decide(inv, pol)
 	var out []checkResult
 	done, failed := 0, 0
 	var oldest *retention.Backup
@@ -386,19 +378,15 @@ func (st *state) checkCatalog(ctx context.Context, srv *config.Server, store clo
 	for _, id := range p.Retained {
 		retained[id] = true
 	}
-	for i, b := range in.Backups {
+	for i, b := range inv.Input.Backups {
 		switch b.Status {
 		case catalog.StatusDone:
 			done++
 			if oldest == nil && retained[b.ID] {
-				oldest = &in.Backups[i]
+				oldest = &inv.Input.Backups[i]
 			}
-		case catalog.StatusFailed:
+		case catalog.StatusFailed: // handled failures and killed runs
 			failed++
-		case catalog.StatusStarted:
-			if failedIDs[b.ID] {
-				failed++ // killed
-			}
 		}
 	}
 	if done < srv.MinimumRedundancy {
@@ -413,21 +401,32 @@ func (st *state) checkCatalog(ctx context.Context, srv *config.Server, store clo
 		out = append(out, ok("failed backups"))
 	}
 	if oldest != nil {
-		tls, err := wal.ListWAL(ctx, store, srv.Name)
-		if err != nil {
-			return append(out, fail("WAL continuity", err.Error()))
-		}
+		// The oldest retained backup's own WAL must be there, and no
+		// segment may be missing after it, on any later timeline.
 		var gaps []string
-		for _, t := range tls {
-			if t.Timeline < oldest.Timeline {
+		have := map[string]bool{}
+		for _, w := range inv.Input.WAL {
+			have[w.Name] = true
+		}
+		for _, name := range []string{oldest.BeginWAL, oldest.EndWAL} {
+			if !have[name] && (len(gaps) == 0 || gaps[0] != name) {
+				gaps = append(gaps, name)
+			}
+		}
+		segSize := inv.Input.WALSegmentSize
+		last := map[uint32]uint64{}
+		for _, w := range inv.Input.WAL { // in timeline and segment order
+			if w.Kind != catalog.Segment || w.Timeline < oldest.Timeline {
 				continue
 			}
-			for _, g := range t.Gaps {
-				if g.To[8:] >= oldest.BeginWAL[8:] { // after the backup's begin, on any timeline
-
-					gaps = append(gaps, g.From+".."+g.To)
+			n := w.SegNo(segSize)
+			if prev, seen := last[w.Timeline]; seen && n > prev+1 {
+				to := catalog.SegmentNameOf(w.Timeline, n-1, segSize)
+				if to[8:] >= oldest.BeginWAL[8:] { // after the backup's begin, on any timeline
+					gaps = append(gaps, catalog.SegmentNameOf(w.Timeline, prev+1, segSize)+".."+to)
 				}
 			}
+			last[w.Timeline] = n
 		}
 		if len(gaps) > 0 {
 			out = append(out, fail("WAL continuity", fmt.Sprintf("WAL is missing after backup %s: %s", oldest.ID, strings.Join(gaps, ", "))))

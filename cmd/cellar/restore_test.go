@@ -530,6 +530,24 @@ func TestRetentionEndToEnd(t *testing.T) {
 			if r := cellar(t, now, "--config", conf, "delete", "main", "latest"); r.code != 1 || !strings.Contains(r.stderr, "below minimum_redundancy = 1") {
 				t.Fatalf("delete of the last backup under minimum_redundancy = 1: exit %d: %s", r.code, r.stderr)
 			}
+
+			// check --nagios: one backup under minimum_redundancy = 3, and
+			// the last backup's end WAL gone from the repository.
+			if r := cellar(t, now, "--config", conf, "check", "main", "--nagios"); r.code != 0 || !strings.HasPrefix(r.stdout, "CELLAR OK") {
+				t.Fatalf("check --nagios before: exit %d: %s%s", r.code, r.stdout, r.stderr)
+			}
+			appendConf(t, conf, "minimum_redundancy = 3\n")
+			last := listBackups(t, now, conf)[0]
+			w, _ := catalog.ParseWALName(last.EndWAL)
+			if err := store.Delete(context.Background(), catalog.WALKey("main", w)); err != nil {
+				t.Fatal(err)
+			}
+			r = cellar(t, now, "--config", conf, "check", "main", "--nagios")
+			if r.code != 2 || !strings.HasPrefix(r.stdout, "CELLAR CRITICAL - server main has 2 failed checks") ||
+				!strings.Contains(r.stdout, "minimum redundancy requirements: have 1 backups, expected at least 3") ||
+				!strings.Contains(r.stdout, "WAL continuity: WAL is missing after backup "+last.ID+": "+last.EndWAL) {
+				t.Fatalf("check --nagios with too few backups and a WAL file missing: exit %d: %s%s", r.code, r.stdout, r.stderr)
+			}
 		})
 	}
 }

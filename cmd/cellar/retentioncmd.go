@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -41,25 +42,32 @@ func policyOf(srv *config.Server) (retention.Policy, error) {
 	return p, nil
 }
 
-// plan gathers the catalog and decides with the server's policy.
-func (st *state) plan(ctx context.Context, srv *config.Server, store cloud.Storage, pol retention.Policy) (retention.Plan, map[string]int64, error) {
-	in, sizes, err := retention.Gather(ctx, store, srv.Name)
+// gather reads a server's catalog and WAL listing once. A backup still
+// marked STARTED that no process here runs was killed if it ran here, or
+// if it began more than orphanAge ago: it counts as FAILED, in listings
+// and for retention alike.
+func (st *state) gather(ctx context.Context, srv *config.Server, store cloud.Storage) (*retention.Inventory, error) {
+	inv, err := retention.Gather(ctx, store, srv.Name)
 	if err != nil {
-		return retention.Plan{}, nil, err
+		return nil, err
 	}
-	in.Policy, in.Now = pol, st.now()
-	// A backup still marked STARTED that no process here runs was killed
-	// if it ran here, or if it began more than orphanAge ago: it counts
-	// as FAILED, as list-backups shows it.
 	running := runningBackup(srv)
 	host, _ := os.Hostname()
-	for i, b := range in.Backups {
+	now := st.now()
+	for i, b := range inv.Input.Backups {
 		began, err := time.Parse(catalog.BackupIDLayout, b.ID)
-		if b.Status == catalog.StatusStarted && b.ID != running && (b.Host == host || err == nil && in.Now.Sub(began) > orphanAge) {
-			in.Backups[i].Status = catalog.StatusFailed
+		if b.Status == catalog.StatusStarted && b.ID != running && (b.Host == host || err == nil && now.Sub(began) > orphanAge) {
+			inv.Input.Backups[i].Status = catalog.StatusFailed
 		}
 	}
-	return retention.Decide(in), sizes, nil
+	return inv, nil
+}
+
+// decide is what retention does to inv under pol, now.
+func (st *state) decide(inv *retention.Inventory, pol retention.Policy) retention.Plan {
+	in := inv.Input
+	in.Policy, in.Now = pol, st.now()
+	return retention.Decide(in)
 }
 
 // orphanAge is how old the remains of a killed backup (a marker without a
@@ -68,18 +76,14 @@ const orphanAge = 24 * time.Hour
 
 // orphanParts lists the backups that have parts in the repository but no
 // manifest and no marker, whose newest part is older than orphanAge.
-func (st *state) orphanParts(ctx context.Context, srv *config.Server, store cloud.Storage) ([]string, error) {
-	list, err := catalog.ListBackups(ctx, store, srv.Name)
-	if err != nil {
-		return nil, err
-	}
+func (st *state) orphanParts(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory) ([]string, error) {
 	known := map[string]bool{}
-	for _, b := range list {
+	for _, b := range inv.Backups {
 		known[b.ID()] = true
 	}
 	newest := map[string]time.Time{}
 	prefix := srv.Name + "/base/"
-	err = store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
+	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
 		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/")
 		if ok && catalog.ValidBackupID(id) && !known[id] && o.ModTime.After(newest[id]) {
 			newest[id] = o.ModTime
@@ -145,19 +149,20 @@ func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
 		return err
 	}
 	defer store.Close()
-	p, sizes, err := st.plan(ctx, srv, store, pol)
+	inv, err := st.gather(ctx, srv, store)
 	if err != nil {
 		return err
 	}
+	p := st.decide(inv, pol)
 	if srv.RetentionPolicy == "" {
 		// Without a policy, only failed backups go.
 		p.Obsolete, p.WAL = nil, nil
 	}
-	res, err := retention.Execute(ctx, store, srv.Name, p, sizes, false)
+	res, err := retention.Execute(ctx, store, srv.Name, p, inv.WALSizes, false)
 	if err != nil {
 		return err
 	}
-	orphans, err := st.orphanParts(ctx, srv, store)
+	orphans, err := st.orphanParts(ctx, srv, store, inv)
 	if err != nil {
 		return err
 	}
@@ -195,12 +200,13 @@ func retentionCommand(st *state) *cli.Command {
 					return err
 				}
 				defer lock.release()
-				p, sizes, err := st.plan(c.Context, srv, store, pol)
+				inv, err := st.gather(c.Context, srv, store)
 				if err != nil {
 					return err
 				}
+				p := st.decide(inv, pol)
 				dry := c.Bool("dry-run")
-				res, err := retention.Execute(c.Context, store, srv.Name, p, sizes, dry)
+				res, err := retention.Execute(c.Context, store, srv.Name, p, inv.WALSizes, dry)
 				if err != nil {
 					return err
 				}
@@ -242,10 +248,11 @@ func deleteCommand(st *state) *cli.Command {
 					return err
 				}
 				defer lock.release()
-				rows, err := st.catalogRows(ctx, srv, store, false)
+				inv, err := st.gather(ctx, srv, store)
 				if err != nil {
 					return err
 				}
+				rows := st.catalogRows(srv, inv, false)
 				r, err := pickRow(rows, c.Args().Get(1))
 				if err != nil {
 					return fmt.Errorf("server %s: %w", srv.Name, err)
@@ -267,12 +274,10 @@ func deleteCommand(st *state) *cli.Command {
 					return err
 				}
 				// The WAL before the oldest backup left is of no use.
-				p, sizes, err := st.plan(ctx, srv, store, retention.Policy{})
-				if err != nil {
-					return err
-				}
+				inv.Input.Backups = slices.DeleteFunc(inv.Input.Backups, func(b retention.Backup) bool { return b.ID == r.ID })
+				p := st.decide(inv, retention.Policy{})
 				p.Obsolete, p.Failed = nil, nil
-				res, err := retention.Execute(ctx, store, srv.Name, p, sizes, false)
+				res, err := retention.Execute(ctx, store, srv.Name, p, inv.WALSizes, false)
 				if err != nil {
 					return err
 				}
@@ -294,10 +299,11 @@ func keepCommand(st *state) *cli.Command {
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "release", Usage: "unpin it"}},
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "keep takes SERVER and BACKUP_ID", func(srv *config.Server, store cloud.Storage) error {
-				rows, err := st.catalogRows(c.Context, srv, store, false)
+				inv, err := st.gather(c.Context, srv, store)
 				if err != nil {
 					return err
 				}
+				rows := st.catalogRows(srv, inv, false)
 				r, err := pickRow(rows, c.Args().Get(1))
 				if err != nil {
 					return fmt.Errorf("server %s: %w", srv.Name, err)
