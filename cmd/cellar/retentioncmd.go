@@ -44,7 +44,7 @@ func policyOf(srv *config.Server) (retention.Policy, error) {
 
 // gather reads a server's catalog and WAL listing once. A backup still
 // marked STARTED that no process here runs was killed if it ran here, or
-// if it began more than orphanAge ago: it counts as FAILED, in listings
+// if it began more than orphan_age ago: it counts as FAILED, in listings
 // and for retention alike.
 func (st *state) gather(ctx context.Context, srv *config.Server, store cloud.Storage) (*retention.Inventory, error) {
 	inv, err := retention.Gather(ctx, store, srv.Name)
@@ -56,7 +56,7 @@ func (st *state) gather(ctx context.Context, srv *config.Server, store cloud.Sto
 	now := st.now()
 	for i, b := range inv.Input.Backups {
 		began, err := time.Parse(catalog.BackupIDLayout, b.ID)
-		if b.Status == catalog.StatusStarted && b.ID != running && (b.Host == host || err == nil && now.Sub(began) > orphanAge) {
+		if b.Status == catalog.StatusStarted && b.ID != running && (b.Host == host || err == nil && now.Sub(began) > orphanAge(srv)) {
 			inv.Input.Backups[i].Status = catalog.StatusFailed
 		}
 	}
@@ -71,8 +71,15 @@ func (st *state) decide(inv *retention.Inventory, pol retention.Policy) retentio
 }
 
 // orphanAge is how old the remains of a killed backup (a marker without a
-// manifest, parts without either) must be before cron removes them.
-const orphanAge = 24 * time.Hour
+// manifest, parts without either) must be before cron removes them: the
+// server's orphan_age, validated when the configuration was loaded.
+func orphanAge(srv *config.Server) time.Duration {
+	d, err := config.ParseAge(srv.OrphanAge)
+	if err != nil || d <= 0 {
+		return 24 * time.Hour
+	}
+	return d
+}
 
 // orphanParts lists the backups that have parts in the repository but no
 // manifest and no marker, whose newest part is older than orphanAge.
@@ -92,7 +99,7 @@ func (st *state) orphanParts(ctx context.Context, srv *config.Server, store clou
 	})
 	var out []string
 	for id, t := range newest {
-		if st.now().Sub(t) > orphanAge {
+		if st.now().Sub(t) > orphanAge(srv) {
 			out = append(out, id)
 		}
 	}

@@ -65,8 +65,12 @@ type Server struct {
 	LastBackupMaximumAge string   `ini:"last_backup_maximum_age"`
 	LockDirectory        string   `ini:"lock_directory" default:"/tmp"`
 
-	RetentionPolicy   string `ini:"retention_policy"`
-	MinimumRedundancy int    `ini:"minimum_redundancy" default:"0" min:"0" max:"10000"`
+	RetentionPolicy    string `ini:"retention_policy"`
+	MinimumRedundancy  int    `ini:"minimum_redundancy" default:"0" min:"0" max:"10000"`
+	WALRetentionPolicy string `ini:"wal_retention_policy" default:"main" enum:"main"`
+	// OrphanAge is how old the remains of a killed backup must be before
+	// cron removes them, in last_backup_maximum_age's form.
+	OrphanAge string `ini:"orphan_age" default:"1 DAYS"`
 
 	S3Endpoint       string `ini:"s3_endpoint"`
 	S3Region         string `ini:"s3_region"`
@@ -290,6 +294,9 @@ func (s *Server) validate(requireRepository bool) error {
 		if _, err := ParseRetentionPolicy(s.RetentionPolicy); err != nil {
 			return errorf("%s: retention_policy: %v", s.sources["retention_policy"], err)
 		}
+	}
+	if _, err := ParseAge(s.OrphanAge); err != nil {
+		return errorf("%s: orphan_age: %v", s.sources["orphan_age"], err)
 	}
 	if s.LastBackupMaximumAge != "" {
 		if _, err := ParseAge(s.LastBackupMaximumAge); err != nil {

@@ -129,6 +129,8 @@ func TestErrorsNameFileSectionSetting(t *testing.T) {
 		{"no scheme", "[main]\nrepository = /var/lib/cellar\n", nil, []string{"[main]", "repository", "no scheme"}},
 		{"bad endpoint", "[main]\nrepository = s3://b\ns3_endpoint = 127.0.0.1:9000\n", nil, []string{"[main]", "s3_endpoint", "http://"}},
 		{"bad policy", "[main]\nrepository = s3://b\nretention_policy = KEEP 3\n", nil, []string{"[main]", "retention_policy", "REDUNDANCY n"}},
+		{"bad orphan age", "[main]\nrepository = s3://b\norphan_age = soon\n", nil, []string{"[main]", "orphan_age", "1 DAYS"}},
+		{"bad WAL retention", "[main]\nrepository = s3://b\nwal_retention_policy = base\n", nil, []string{"[main]", "wal_retention_policy", "main"}},
 		{"no repository", "[main]\ndescription = x\n", nil, []string{"[main]", "no repository"}},
 		{"outside section", "parallel = 3\n[main]\nrepository = s3://b\n", nil, []string{"outside any section"}},
 		{"bad env", "[main]\nrepository = s3://b\n", []string{"CELLAR_PARALLEL=many"}, []string{"environment CELLAR_PARALLEL", "parallel", `"many"`}},
