@@ -46,6 +46,10 @@ type Header struct {
 	SHA256 string `json:"sha256"`
 	// Encryption is "none"; a later version adds client-side encryption.
 	Encryption string `json:"encryption"`
+	// Streamed marks a .partial segment that receive-wal uploads and
+	// replaces as the segment grows; its Size is the bytes received so
+	// far, not a whole segment. wal-push replaces such an object.
+	Streamed bool `json:"streamed,omitempty"`
 	// SystemIdentifier is the cluster's, for WAL segments.
 	SystemIdentifier uint64 `json:"system_identifier,omitempty,string"`
 }

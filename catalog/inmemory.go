@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"runtime"
 	"runtime/debug"
@@ -128,4 +129,52 @@ func envelope(h Header, payload ...[]byte) ([]byte, error) {
 		obj.Write(p)
 	}
 	return obj.Bytes(), nil
+}
+
+// GrowingObject encodes an object whose source grows at its end, as a WAL
+// segment does while it streams in: each Object call returns the whole
+// object for the source so far, hashing and (with a codec whose streams
+// concatenate) compressing only what was added since the call before.
+type GrowingObject struct {
+	h       Header
+	level   int
+	sum     hash.Hash
+	payload []byte
+	done    int
+}
+
+// NewGrowingObject starts an object with header h (its Size and SHA256
+// are filled in by Object).
+func NewGrowingObject(h Header, level int) *GrowingObject {
+	return &GrowingObject{h: h, level: level, sum: sha256.New()}
+}
+
+// Object returns the object for src and its header. src must begin with
+// the source of the previous call.
+func (g *GrowingObject) Object(src []byte) ([]byte, Header, error) {
+	if len(src) < g.done {
+		return nil, g.h, fmt.Errorf("the source shrank from %d to %d bytes", g.done, len(src))
+	}
+	add := src[g.done:]
+	g.sum.Write(add)
+	if g.h.Codec.Concatenable() {
+		if len(add) > 0 {
+			p, err := g.h.Codec.AppendStream(g.payload, add, g.level)
+			if err != nil {
+				return nil, g.h, err
+			}
+			g.payload = p
+		}
+	} else {
+		var b bytes.Buffer
+		if _, _, err := compress(&b, g.h.Codec, g.level, bytes.NewReader(src)); err != nil {
+			return nil, g.h, err
+		}
+		g.payload = b.Bytes()
+	}
+	g.done = len(src)
+	h := g.h
+	h.Size, h.SHA256 = int64(len(src)), hex.EncodeToString(g.sum.Sum(nil))
+	obj, err := envelope(h, g.payload)
+	return obj, h, err
 }

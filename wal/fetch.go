@@ -133,7 +133,7 @@ func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
 		res.Size, res.FromSpool = size, true
 		prefetch(size)
 	} else {
-		body, h, err := openWAL(ctx, o.Store, o.Server, w)
+		body, h, err := openSegment(ctx, o.Store, o.Server, w)
 		if err != nil {
 			return res, err
 		}
@@ -234,6 +234,51 @@ func openWAL(ctx context.Context, store cloud.Storage, server string, w catalog.
 		return nil, h, fmt.Errorf("%s: %w", key, err)
 	}
 	return readClosers{body, rc}, h, nil
+}
+
+// openSegment opens an archived segment. When only its .partial is there
+// (the segment receive-wal was streaming, or the one PostgreSQL archived
+// at a promotion), it serves that, padded with zeros to a whole segment:
+// recovery replays to the end of what was received and stops there.
+// Prefetching never does this: a partial segment may still grow.
+func openSegment(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) (io.ReadCloser, catalog.Header, error) {
+	body, h, err := openWAL(ctx, store, server, w)
+	if !errors.Is(err, ErrNotFound) {
+		return body, h, err
+	}
+	pw, perr := catalog.ParseWALName(w.Name + ".partial")
+	if perr != nil {
+		return nil, h, err
+	}
+	pbody, ph, perr := openWAL(ctx, store, server, pw)
+	if errors.Is(perr, ErrNotFound) {
+		return nil, h, err
+	}
+	if perr != nil {
+		return nil, ph, perr
+	}
+	id, ierr := catalog.ReadIdentity(ctx, store, server)
+	if ierr == nil && ph.Size > id.WALSegmentSize {
+		ierr = fmt.Errorf("%w: %s holds %d bytes, more than a segment", catalog.ErrCorrupt, pw.Name, ph.Size)
+	}
+	if ierr != nil {
+		pbody.Close()
+		return nil, ph, ierr
+	}
+	pad := io.LimitReader(zeros{}, id.WALSegmentSize-ph.Size)
+	ph.Name, ph.Size = w.Name, id.WALSegmentSize
+	return readClosers{struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(pbody, pad), pbody}}, ph, nil
+}
+
+// zeros reads zero bytes without end.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // readClosers reads from the first and closes all.

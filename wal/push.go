@@ -244,13 +244,19 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 		return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
 	}
 	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
-	if archived != nil {
+	// A .partial that receive-wal streamed is replaced by PostgreSQL's
+	// own copy of the segment; anything else archived is never replaced.
+	replace := archived != nil && w.Kind == catalog.Partial && archived.Streamed
+	if archived != nil && !replace {
 		return res, compareArchived(*archived, h, &res)
 	}
-	if inMemory {
+	switch {
+	case inMemory && replace:
+		err = o.Store.Put(ctx, key, bytes.NewReader(obj), int64(len(obj)))
+	case inMemory:
 		err = cloud.Create(ctx, o.Store, key, bytes.NewReader(obj), int64(len(obj)))
-	} else {
-		err = create(ctx, o.Store, key, h, o.Level, f)
+	default:
+		err = create(ctx, o.Store, key, h, o.Level, f, replace)
 	}
 	if errors.Is(err, cloud.ErrExist) {
 		// Another push stored it meanwhile: compare.
@@ -309,16 +315,22 @@ func (p *pusher) checkIdentity(ctx context.Context, sh catalog.SegmentHeader) er
 	return nil
 }
 
-// create encodes the file into the repository with a conditional create,
-// streaming: the envelope is produced into a pipe that the upload reads.
+// create encodes the file into the repository with a conditional create
+// (or, with replace, a plain write), streaming: the envelope is produced into a pipe that the upload reads.
 // If the file changes while it is read, the encoder fails the pipe and no
 // object appears.
-func create(ctx context.Context, store cloud.Storage, key string, h catalog.Header, level int, f *os.File) error {
+func create(ctx context.Context, store cloud.Storage, key string, h catalog.Header, level int, f *os.File, replace bool) error {
 	pr, pw := io.Pipe()
 	go func() {
 		pw.CloseWithError(catalog.Encode(pw, h, level, io.NewSectionReader(f, 0, h.Size+1)))
 	}()
-	err := cloud.Create(ctx, store, key, pr, cloud.SizeUnknown)
+	store1 := cloud.Create
+	if replace {
+		store1 = func(ctx context.Context, s cloud.Storage, key string, r io.Reader, size int64) error {
+			return s.Put(ctx, key, r, size)
+		}
+	}
+	err := store1(ctx, store, key, pr, cloud.SizeUnknown)
 	pr.CloseWithError(errors.New("upload ended"))
 	return err
 }

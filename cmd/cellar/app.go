@@ -87,6 +87,7 @@ func newApp(st *state) *cli.App {
 			deleteCommand(st),
 			keepCommand(st),
 			cronCommand(st),
+			receiveWALCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

@@ -95,19 +95,26 @@ func readHolder(path string) (lockHolder, error) {
 // runningBackup returns the id of the backup of srv that a live process on
 // this host runs, or "" when none does.
 func runningBackup(srv *config.Server) string {
-	path := lockPath(srv, "backup")
-	fl := flock.New(path)
-	ok, err := fl.TryRLock()
-	if err != nil {
-		return ""
-	}
-	if ok {
-		_ = fl.Unlock()
-		return ""
-	}
-	h, err := readHolder(path)
-	if err != nil {
+	h, ok := lockHolderOf(srv, "backup")
+	if !ok {
 		return ""
 	}
 	return h.Backup
+}
+
+// lockHolderOf says whether a live process on this host holds the
+// server's lock for what, and who.
+func lockHolderOf(srv *config.Server, what string) (lockHolder, bool) {
+	path := lockPath(srv, what)
+	fl := flock.New(path)
+	ok, err := fl.TryRLock()
+	if err != nil {
+		return lockHolder{}, false
+	}
+	if ok {
+		_ = fl.Unlock()
+		return lockHolder{}, false
+	}
+	h, err := readHolder(path)
+	return h, err == nil
 }

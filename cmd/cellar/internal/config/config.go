@@ -58,7 +58,14 @@ type Server struct {
 	StreamingConninfo string `ini:"streaming_conninfo" secret:"conninfo"`
 	StreamingArchiver bool   `ini:"streaming_archiver" default:"off"`
 	SlotName          string `ini:"slot_name" default:"cellar"`
-	PrimaryConninfo   string `ini:"primary_conninfo" secret:"conninfo"`
+	// StreamingArchiverName is receive-wal's application_name, the name
+	// synchronous_standby_names lists to make commits wait for the
+	// repository (Barman's setting).
+	StreamingArchiverName   string   `ini:"streaming_archiver_name" default:"cellar_receive_wal"`
+	StreamingUploadInterval Duration `ini:"streaming_upload_interval" default:"10s" min:"1" max:"3600"`
+	StreamingSyncInterval   Duration `ini:"streaming_sync_interval" default:"0s" min:"0" max:"60"`
+	StreamingLagMax         Size     `ini:"streaming_lag_max" default:"0" min:"0" max:"1099511627776"`
+	PrimaryConninfo         string   `ini:"primary_conninfo" secret:"conninfo"`
 
 	BackupPartSize       Size     `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
 	BackupWALTimeout     Duration `ini:"backup_wal_timeout" default:"300s" min:"1" max:"604800"`

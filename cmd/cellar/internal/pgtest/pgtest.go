@@ -437,6 +437,16 @@ func (c *Cluster) Stop(t testing.TB) {
 	}
 }
 
+// Crash stops the server in immediate mode, as a power cut would: no
+// checkpoint, no archiving of what is ready, no goodbye to replication
+// clients.
+func (c *Cluster) Crash(t testing.TB) {
+	t.Helper()
+	if out, err := c.run(nil, Bin("pg_ctl"), "-D", c.data, "-m", "immediate", "-w", "-t", "60", "stop"); err != nil {
+		t.Fatalf("pgtest: stop PostgreSQL: %v\n%s", err, out)
+	}
+}
+
 // Start starts a stopped server on the same port and waits until it accepts
 // connections (pg_ctl -w; for a server in recovery that means until it
 // reaches a consistent state or finishes recovery).

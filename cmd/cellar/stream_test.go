@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+)
+
+// receiver is a cellar receive-wal running in the background.
+type receiver struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  strings.Builder
+	done chan struct{}
+	code int
+}
+
+// startReceiveWAL starts cellar receive-wal main and waits until it
+// streams.
+func startReceiveWAL(t *testing.T, env []string, conf string, args ...string) *receiver {
+	t.Helper()
+	cmd := exec.Command(cellarBin, append([]string{"--config", conf, "receive-wal", "main"}, args...)...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{cmd: cmd, done: make(chan struct{})}
+	streaming := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := sync.Once{}
+		for sc.Scan() {
+			r.mu.Lock()
+			r.out.WriteString(sc.Text() + "\n")
+			r.mu.Unlock()
+			if strings.HasPrefix(sc.Text(), "Streaming WAL") {
+				once.Do(func() { close(streaming) })
+			}
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		r.code = cmd.ProcessState.ExitCode()
+		_ = err
+		close(r.done)
+	}()
+	t.Cleanup(func() { r.kill() })
+	select {
+	case <-streaming:
+	case <-r.done:
+		t.Fatalf("receive-wal exited with %d before streaming:\n%s", r.code, r.output())
+	case <-time.After(time.Minute):
+		t.Fatalf("receive-wal did not start streaming within a minute:\n%s", r.output())
+	}
+	return r
+}
+
+func (r *receiver) output() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out.String()
+}
+
+// stop sends SIGTERM and waits for the exit code.
+func (r *receiver) stop(t *testing.T) int {
+	t.Helper()
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("receive-wal did not stop within a minute of SIGTERM:\n%s", r.output())
+	}
+	return r.code
+}
+
+func (r *receiver) kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// streamingCluster is a backupCluster whose server main also has
+// streaming_conninfo and the replication slot.
+func streamingCluster(t *testing.T, kind, extraConf string) (*pgtest.Cluster, string, []string) {
+	t.Helper()
+	c, conf, env := backupCluster(t, kind, extraConf)
+	appendConf(t, conf, "streaming_conninfo = "+c.ConnString()+"\n")
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--create-slot"); r.code != 0 || !strings.Contains(r.stdout, `Replication slot "cellar" created`) {
+		t.Fatalf("receive-wal --create-slot: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	return c, conf, env
+}
+
+// TestReceiveWALSynchronousLosesNothing: with receive-wal named in
+// synchronous_standby_names, every commit that returned is in the
+// repository when the database host is lost right after it.
+func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
+	c, conf, env := streamingCluster(t, "s3", "")
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--create-slot"); r.code != 0 || !strings.Contains(r.stdout, "already exists") {
+		t.Fatalf("receive-wal --create-slot again: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	c.Exec(t, "CREATE TABLE marker (id int primary key)")
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	c.SetConf(t, "synchronous_commit", "on")
+	c.SetConf(t, "synchronous_standby_names", "cellar_receive_wal")
+	rw := startReceiveWAL(t, env, conf)
+	if !strings.Contains(rw.output(), "synchronous") {
+		t.Fatalf("receive-wal does not see itself as synchronous:\n%s", rw.output())
+	}
+	const n = 40
+	for i := 1; i <= n; i++ {
+		c.Exec(t, fmt.Sprintf("INSERT INTO marker VALUES (%d)", i))
+	}
+	// The database host is lost: the server stops dead, its data
+	// directory is gone, and receive-wal is killed with it.
+	c.Crash(t)
+	rw.kill()
+	if err := os.RemoveAll(c.DataDir()); err != nil {
+		t.Fatal(err)
+	}
+	// The last markers are in no archived segment: only in the streamed
+	// segment in progress.
+	partials := 0
+	openRepository(t, conf, env).List(context.Background(), "main/wal/", func(o cloud.ObjectInfo) error {
+		if strings.HasSuffix(o.Key, ".partial") {
+			partials++
+		}
+		return nil
+	})
+	if partials != 1 {
+		t.Fatalf("the repository holds %d streamed .partial segments, want 1", partials)
+	}
+	dir := restoreDir(t)
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	rc := startRestored(t, c, dir, env)
+	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != n {
+		t.Fatalf("restored %d of the %d committed markers\nreceive-wal:\n%s", got, n, rw.output())
+	}
+}
+
+// TestReceiveWALBadInput: each refusal names its fix.
+func TestReceiveWALBadInput(t *testing.T) {
+	c, conf, env := backupCluster(t, "file", "")
+	// No streaming_conninfo.
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main"); r.code != 2 || !strings.Contains(r.stderr, "streaming_conninfo") {
+		t.Fatalf("receive-wal without streaming_conninfo: exit %d: %s", r.code, r.stderr)
+	}
+	appendConf(t, conf, "streaming_conninfo = "+c.ConnString()+"\n")
+	// The slot is missing.
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main"); r.code != 1 || !strings.Contains(r.stderr, "--create-slot") {
+		t.Fatalf("receive-wal without the slot: exit %d: %s", r.code, r.stderr)
+	}
+	// A user without the REPLICATION attribute.
+	c.Exec(t, "CREATE ROLE plain LOGIN")
+	weak := strings.Replace(readFile(t, conf), "streaming_conninfo = "+c.ConnString(), "streaming_conninfo = "+strings.Replace(c.ConnString(), "user="+c.User(), "user=plain", 1), 1)
+	if r := cellar(t, env, "--config", writeConfig(t, weak), "receive-wal", "main", "--create-slot"); r.code != 1 || !strings.Contains(r.stderr, "ALTER ROLE plain REPLICATION") {
+		t.Fatalf("receive-wal as a user without REPLICATION: exit %d: %s", r.code, r.stderr)
+	}
+	// wal_level = minimal.
+	m := pgtest.New(t, pgtest.Options{Conf: map[string]string{"wal_level": "minimal", "max_wal_senders": "0", "archive_mode": "off"}})
+	minimal := strings.Replace(readFile(t, conf), "streaming_conninfo = "+c.ConnString(), "streaming_conninfo = "+m.ConnString(), 1)
+	if r := cellar(t, env, "--config", writeConfig(t, minimal), "receive-wal", "main", "--create-slot"); r.code != 1 || !strings.Contains(r.stderr, "wal_level = replica") {
+		t.Fatalf("receive-wal against wal_level = minimal: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+// TestReceiveWALAsynchronousAndRestart: without synchronous commit, what
+// is older than streaming_upload_interval survives the loss of the host;
+// a restart in the middle of a segment leaves no gap, and archive_command
+// pushing the same segments meets no conflict.
+func TestReceiveWALAsynchronousAndRestart(t *testing.T) {
+	c, conf, env := streamingCluster(t, "file", "streaming_upload_interval = 1s\n")
+	c.Exec(t, "CREATE TABLE marker (id int primary key)")
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	rw := startReceiveWAL(t, env, conf)
+	if !strings.Contains(rw.output(), "asynchronous") {
+		t.Fatalf("receive-wal should be asynchronous:\n%s", rw.output())
+	}
+	markers(t, c, 1, 10)
+	// Stopped in the middle of a segment, and started again after more
+	// commits: it goes on from where the repository ends.
+	if code := rw.stop(t); code != 0 {
+		t.Fatalf("receive-wal stopped with exit %d:\n%s", code, rw.output())
+	}
+	markers(t, c, 11, 10)
+	rw = startReceiveWAL(t, env, conf)
+	for range 3 {
+		c.Exec(t, "INSERT INTO marker SELECT g FROM generate_series(1000 * (1 + (SELECT max(id) / 1000 FROM marker)), 1000 * (1 + (SELECT max(id) / 1000 FROM marker)) + 999) g")
+		c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+	}
+	markers(t, c, 21, 5)
+	time.Sleep(3 * time.Second) // more than streaming_upload_interval
+	if _, failed, _, last := c.ArchiverStats(t); failed != 0 {
+		t.Fatalf("archive_command failed %d times (last %s) beside receive-wal", failed, last)
+	}
+	want := c.QueryInt64(t, "SELECT count(*) FROM marker")
+	c.Crash(t)
+	rw.kill()
+	if out := rw.output(); strings.Contains(out, "different content") || strings.Contains(out, "level=ERROR") {
+		t.Fatalf("receive-wal reported errors:\n%s", out)
+	}
+	if err := os.RemoveAll(c.DataDir()); err != nil {
+		t.Fatal(err)
+	}
+	r := cellar(t, env, "--config", conf, "--format", "json", "list-wal", "main")
+	if r.code != 0 || !strings.Contains(r.stdout, `"gaps": []`) {
+		t.Fatalf("list-wal: exit %d: %s", r.code, r.stdout)
+	}
+	dir := restoreDir(t)
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	rc := startRestored(t, c, dir, env)
+	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != want {
+		t.Fatalf("restored %d markers, want all %d committed more than streaming_upload_interval before the crash\nreceive-wal:\n%s", got, want, rw.output())
+	}
+}
+
+// TestReceiveWALFollowsPromotion: receive-wal streams from a standby that
+// is then promoted; it follows the new timeline, and the repository alone
+// restores everything committed on both.
+func TestReceiveWALFollowsPromotion(t *testing.T) {
+	primary, conf, env := backupCluster(t, "file", "streaming_upload_interval = 1s\n")
+	primary.Exec(t, "CREATE TABLE marker (id int primary key)")
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup: exit %d: %s", r.code, r.stderr)
+	}
+	standby := pgtest.Restore(t, primary.BaseBackup(t), "standby", pgtest.Options{Conf: map[string]string{
+		"primary_conninfo": primary.ConnString(),
+		"archive_mode":     "off",
+	}})
+	appendConf(t, conf, "streaming_conninfo = "+standby.ConnString()+"\n")
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--create-slot"); r.code != 0 {
+		t.Fatalf("receive-wal --create-slot on the standby: exit %d: %s", r.code, r.stderr)
+	}
+	rw := startReceiveWAL(t, env, conf)
+	markers(t, primary, 1, 5)
+	deadline := time.Now().Add(time.Minute)
+	for standby.QueryInt64(t, "SELECT count(*) FROM marker") < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("the standby did not replay the markers")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	primary.Stop(t)
+	standby.Exec(t, "SELECT pg_promote()")
+	standby.WaitPromoted(t, time.Minute)
+	markers(t, standby, 6, 5)
+	deadline = time.Now().Add(time.Minute)
+	for !strings.Contains(rw.output(), "following a new timeline") {
+		if time.Now().After(deadline) {
+			t.Fatalf("receive-wal did not follow the promotion:\n%s", rw.output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // more than streaming_upload_interval
+	standby.Crash(t)
+	rw.kill()
+	dir := restoreDir(t)
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	rc := startRestored(t, primary, dir, env)
+	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != 10 {
+		t.Fatalf("restored %d markers, want the 10 of both timelines\nreceive-wal:\n%s", got, rw.output())
+	}
+	if tl := rc.QueryInt64(t, "SELECT timeline_id::bigint FROM pg_control_checkpoint()"); tl != 3 {
+		t.Fatalf("the restore ended on timeline %d, want 3 (after the promoted 2)", tl)
+	}
+}
