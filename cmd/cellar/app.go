@@ -88,6 +88,7 @@ func newApp(st *state) *cli.App {
 			keepCommand(st),
 			cronCommand(st),
 			receiveWALCommand(st),
+			replicationStatusCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

@@ -69,6 +69,9 @@ func checkCommand(st *state) *cli.Command {
 				if srv.Conninfo != "" {
 					results = append(results, st.checkPostgres(c.Context, srv, store)...)
 				}
+				if srv.StreamingConninfo != "" || srv.StreamingArchiver {
+					results = append(results, st.checkStreaming(c.Context, srv)...)
+				}
 				// The catalog checks need a repository that answers, and
 				// are bounded like the rest.
 				repoOK := store != nil

@@ -2,6 +2,15 @@
 
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"errors"
+	"os/exec"
+
+	"github.com/urfave/cli/v2"
+)
 
 func (st *state) detachPrefetch(*cli.Context, string, string) func([]string) (int, error) { return nil }
+
+func (st *state) detach(*cli.Context, []string, string) (*exec.Cmd, error) {
+	return nil, errors.New("starting a detached process is supported on Unix only")
+}

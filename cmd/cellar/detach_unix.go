@@ -3,6 +3,8 @@
 package main
 
 import (
+	"errors"
+	"os"
 	"os/exec"
 	"syscall"
 
@@ -20,19 +22,36 @@ func (st *state) detachPrefetch(c *cli.Context, server, dest string) func([]stri
 		return nil
 	}
 	return func(names []string) (int, error) {
-		var args []string
-		if p := c.String("config"); p != "" {
-			args = append(args, "--config", p)
-		}
-		args = append(args, "wal-prefetch", server, dest)
-		args = append(args, names...)
-		cmd := exec.Command(selfExe, args...)
-		cmd.Env = st.env
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
+		args := append([]string{"wal-prefetch", server, dest}, names...)
+		cmd, err := st.detach(c, args, "")
+		if err != nil {
 			return 0, err
 		}
 		pid := cmd.Process.Pid
 		return pid, cmd.Process.Release()
 	}
+}
+
+// detach starts this binary with the same configuration and args in a
+// session of its own (it outlives this process), its output appended to
+// logPath or discarded. The caller waits for it or releases it.
+func (st *state) detach(c *cli.Context, args []string, logPath string) (*exec.Cmd, error) {
+	if selfExe == "" {
+		return nil, errors.New("not running as the cellar binary")
+	}
+	if p := c.String("config"); p != "" {
+		args = append([]string{"--config", p}, args...)
+	}
+	cmd := exec.Command(selfExe, args...)
+	cmd.Env = st.env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if logPath != "" {
+		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		cmd.Stdout, cmd.Stderr = f, f
+	}
+	return cmd, cmd.Start()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -110,7 +111,7 @@ func (st *state) orphanParts(ctx context.Context, srv *config.Server, store clou
 func cronCommand(st *state) *cli.Command {
 	return &cli.Command{
 		Name:  "cron",
-		Usage: "maintenance for every active server: retention, failed backups and orphan parts; safe to run every minute",
+		Usage: "maintenance for every active server: receive-wal kept running (streaming_archiver = on), retention, failed backups and orphan parts; safe to run every minute",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
 				return usagef("cron takes no arguments")
@@ -124,7 +125,8 @@ func cronCommand(st *state) *cli.Command {
 				if !srv.Active || srv.Repository == "" {
 					continue
 				}
-				if err := st.cronServer(c.Context, srv); err != nil {
+				err := errors.Join(st.cronReceiveWAL(c, srv), st.cronServer(c.Context, srv))
+				if err != nil {
 					failed = append(failed, srv.Name)
 					fmt.Fprintf(st.stderr, "cellar: cron: server %s: %s\n", srv.Name, st.scrub(oneLine(err.Error())))
 				}

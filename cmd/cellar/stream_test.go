@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -285,5 +286,70 @@ func TestReceiveWALFollowsPromotion(t *testing.T) {
 	}
 	if tl := rc.QueryInt64(t, "SELECT timeline_id::bigint FROM pg_control_checkpoint()"); tl != 3 {
 		t.Fatalf("the restore ended on timeline %d, want 3 (after the promoted 2)", tl)
+	}
+}
+
+// TestReceiveWALCronStatusAndCheck: cron starts receive-wal for a server
+// with streaming_archiver = on (once), replication-status shows it, and
+// check follows the slot, the process and the lag.
+func TestReceiveWALCronStatusAndCheck(t *testing.T) {
+	c, conf, env := streamingCluster(t, "file", "streaming_archiver = on\nstreaming_lag_max = 1MiB\n")
+	lockDir := strings.TrimSpace(strings.SplitN(strings.SplitN(readFile(t, conf), "lock_directory = ", 2)[1], "\n", 2)[0])
+	holder := func() (lockHolder, bool) {
+		h, err := readHolder(lockDir + "/cellar-main.receive-wal.lock")
+		return h, err == nil && h.PID > 0 && syscall.Kill(h.PID, 0) == nil
+	}
+	t.Cleanup(func() {
+		if h, ok := holder(); ok {
+			_ = syscall.Kill(h.PID, syscall.SIGKILL)
+		}
+	})
+	r := cellar(t, env, "--config", conf, "check", "main")
+	lines := checkLines(r)
+	if r.code != 1 || lines["streaming connection"] != "OK" || !strings.Contains(lines["replication slot"], "nothing streams from it") ||
+		!strings.HasPrefix(lines["receive-wal running"], "FAILED") {
+		t.Fatalf("check before cron: exit %d\n%s", r.code, r.stdout)
+	}
+	for range 2 { // the second run finds it running
+		if r := cellar(t, env, "--config", conf, "cron"); r.code != 0 {
+			t.Fatalf("cron: exit %d: %s", r.code, r.stderr)
+		}
+	}
+	h, ok := holder()
+	if !ok {
+		t.Fatal("cron did not start receive-wal")
+	}
+	if n := c.QueryInt64(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'cellar_receive_wal'"); n != 1 {
+		t.Fatalf("%d receive-wal connections after two cron runs, want 1", n)
+	}
+	c.Exec(t, "CREATE TABLE t AS SELECT generate_series(1, 10000) g")
+	c.WaitArchived(t, c.SwitchWAL(t), time.Minute)
+	r = cellar(t, env, "--config", conf, "check", "main")
+	if lines := checkLines(r); r.code != 0 || lines["receive-wal running"] != "OK" || lines["replication slot"] != "OK" || lines["streaming lag"] != "OK" {
+		t.Fatalf("check with receive-wal running: exit %d\n%s", r.code, r.stdout)
+	}
+	r = cellar(t, env, "--config", conf, "--format", "json", "replication-status", "main")
+	var s replStatus
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || r.code != 0 {
+		t.Fatalf("replication-status: exit %d (%v): %s%s", r.code, err, r.stdout, r.stderr)
+	}
+	if len(s.Clients) != 1 || s.Clients[0].Application != "cellar_receive_wal" || !s.Slot.Exists || !s.Slot.Active ||
+		s.Repository.LastSegment == "" || s.ReceiveWAL == nil || s.ReceiveWAL.PID != h.PID {
+		t.Fatalf("replication-status: %+v", s)
+	}
+	if r := cellar(t, env, "--config", conf, "replication-status", "main"); r.code != 0 || !strings.Contains(r.stdout, "Status of streaming clients for server 'main'") ||
+		!strings.Contains(r.stdout, "Application name: cellar_receive_wal") {
+		t.Fatalf("replication-status: exit %d: %s", r.code, r.stdout)
+	}
+	// receive-wal gone and WAL written since: the slot falls behind.
+	_ = syscall.Kill(h.PID, syscall.SIGKILL)
+	for _, ok := holder(); ok; _, ok = holder() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Exec(t, "INSERT INTO t SELECT generate_series(1, 100000)")
+	c.SwitchWAL(t)
+	r = cellar(t, env, "--config", conf, "check", "main", "--nagios")
+	if r.code != 2 || !strings.Contains(r.stdout, "receive-wal running") || !strings.Contains(r.stdout, "above streaming_lag_max") {
+		t.Fatalf("check --nagios with receive-wal stopped: exit %d: %s", r.code, r.stdout)
 	}
 }

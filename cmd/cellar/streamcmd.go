@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -104,5 +106,41 @@ func btoi(b bool) int {
 func (st *state) say(format string, args ...any) {
 	if !st.quiet {
 		fmt.Fprintf(st.stdout, format, args...)
+	}
+}
+
+// cronReceiveWAL starts receive-wal for a server with streaming_archiver
+// = on when none runs (its lock is free), detached, its output appended
+// to cellar-SERVER.receive-wal.log in lock_directory. A receive-wal that
+// exits within a few seconds (a missing slot, a refused connection) is an
+// error of this cron run, with its last words.
+func (st *state) cronReceiveWAL(c *cli.Context, srv *config.Server) error {
+	if !srv.StreamingArchiver {
+		return nil
+	}
+	if _, err := streamingConninfo(srv); err != nil {
+		return err
+	}
+	if _, running := lockHolderOf(srv, "receive-wal"); running {
+		return nil
+	}
+	logPath := strings.TrimSuffix(lockPath(srv, "receive-wal"), ".lock") + ".log"
+	cmd, err := st.detach(c, []string{"receive-wal", srv.Name}, logPath)
+	if err != nil {
+		return fmt.Errorf("starting receive-wal: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		last := ""
+		if b, rerr := os.ReadFile(logPath); rerr == nil {
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			last = ": " + lines[len(lines)-1]
+		}
+		return fmt.Errorf("receive-wal exited at once (%v)%s", err, last)
+	case <-time.After(3 * time.Second):
+		st.log.Info("cron: started receive-wal", "server", srv.Name, "pid", cmd.Process.Pid, "log", logPath)
+		return nil
 	}
 }
