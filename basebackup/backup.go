@@ -58,6 +58,13 @@ type Options struct {
 	CellarVersion string
 	// OnStart is called with the backup's id once its marker is stored.
 	OnStart func(id string)
+	// StreamConninfo, when set, takes the backup with BASE_BACKUP over a
+	// replication connection (backup_method = stream) instead of reading
+	// PGData.
+	StreamConninfo string
+	// CorruptInTransit is a test hook: the file of that path changes as
+	// it arrives from the stream, which the manifest check must catch.
+	CorruptInTransit string
 }
 
 type backup struct {
@@ -97,7 +104,12 @@ func (o *Options) defaults() {
 // catalog shows as not done, and parts without a manifest.
 func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 	o.defaults()
-	srv, err := Inspect(ctx, o.Conn, o.PGData)
+	stream := o.StreamConninfo != ""
+	pgdata := o.PGData
+	if stream {
+		pgdata = "" // not read
+	}
+	srv, err := inspect(ctx, o.Conn, pgdata, !stream)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +148,11 @@ func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 	if o.OnStart != nil {
 		o.OnStart(b.id)
 	}
-	m, err := b.run(ctx, srv, begin)
+	run := b.run
+	if stream {
+		run = b.runStream
+	}
+	m, err := run(ctx, srv, begin)
 	if err != nil {
 		b.fail(ctx, marker, err)
 		return nil, fmt.Errorf("backup %s failed: %w", b.id, err)
@@ -208,30 +224,52 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 	if endWAL < startWAL {
 		endWAL = startWAL
 	}
-	meta, metaRecords, err := b.writeMeta(ctx, others, sp)
+	meta, metaRecords, err := b.writeMeta(ctx, others, []smallFile{{"backup_label", []byte(sp.Label)}, {"tablespace_map", []byte(sp.TablespaceMap)}})
 	if err != nil {
 		return nil, err
 	}
-	records = append(records, metaRecords...)
-	parts = append(parts, meta)
 	o.Progress.Done()
+	return b.record(ctx, srv, taken{
+		method: "local", label: label, begin: begin, records: append(records, metaRecords...), parts: append(parts, meta),
+		timeline: timeline, startLSN: st.LSN, endLSN: sp.LSN, startWAL: startWAL, endWAL: endWAL,
+		backupLabel: sp.Label, tablespaceMap: sp.TablespaceMap,
+	})
+}
 
-	if err := b.waitWAL(ctx, srv, timeline, startWAL, endWAL); err != nil {
+// taken is what a backup method took, for its manifest.
+type taken struct {
+	method, label    string
+	begin            time.Time
+	records          []catalog.File
+	parts            []catalog.Part
+	timeline         uint32
+	startLSN, endLSN catalog.LSN
+	startWAL, endWAL string
+	backupLabel      string
+	tablespaceMap    string
+}
+
+// record waits for the backup's WAL in the repository and writes its
+// manifest, which makes the backup part of the catalog.
+func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Manifest, error) {
+	o := b.o
+	if err := b.waitWAL(ctx, srv, t.timeline, t.startWAL, t.endWAL); err != nil {
 		return nil, err
 	}
 	m := &catalog.Manifest{
 		Version: catalog.ManifestVersion, ID: b.id, Server: o.Server, Status: catalog.StatusDone,
 		SystemIdentifier: srv.SystemIdentifier, PGVersion: srv.Version, PGVersionString: srv.VersionString,
-		PGData: o.PGData, Standby: srv.Standby, Timeline: timeline, WALSegmentSize: srv.WALSegmentSize,
-		BeginLSN: st.LSN.String(), EndLSN: sp.LSN.String(), BeginWAL: startWAL, EndWAL: endWAL,
-		BeginTime: begin, EndTime: o.Now().UTC(), Label: label, Fast: o.Fast,
+		PGData: o.PGData, Standby: srv.Standby, Timeline: t.timeline, WALSegmentSize: srv.WALSegmentSize,
+		BeginLSN: t.startLSN.String(), EndLSN: t.endLSN.String(), BeginWAL: t.startWAL, EndWAL: t.endWAL,
+		BeginTime: t.begin, EndTime: o.Now().UTC(), Label: t.label, Method: t.method, Fast: o.Fast,
 		Compression: string(o.Codec), CompressionLevel: o.Level, CellarVersion: o.CellarVersion,
-		BackupLabel: sp.Label, TablespaceMap: sp.TablespaceMap, Tablespaces: srv.Tablespaces,
+		BackupLabel: t.backupLabel, TablespaceMap: t.tablespaceMap, Tablespaces: srv.Tablespaces,
 	}
 	m.Host, _ = os.Hostname()
 	if m.Tablespaces == nil {
 		m.Tablespaces = []catalog.Tablespace{}
 	}
+	records, parts := t.records, t.parts
 	sort.Slice(records, func(i, j int) bool { return records[i].Path < records[j].Path })
 	sort.Slice(parts, func(i, j int) bool { return parts[i].Number < parts[j].Number })
 	m.Files, m.Parts = records, parts
@@ -255,14 +293,21 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 	if err := o.Store.Delete(ctx, catalog.StartedKey(o.Server, b.id)); err != nil {
 		o.Log.Warn("could not remove the backup's start marker", "backup", b.id, "error", err)
 	}
-	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", len(m.Parts))
+	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "method", t.method, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", len(m.Parts))
 	return m, nil
 }
 
+// smallFile is a file held in memory.
+type smallFile struct {
+	name string
+	data []byte
+}
+
 // writeMeta writes the last part: every directory and symlink, and the
-// backup_label and tablespace_map that PostgreSQL returned, so that the
-// parts extracted with tar make a data directory ready for recovery.
-func (b *backup) writeMeta(ctx context.Context, others []entry, sp stopped) (catalog.Part, []catalog.File, error) {
+// backup_label and tablespace_map that PostgreSQL returned (and the other
+// small files given), so that the parts extracted with tar make a data
+// directory ready for recovery. Empty files given are left out.
+func (b *backup) writeMeta(ctx context.Context, others []entry, small []smallFile) (catalog.Part, []catalog.File, error) {
 	p, err := b.openPart(ctx, b.nextPart())
 	if err != nil {
 		return catalog.Part{}, nil, err
@@ -277,11 +322,11 @@ func (b *backup) writeMeta(ctx context.Context, others []entry, sp stopped) (cat
 		records = append(records, rec)
 	}
 	now := b.o.Now().UTC()
-	for _, f := range []struct{ name, text string }{{"backup_label", sp.Label}, {"tablespace_map", sp.TablespaceMap}} {
-		if f.text == "" {
+	for _, f := range small {
+		if len(f.data) == 0 {
 			continue
 		}
-		rec, err := p.addBytes(f.name, []byte(f.text), now)
+		rec, err := p.addBytes(f.name, f.data, now)
 		if err != nil {
 			p.abort(err)
 			return catalog.Part{}, nil, err

@@ -133,29 +133,44 @@ func (p *partWriter) addFile(e entry, hdr *tar.Header, buf []byte, progress func
 		return f, false, err
 	}
 	f.Part, f.Offset = p.number, p.raw.n
+	f.SHA256, err = p.copyBody(f, in, buf, progress, true, nil)
+	if err != nil {
+		return f, false, fmt.Errorf("reading %s: %w", e.abs, err)
+	}
+	p.files++
+	return f, true, nil
+}
+
+// copyBody writes f.Size bytes of r, after f's tar header, and returns
+// their SHA-256. A source that ends early is padded with zeros when pad
+// (a file that shrank while it was read: WAL replay truncates it), and is
+// an error otherwise. alter, when set, may change each piece before it is
+// hashed and written (a test hook).
+func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool, alter func([]byte)) (string, error) {
 	sum := sha256.New()
-	left := f.Size
-	for left > 0 {
-		n, rerr := in.Read(buf[:min(int64(len(buf)), left)])
-		if n == 0 && rerr == io.EOF {
-			// Shrunk: pad.
-			clear(buf)
-			n = int(min(int64(len(buf)), left))
-			rerr = nil
+	for left := f.Size; left > 0; {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			if !pad {
+				return "", fmt.Errorf("%s ended %d bytes early", f.Path, left-int64(n))
+			}
+			clear(buf[n:])
+			n, err = int(min(int64(len(buf)), left)), nil
 		}
-		if rerr != nil && rerr != io.EOF {
-			return f, false, fmt.Errorf("reading %s: %w", e.abs, rerr)
+		if err != nil {
+			return "", err
+		}
+		if alter != nil {
+			alter(buf[:n])
 		}
 		sum.Write(buf[:n])
 		if _, err := p.tw.Write(buf[:n]); err != nil {
-			return f, false, err
+			return "", err
 		}
 		left -= int64(n)
 		progress(int64(n))
 	}
-	f.SHA256 = hex.EncodeToString(sum.Sum(nil))
-	p.files++
-	return f, true, nil
+	return hex.EncodeToString(sum.Sum(nil)), nil
 }
 
 // writeParts writes the regular files into parts with parallel workers,

@@ -35,6 +35,13 @@ type Server struct {
 // them: a supported version, the privileges to run a backup, and pgdata
 // being the server's data directory (when pgdata is not empty).
 func Inspect(ctx context.Context, conn *pgx.Conn, pgdata string) (*Server, error) {
+	return inspect(ctx, conn, pgdata, true)
+}
+
+// inspect is Inspect; the backup functions' privileges are checked only
+// with backupFunctions (a stream backup needs the REPLICATION attribute
+// instead, which the replication connection checks).
+func inspect(ctx context.Context, conn *pgx.Conn, pgdata string, backupFunctions bool) (*Server, error) {
 	var s Server
 	err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version'),
 		pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system()),
@@ -46,8 +53,10 @@ func Inspect(ctx context.Context, conn *pgx.Conn, pgdata string) (*Server, error
 	if err := CheckVersion(s.Version, s.VersionString); err != nil {
 		return nil, err
 	}
-	if err := CheckPrivileges(ctx, conn, s.Version); err != nil {
-		return nil, err
+	if backupFunctions {
+		if err := CheckPrivileges(ctx, conn, s.Version); err != nil {
+			return nil, err
+		}
 	}
 	if err := conn.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&s.DataDirectory); err != nil {
 		return nil, fmt.Errorf("reading data_directory: %w", explain(err))

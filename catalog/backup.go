@@ -95,9 +95,13 @@ type Manifest struct {
 	BeginTime        time.Time `json:"begin_time"`
 	EndTime          time.Time `json:"end_time"`
 	Label            string    `json:"label"`
-	Fast             bool      `json:"fast_checkpoint"`
-	Compression      string    `json:"compression"`
-	CompressionLevel int       `json:"compression_level"`
+	// Method is how the backup was taken: "local" (Cellar read pgdata)
+	// or "stream" (BASE_BACKUP over the replication protocol). Empty in
+	// manifests of before the stream method means local.
+	Method           string `json:"backup_method,omitempty"`
+	Fast             bool   `json:"fast_checkpoint"`
+	Compression      string `json:"compression"`
+	CompressionLevel int    `json:"compression_level"`
 	// DataSize is the size of the files backed up; StoredSize what the
 	// repository holds for them (all parts).
 	DataSize      int64  `json:"data_size"`

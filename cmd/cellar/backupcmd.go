@@ -39,8 +39,11 @@ func backupCommand(st *state) *cli.Command {
 			if err != nil {
 				return err
 			}
-			if srv.BackupMethod != "local" {
-				return fmt.Errorf("server %s: backup_method = %s is not available in this version: set backup_method = local", srv.Name, srv.BackupMethod)
+			var streamConninfo string
+			if srv.BackupMethod == "stream" {
+				if streamConninfo, err = streamingConninfo(srv); err != nil {
+					return err
+				}
 			}
 			parallel := srv.Parallel
 			if c.IsSet("parallel") {
@@ -82,6 +85,7 @@ func backupCommand(st *state) *cli.Command {
 				PartSize: int64(srv.BackupPartSize), Fast: c.Bool("fast"),
 				WALTimeout: time.Duration(srv.BackupWALTimeout), Progress: prog, Log: st.log,
 				CellarVersion: versionString(), OnStart: lock.setBackup, Now: st.now,
+				StreamConninfo: streamConninfo, CorruptInTransit: st.getenv("CELLAR_TEST_CORRUPT_STREAM"),
 			}
 			if srv.PrimaryConninfo != "" {
 				o.SwitchPrimaryWAL = func(ctx context.Context) error { return switchPrimaryWAL(ctx, srv) }

@@ -8,12 +8,16 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
 )
@@ -351,5 +355,118 @@ func TestReceiveWALCronStatusAndCheck(t *testing.T) {
 	r = cellar(t, env, "--config", conf, "check", "main", "--nagios")
 	if r.code != 2 || !strings.Contains(r.stdout, "receive-wal running") || !strings.Contains(r.stdout, "above streaming_lag_max") {
 		t.Fatalf("check --nagios with receive-wal stopped: exit %d: %s", r.code, r.stdout)
+	}
+}
+
+// cellarAs runs the binary as another (unprivileged) user.
+func cellarAs(t *testing.T, u *user.User, env []string, args ...string) result {
+	t.Helper()
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	cmd := exec.Command(cellarBin, args...)
+	home := t.TempDir()
+	os.Chmod(home, 0o777)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, env...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running cellar as %s: %v", u.Username, err)
+	}
+	return r
+}
+
+// TestStreamBackup: backup_method = stream, run by a user who cannot read
+// pgdata, backs up over the replication protocol (a tablespace included);
+// the backup restores to the same contents; a file damaged in transit is
+// caught by PostgreSQL's backup_manifest and the backup is FAILED.
+func TestStreamBackup(t *testing.T) {
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("the test needs the user nobody: %v", err)
+	}
+	c, conf, env := backupCluster(t, "s3", "backup_method = stream\n")
+	// A directory that user may write, for its lock and configuration.
+	open, err := os.MkdirTemp("", "cellar-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(open) })
+	os.Chmod(open, 0o777)
+	appendConf(t, conf, "streaming_conninfo = "+c.ConnString()+"\nlock_directory = "+open+"\n")
+	text := readFile(t, conf)
+	os.Chmod(conf, 0o644)
+	if _, err := os.ReadDir(c.DataDir()); err != nil {
+		t.Fatal(err)
+	}
+	spc := c.MakeDir("tablespace")
+	c.Exec(t, "CREATE TABLESPACE extra LOCATION '"+spc+"'")
+	c.Exec(t, "CREATE TABLE spread (id int, note text) TABLESPACE extra")
+	c.Exec(t, "INSERT INTO spread SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+	c.Pgbench(t, "-i", "-s", "3", "-q")
+	digest := "SELECT md5(string_agg(aid::text || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts"
+	want := c.QueryString(t, digest)
+
+	// The local method, as this user, cannot read pgdata.
+	local := strings.Replace(text, "backup_method = stream", "backup_method = local", 1)
+	localConf := filepath.Join(open, "local.conf")
+	if err := os.WriteFile(localConf, []byte(local), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := cellarAs(t, nobody, env, "--config", localConf, "backup", "main", "--fast", "--quiet"); r.code == 0 || !strings.Contains(r.stderr, "pgdata") {
+		t.Fatalf("a local backup by a user who cannot read pgdata: exit %d: %s", r.code, r.stderr)
+	}
+	r := cellarAs(t, nobody, env, "--config", conf, "--format", "json", "backup", "main", "--fast")
+	if r.code != 0 {
+		t.Fatalf("stream backup: exit %d: %s", r.code, r.stderr)
+	}
+	rows := listBackups(t, env, conf)
+	if len(rows) != 1 || rows[0].Status != catalog.StatusDone {
+		t.Fatalf("list-backups: %+v", rows)
+	}
+	m, err := catalog.ReadManifest(context.Background(), openRepository(t, conf, env), "main", rows[0].ID)
+	if err != nil || m.Method != "stream" || len(m.Tablespaces) != 1 {
+		t.Fatalf("manifest: %v, method %q, tablespaces %+v", err, m.Method, m.Tablespaces)
+	}
+	hasPGManifest := false
+	for _, f := range m.Files {
+		hasPGManifest = hasPGManifest || f.Path == "backup_manifest"
+	}
+	if !hasPGManifest {
+		t.Fatal("the backup does not keep PostgreSQL's backup_manifest")
+	}
+	if r := cellar(t, env, "--config", conf, "verify", "main", rows[0].ID); r.code != 0 {
+		t.Fatalf("verify: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+	dir := restoreDir(t)
+	moved := filepath.Join(filepath.Dir(dir), "moved-tablespace")
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir, "--tablespace", "extra:"+moved, "--target-immediate"); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	c.Chown(moved)
+	rc := startRestored(t, c, dir, env)
+	if got := rc.QueryString(t, digest); got != want {
+		t.Fatalf("restored pgbench_accounts digest %s, want %s", got, want)
+	}
+	if n := rc.QueryInt64(t, "SELECT count(*) FROM spread"); n != 20000 {
+		t.Fatalf("the tablespace's table has %d rows, want 20000", n)
+	}
+	rc.Stop(t)
+
+	// A file damaged in transit.
+	file := c.QueryString(t, "SELECT pg_relation_filepath('pgbench_accounts')")
+	r = cellarAs(t, nobody, append(env, "CELLAR_TEST_CORRUPT_STREAM="+file), "--config", conf, "backup", "main", "--fast", "--quiet")
+	if r.code != 1 || !strings.Contains(r.stderr, file) || !strings.Contains(r.stderr, "damaged in transit") {
+		t.Fatalf("stream backup with %s damaged: exit %d: %s", file, r.code, r.stderr)
+	}
+	rows = listBackups(t, env, conf)
+	if len(rows) != 2 || rows[0].Status != catalog.StatusFailed || rows[1].Status != catalog.StatusDone {
+		t.Fatalf("after the damaged stream: %+v", rows)
 	}
 }
