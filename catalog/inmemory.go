@@ -158,7 +158,7 @@ func (g *GrowingObject) Object(src []byte) ([]byte, Header, error) {
 	add := src[g.done:]
 	g.sum.Write(add)
 	if g.h.Codec.Concatenable() {
-		if len(add) > 0 {
+		if len(add) > 0 || len(g.payload) == 0 { // an empty source is an empty stream
 			p, err := g.h.Codec.AppendStream(g.payload, add, g.level)
 			if err != nil {
 				return nil, g.h, err

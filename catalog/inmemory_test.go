@@ -109,3 +109,26 @@ func TestEncodeInMemoryShortSource(t *testing.T) {
 		t.Fatalf("EncodeInMemory of a source shorter than its size = %v, want io.ErrUnexpectedEOF", err)
 	}
 }
+
+// TestGrowingObject: each object of a growing source reads back as the
+// source so far, with its size and checksum, for every codec.
+func TestGrowingObject(t *testing.T) {
+	data := semiRandom(3<<20+77, 5)
+	for _, c := range []codec.Codec{codec.Zstd, codec.S2, codec.Gzip, codec.None} {
+		g := catalog.NewGrowingObject(catalog.Header{Type: "wal", Name: "x.partial", Codec: c, Streamed: true}, 0)
+		for _, n := range []int{0, 100, 100, 8192, 1 << 20, 3<<20 + 77} {
+			obj, h, err := g.Object(data[:n])
+			if err != nil {
+				t.Fatalf("%s at %d bytes: %v", c, n, err)
+			}
+			sum := sha256.Sum256(data[:n])
+			stored, back := decodeObject(t, obj)
+			if h.Size != int64(n) || stored.SHA256 != hex.EncodeToString(sum[:]) || !stored.Streamed || !bytes.Equal(back, data[:n]) {
+				t.Fatalf("%s at %d bytes: read back %d bytes, header %+v", c, n, len(back), stored)
+			}
+		}
+		if _, _, err := g.Object(data[:10]); err == nil {
+			t.Fatalf("%s: a shrunk source was taken", c)
+		}
+	}
+}

@@ -831,3 +831,20 @@ func TestFetchWaitsForSegmentInFlight(t *testing.T) {
 		t.Fatalf("fetch past a dead mark: %+v, %v, %d Gets", res, err, store.getsOf(seg)-before)
 	}
 }
+
+func TestNamesStandby(t *testing.T) {
+	for ssn, want := range map[string]bool{
+		"cellar_receive_wal":                     true,
+		"FIRST 1 (standby1, cellar_receive_wal)": true,
+		"ANY 2 (a,Cellar_Receive_Wal,b)":         true,
+		`"cellar_receive_wal"`:                   true,
+		"*":                                      true,
+		"":                                       false,
+		"standby1, standby2":                     false,
+		"FIRST 1 (cellar_receive_wal_2, other)":  false,
+	} {
+		if got := wal.NamesStandby(ssn, "cellar_receive_wal"); got != want {
+			t.Errorf("NamesStandby(%q) = %v, want %v", ssn, got, want)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/cellar-backup/cellar/basebackup"
@@ -242,12 +243,17 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 	} else {
 		results = append(results, ok("PostgreSQL version supported"))
 	}
-	if err := basebackup.CheckPrivileges(cctx, conn, version); err != nil {
-		results = append(results, fail("superuser or backup privileges", err.Error()))
-	} else {
-		results = append(results, ok("superuser or backup privileges"))
+	// A stream backup reads nothing itself and needs only the replication
+	// connection, which the streaming checks cover.
+	local := srv.BackupMethod != "stream"
+	if local {
+		if err := basebackup.CheckPrivileges(cctx, conn, version); err != nil {
+			results = append(results, fail("superuser or backup privileges", err.Error()))
+		} else {
+			results = append(results, ok("superuser or backup privileges"))
+		}
 	}
-	if srv.PGData != "" {
+	if srv.PGData != "" && local {
 		if err := basebackup.CheckDataDirectory(srv.PGData, show("data_directory")); err != nil {
 			results = append(results, fail("data directory", err.Error()))
 		} else {
@@ -259,10 +265,24 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 	} else {
 		results = append(results, fail("wal_level", fmt.Sprintf("wal_level is %s: set wal_level = replica and restart PostgreSQL", v)))
 	}
-	if v := show("archive_mode"); v == "on" || v == "always" {
+	results = append(results, st.checkArchiving(cctx, srv, conn, show)...)
+	return append(results, st.checkSystemIdentifier(cctx, srv, conn, store))
+}
+
+// checkArchiving checks archive_mode, archive_command and the archiver.
+// With streaming_archiver = on and archive_mode off, receive-wal is the
+// only archiver, which the streaming checks cover.
+func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *pgx.Conn, show func(string) string) []checkResult {
+	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
+	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
+	var results []checkResult
+	switch v := show("archive_mode"); {
+	case v == "on" || v == "always":
 		results = append(results, ok("archive_mode"))
-	} else {
-		results = append(results, fail("archive_mode", fmt.Sprintf("archive_mode is %s: set archive_mode = on and restart PostgreSQL", v)))
+	case srv.StreamingArchiver:
+		return nil
+	default:
+		results = append(results, fail("archive_mode", fmt.Sprintf("archive_mode is %s: set archive_mode = on and restart PostgreSQL (or stream WAL with streaming_archiver = on)", v)))
 	}
 	if v := show("archive_command"); archiveCommandOK(v, srv.Name) {
 		results = append(results, ok("archive_command"))
@@ -272,7 +292,7 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 	var failed int64
 	var lastFailedWAL *string
 	var failedLater bool
-	err = conn.QueryRow(cctx, `SELECT failed_count, last_failed_wal,
+	err := conn.QueryRow(cctx, `SELECT failed_count, last_failed_wal,
 		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)
 		FROM pg_stat_archiver`).Scan(&failed, &lastFailedWAL, &failedLater)
 	switch {
@@ -283,25 +303,30 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 	default:
 		results = append(results, ok("continuous archiving"))
 	}
+	return results
+}
+
+// checkSystemIdentifier checks that the repository belongs to this cluster.
+func (st *state) checkSystemIdentifier(cctx context.Context, srv *config.Server, conn *pgx.Conn, store cloud.Storage) checkResult {
+	const name = "system identifier"
+	fail := func(hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
 	var sysid uint64
 	if err := conn.QueryRow(cctx, "SELECT system_identifier FROM pg_control_system()").Scan(&sysid); err != nil {
-		return append(results, fail("system identifier", err.Error()))
+		return fail(err.Error())
 	}
 	if store == nil {
-		return append(results, fail("system identifier", "the repository could not be opened (see repository reachable)"))
+		return fail("the repository could not be opened (see repository reachable)")
 	}
 	id, err := catalog.ReadIdentity(cctx, store, srv.Name)
 	switch {
 	case errors.Is(err, cloud.ErrNotExist):
-		results = append(results, ok("system identifier")) // nothing archived yet
+		return checkResult{Name: name, Status: "OK"} // nothing archived yet
 	case err != nil:
-		results = append(results, fail("system identifier", err.Error()))
+		return fail(err.Error())
 	case id.SystemIdentifier != sysid:
-		results = append(results, fail("system identifier", fmt.Sprintf("the repository of server %s belongs to the cluster %d, PostgreSQL is cluster %d: point the server at its own repository", srv.Name, id.SystemIdentifier, sysid)))
-	default:
-		results = append(results, ok("system identifier"))
+		return fail(fmt.Sprintf("the repository of server %s belongs to the cluster %d, PostgreSQL is cluster %d: point the server at its own repository", srv.Name, id.SystemIdentifier, sysid))
 	}
-	return results
+	return checkResult{Name: name, Status: "OK"}
 }
 
 // archiveCommandOK reports whether archive_command runs cellar's wal-push

@@ -208,6 +208,8 @@ func TestReceiveWALAsynchronousAndRestart(t *testing.T) {
 	}
 	markers(t, c, 11, 10)
 	rw = startReceiveWAL(t, env, conf)
+	// The server restarts under it: it reconnects and goes on.
+	c.Restart(t)
 	for range 3 {
 		c.Exec(t, "INSERT INTO marker SELECT g FROM generate_series(1000 * (1 + (SELECT max(id) / 1000 FROM marker)), 1000 * (1 + (SELECT max(id) / 1000 FROM marker)) + 999) g")
 		c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
@@ -218,6 +220,9 @@ func TestReceiveWALAsynchronousAndRestart(t *testing.T) {
 		t.Fatalf("archive_command failed %d times (last %s) beside receive-wal", failed, last)
 	}
 	want := c.QueryInt64(t, "SELECT count(*) FROM marker")
+	if !strings.Contains(rw.output(), "reconnecting") || c.QueryInt64(t, "SELECT count(*) FROM pg_stat_replication") != 1 {
+		t.Fatalf("receive-wal did not reconnect after the restart:\n%s", rw.output())
+	}
 	c.Crash(t)
 	rw.kill()
 	if out := rw.output(); strings.Contains(out, "different content") || strings.Contains(out, "level=ERROR") {
