@@ -305,7 +305,7 @@ func checkPGManifest(raw []byte, records []catalog.File, small []smallFile) erro
 		}
 	}
 	for _, f := range small {
-		if len(f.data) > 0 {
+		if f.data != nil { // received (maybe empty: the tablespace_map of a cluster without tablespaces)
 			got[f.name] = want{int64(len(f.data)), sha256Hex(f.data)}
 		}
 	}

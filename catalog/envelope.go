@@ -50,6 +50,9 @@ type Header struct {
 	// replaces as the segment grows; its Size is the bytes received so
 	// far, not a whole segment. wal-push replaces such an object.
 	Streamed bool `json:"streamed,omitempty"`
+	// Offset is where a streamed chunk (type wal-chunk) starts in its
+	// segment, Name.
+	Offset int64 `json:"offset,omitempty"`
 	// SystemIdentifier is the cluster's, for WAL segments.
 	SystemIdentifier uint64 `json:"system_identifier,omitempty,string"`
 }

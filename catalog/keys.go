@@ -16,6 +16,7 @@ import (
 //	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>.partial     a partial segment
 //	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>.<off>.backup a backup history file
 //	<server>/wal/history/<TTTTTTTT>.history               a timeline history file
+//	<server>/wal-stream/<segment>/<OOOOOOOO>              a streamed chunk of a segment
 //
 // Grouping segments by timeline and log (4 GiB of WAL) keeps every listing
 // that retention and list-wal need to a bounded number of calls; history
@@ -32,6 +33,18 @@ func WALPrefix(server string) string { return server + "/wal/" }
 
 // HistoryPrefix is the prefix of a server's timeline history files.
 func HistoryPrefix(server string) string { return server + "/wal/history/" }
+
+// StreamPrefix is the prefix of all of a server's streamed chunks.
+func StreamPrefix(server string) string { return server + "/wal-stream/" }
+
+// ChunkPrefix is the prefix of the streamed chunks of one segment.
+func ChunkPrefix(server, segment string) string { return StreamPrefix(server) + segment + "/" }
+
+// ChunkKey is the key of the streamed chunk of segment that starts at
+// offset (eight hex digits: keys list in offset order).
+func ChunkKey(server, segment string, offset int64) string {
+	return fmt.Sprintf("%s%08X", ChunkPrefix(server, segment), offset)
+}
 
 // WALDirPrefix is the prefix of the segments of one timeline and log.
 func WALDirPrefix(server string, timeline, log uint32) string {

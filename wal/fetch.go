@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -236,41 +237,110 @@ func openWAL(ctx context.Context, store cloud.Storage, server string, w catalog.
 	return readClosers{body, rc}, h, nil
 }
 
-// openSegment opens an archived segment. When only its .partial is there
-// (the segment receive-wal was streaming, or the one PostgreSQL archived
-// at a promotion), it serves that, padded with zeros to a whole segment:
-// recovery replays to the end of what was received and stops there.
-// Prefetching never does this: a partial segment may still grow.
+// openSegment opens an archived segment. When the segment is not there
+// but receive-wal stored part of it (its .partial and the chunks after
+// that), or PostgreSQL archived a .partial of it at a promotion, it
+// serves that, padded with zeros to a whole segment: recovery replays to
+// the end of what was received and stops there. Prefetching never does
+// this: a streamed segment may still grow.
 func openSegment(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) (io.ReadCloser, catalog.Header, error) {
 	body, h, err := openWAL(ctx, store, server, w)
 	if !errors.Is(err, ErrNotFound) {
 		return body, h, err
 	}
-	pw, perr := catalog.ParseWALName(w.Name + ".partial")
-	if perr != nil {
+	data, found, serr := streamedSegment(ctx, store, server, w)
+	if serr != nil {
+		return nil, h, serr
+	}
+	if !found {
 		return nil, h, err
 	}
-	pbody, ph, perr := openWAL(ctx, store, server, pw)
-	if errors.Is(perr, ErrNotFound) {
+	id, err := catalog.ReadIdentity(ctx, store, server)
+	if err == nil && int64(len(data)) > id.WALSegmentSize {
+		err = fmt.Errorf("%w: the streamed %s holds %d bytes, more than a segment", catalog.ErrCorrupt, w.Name, len(data))
+	}
+	if err != nil {
 		return nil, h, err
 	}
-	if perr != nil {
-		return nil, ph, perr
+	h = catalog.Header{Type: "wal", Name: w.Name, Size: id.WALSegmentSize}
+	pad := io.LimitReader(zeros{}, id.WALSegmentSize-int64(len(data)))
+	return io.NopCloser(io.MultiReader(bytes.NewReader(data), pad)), h, nil
+}
+
+// streamedSegment reads what the repository has of a segment that was
+// not archived whole: its .partial, then the streamed chunks from where
+// that ends, up to the first gap (what follows a gap was never reported
+// durable to PostgreSQL). Every piece's checksum is verified. A chunk
+// that vanishes while it is read (receive-wal folded it into a newer
+// .partial) starts the reading over.
+func streamedSegment(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) ([]byte, bool, error) {
+	pw, err := catalog.ParseWALName(w.Name + ".partial")
+	if err != nil {
+		return nil, false, nil
 	}
-	id, ierr := catalog.ReadIdentity(ctx, store, server)
-	if ierr == nil && ph.Size > id.WALSegmentSize {
-		ierr = fmt.Errorf("%w: %s holds %d bytes, more than a segment", catalog.ErrCorrupt, pw.Name, ph.Size)
+	for attempt := 0; ; attempt++ {
+		data, found, err := readStreamed(ctx, store, server, w.Name, pw)
+		if errors.Is(err, cloud.ErrNotExist) && attempt < 3 {
+			continue
+		}
+		return data, found, err
 	}
-	if ierr != nil {
-		pbody.Close()
-		return nil, ph, ierr
+}
+
+func readStreamed(ctx context.Context, store cloud.Storage, server, name string, pw catalog.WALName) ([]byte, bool, error) {
+	var data []byte
+	found := false
+	body, _, err := openWAL(ctx, store, server, pw)
+	switch {
+	case err == nil:
+		data, err = io.ReadAll(body)
+		body.Close()
+		if err != nil {
+			return nil, false, err
+		}
+		found = true
+	case !errors.Is(err, ErrNotFound):
+		return nil, false, err
 	}
-	pad := io.LimitReader(zeros{}, id.WALSegmentSize-ph.Size)
-	ph.Name, ph.Size = w.Name, id.WALSegmentSize
-	return readClosers{struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(pbody, pad), pbody}}, ph, nil
+	var keys []string
+	err = store.List(ctx, catalog.ChunkPrefix(server, name), func(o cloud.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	for _, k := range keys {
+		rc, err := store.Get(ctx, k)
+		if err != nil {
+			return nil, false, err // ErrNotExist: read again
+		}
+		h, err := catalog.ReadHeader(rc)
+		if err == nil && (h.Type != "wal-chunk" || h.Name != name) {
+			err = fmt.Errorf("%w: holds %s %q", catalog.ErrCorrupt, h.Type, h.Name)
+		}
+		if err == nil && h.Offset > int64(len(data)) {
+			rc.Close()
+			break // a gap
+		}
+		var b []byte
+		if err == nil {
+			var body io.ReadCloser
+			if body, err = catalog.Decode(rc, h); err == nil {
+				b, err = io.ReadAll(body)
+				body.Close()
+			}
+		}
+		rc.Close()
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: %w", k, err)
+		}
+		if end := h.Offset + int64(len(b)); end > int64(len(data)) {
+			data = append(data, b[int64(len(data))-h.Offset:]...)
+		}
+		found = true
+	}
+	return data, found, nil
 }
 
 // zeros reads zero bytes without end.

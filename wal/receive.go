@@ -224,6 +224,9 @@ type receiver struct {
 	stopped  bool
 	failed   error // the uploader's error, which ends the stream
 	space    *sync.Cond
+
+	chunksInFlight int
+	lastReported   catalog.LSN // the durable position the server was told
 }
 
 // segment is a segment's worth of received WAL.
@@ -235,6 +238,13 @@ type segment struct {
 	grow  *catalog.GrowingObject // the .partial's encoding
 	sent  int                    // bytes in the uploaded .partial
 	skip  bool                   // the repository's .partial is PostgreSQL's own: leave it
+
+	// Synchronous streaming stores each batch of commits as a chunk of
+	// its own, several at once; the .partial folds them in now and then.
+	chunked  int            // bytes handed to chunk uploads
+	spans    map[int]int    // stored chunks: start -> end (under receiver.mu)
+	durableN int            // bytes durable from the segment's start (under receiver.mu)
+	chunks   sync.WaitGroup // chunk uploads in flight
 }
 
 func (s *segment) start(segSize int64) catalog.LSN { return catalog.LSN(s.segNo * uint64(segSize)) }
@@ -269,11 +279,26 @@ func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrep
 	if err != nil {
 		return 0, 0, err
 	}
-	// A streamed .partial whose whole segment is archived now is done.
+	// A streamed .partial, or chunks, whose whole segment is archived
+	// now are done with.
 	for _, w := range partials {
 		if have[w.SegmentName()] {
 			r.deletePartial(ctx, w.Name)
 		}
+	}
+	chunked := map[string]bool{}
+	prefix := catalog.StreamPrefix(r.o.Server)
+	err = r.o.Store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
+		if seg, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/"); ok && have[seg] {
+			chunked[seg] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	for seg := range chunked {
+		r.deleteChunks(ctx, seg)
 	}
 	fallback := align(sys.Flush)
 	if slot.RestartLSN != 0 {
@@ -337,7 +362,7 @@ func (r *receiver) run(ctx context.Context, start catalog.LSN, tl uint32) error 
 }
 
 func (r *receiver) newSegment(tl uint32, segNo uint64) *segment {
-	return &segment{tl: tl, segNo: segNo, buf: make([]byte, r.segSize)}
+	return &segment{tl: tl, segNo: segNo, buf: make([]byte, r.segSize), spans: map[int]int{}}
 }
 
 // read receives messages until the stream fails or ctx ends.
@@ -485,17 +510,18 @@ func (r *receiver) kick() {
 	}
 }
 
-// uploader stores completed segments in order, uploads the segment in
-// progress when its interval has passed (or at once when commits wait
-// for it, or a flush asks), and reports what is durable. After a failure
-// it only answers flushes with it, until the stream stops.
+// maxChunks is how many chunks of synchronous streaming upload at once.
+const maxChunks = 4
+
+// uploader stores completed segments in order and the segment in
+// progress: asynchronously as .partial once UploadInterval has passed;
+// synchronously (commits wait) as chunks, at once or after SyncInterval,
+// folded into the .partial every UploadInterval. A flush asks for all of
+// it now. It reports what is durable. After a failure it only answers
+// flushes with it, until the stream stops.
 func (r *receiver) uploader(ctx context.Context) {
-	interval := r.o.UploadInterval
-	if r.synchronous {
-		interval = r.o.SyncInterval
-	}
-	var lastPartial, lastStatus time.Time
-	tick := time.NewTicker(min(time.Second, max(interval, 100*time.Millisecond)))
+	var lastPartial, lastChunk, lastStatus time.Time
+	tick := time.NewTicker(min(time.Second, max(r.o.UploadInterval, 100*time.Millisecond)))
 	defer tick.Stop()
 	for {
 		select {
@@ -509,41 +535,42 @@ func (r *receiver) uploader(ctx context.Context) {
 		stopped, failed := r.stopped, r.failed
 		cur, curN := r.cur, r.cur.n
 		r.mu.Unlock()
-		advanced := false
 		if failed == nil {
 			failed = func() error {
 				for _, s := range queue {
 					if err := r.storeSegment(ctx, s); err != nil {
 						return err
 					}
-					r.setDurable(s.start(r.segSize) + catalog.LSN(r.segSize))
-					advanced = true
+					r.markDurable(s, len(s.buf))
+					r.markDurable(cur, 0) // its chunks may have waited for this
 				}
-				wait := time.Until(lastPartial.Add(interval))
-				if r.synchronous && wait > 0 && len(barrier) == 0 && curN > cur.sent {
-					// Commits wait: let more of them join the next upload.
-					time.Sleep(wait)
-					r.mu.Lock()
-					curN = cur.n
-					r.mu.Unlock()
-					wait = 0
+				if r.synchronous && curN > cur.chunked && r.inflight() < maxChunks {
+					if wait := time.Until(lastChunk.Add(r.o.SyncInterval)); wait > 0 && len(barrier) == 0 {
+						// Let more commits join this chunk.
+						time.Sleep(wait)
+						r.mu.Lock()
+						curN = cur.n
+						r.mu.Unlock()
+					}
+					r.startChunk(ctx, cur, curN)
+					lastChunk = time.Now()
 				}
-				if curN > cur.sent && (wait <= 0 || len(barrier) > 0) {
+				if curN > cur.sent && (len(barrier) > 0 || time.Since(lastPartial) >= r.o.UploadInterval) {
+					cur.chunks.Wait()
+					if err := r.failure(); err != nil {
+						return err
+					}
 					if err := r.storePartial(ctx, cur, curN); err != nil {
 						return err
 					}
 					lastPartial = time.Now()
-					r.setDurable(cur.start(r.segSize) + catalog.LSN(curN))
-					advanced = true
+					r.markDurable(cur, curN)
+					r.pruneChunks(ctx, cur, curN)
 				}
 				return nil
 			}()
 			if failed != nil {
-				r.log.Error("receive-wal: storing WAL failed", "server", r.o.Server, "error", failed)
-				r.mu.Lock()
-				r.failed = failed
-				r.mu.Unlock()
-				r.conn.Interrupt() // ends the reader
+				r.fail(failed)
 			}
 		}
 		for _, b := range barrier {
@@ -553,8 +580,8 @@ func (r *receiver) uploader(ctx context.Context) {
 		r.space.Broadcast()
 		w, d := r.received, r.durable
 		r.mu.Unlock()
-		if failed == nil && (advanced || time.Since(lastStatus) > statusInterval) {
-			if r.conn.SendStatus(max(w, d), d, false) == nil {
+		if failed == nil && (d > r.reported() || time.Since(lastStatus) > statusInterval) {
+			if r.sendStatus(w, d) == nil {
 				lastStatus = time.Now()
 			}
 		}
@@ -564,12 +591,136 @@ func (r *receiver) uploader(ctx context.Context) {
 	}
 }
 
-func (r *receiver) setDurable(l catalog.LSN) {
+// fail records the first failure of the uploads and ends the stream.
+func (r *receiver) fail(err error) {
 	r.mu.Lock()
-	if l > r.durable {
-		r.durable = l
+	first := r.failed == nil
+	if first {
+		r.failed = err
+	}
+	r.space.Broadcast()
+	r.mu.Unlock()
+	if first {
+		r.log.Error("receive-wal: storing WAL failed", "server", r.o.Server, "error", err)
+		r.conn.Interrupt() // ends the reader
+	}
+}
+
+func (r *receiver) failure() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
+}
+
+func (r *receiver) inflight() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.chunksInFlight
+}
+
+func (r *receiver) reported() catalog.LSN {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastReported
+}
+
+// sendStatus tells the server what is received and what is durable.
+func (r *receiver) sendStatus(w, d catalog.LSN) error {
+	err := r.conn.SendStatus(max(w, d), d, false)
+	if err == nil {
+		r.mu.Lock()
+		r.lastReported = max(r.lastReported, d)
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// markDurable records that the first n bytes of s are in the repository
+// and moves the durable position on, as far as it is contiguous from
+// the stream's start.
+func (r *receiver) markDurable(s *segment, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.durableN = max(s.durableN, n)
+	for moved := true; moved; {
+		moved = false
+		for from, to := range s.spans {
+			if from <= s.durableN && to > s.durableN {
+				s.durableN, moved = to, true
+			}
+		}
+	}
+	if start := s.start(r.segSize); r.durable >= start {
+		r.durable = max(r.durable, start+catalog.LSN(s.durableN))
+	}
+}
+
+// startChunk uploads the bytes of s from what earlier chunks took up to
+// n as a chunk of their own; once stored they count as durable (with
+// everything before them) and the server hears of it at once.
+func (r *receiver) startChunk(ctx context.Context, s *segment, n int) {
+	from := s.chunked
+	s.chunked = n
+	r.mu.Lock()
+	r.chunksInFlight++
+	r.mu.Unlock()
+	s.chunks.Add(1)
+	go func() {
+		defer s.chunks.Done()
+		err := r.storeChunk(ctx, s, from, n)
+		r.mu.Lock()
+		r.chunksInFlight--
+		if err == nil {
+			s.spans[from] = n
+		}
+		r.mu.Unlock()
+		if err != nil {
+			r.fail(err)
+			return
+		}
+		r.markDurable(s, 0)
+		r.mu.Lock()
+		w, d := r.received, r.durable
+		r.mu.Unlock()
+		if d > r.reported() {
+			_ = r.sendStatus(w, d)
+		}
+		r.kick()
+	}()
+}
+
+// storeChunk stores bytes from..to of s as a streamed chunk.
+func (r *receiver) storeChunk(ctx context.Context, s *segment, from, to int) error {
+	name := s.name(r.segSize)
+	h := catalog.Header{Type: "wal-chunk", Name: name, Offset: int64(from), Codec: r.o.Codec, SystemIdentifier: r.sysid}
+	_, obj, err := catalog.EncodeBytes(h, r.o.Level, s.buf[from:to])
+	if err != nil {
+		return err
+	}
+	key := catalog.ChunkKey(r.o.Server, name, int64(from))
+	if err := r.o.Store.Put(ctx, key, bytes.NewReader(obj), int64(len(obj))); err != nil {
+		return fmt.Errorf("uploading %s: %w", key, err)
+	}
+	return nil
+}
+
+// pruneChunks removes the chunks of s that its .partial of n bytes holds.
+func (r *receiver) pruneChunks(ctx context.Context, s *segment, n int) {
+	r.mu.Lock()
+	var gone []int
+	for from, to := range s.spans {
+		if to <= n {
+			gone = append(gone, from)
+			delete(s.spans, from)
+		}
 	}
 	r.mu.Unlock()
+	name := s.name(r.segSize)
+	for _, from := range gone {
+		if err := r.o.Store.Delete(ctx, catalog.ChunkKey(r.o.Server, name, int64(from))); err != nil && !errors.Is(err, cloud.ErrNotExist) {
+			r.log.Warn("receive-wal: could not remove a streamed chunk", "wal", name, "offset", from, "error", err)
+		}
+	}
 }
 
 // storeSegment stores a completed segment as wal-push does; then its
@@ -596,6 +747,10 @@ func (r *receiver) storeSegment(ctx context.Context, s *segment) error {
 	}
 	if s.sent > 0 {
 		r.deletePartial(ctx, name+".partial")
+	}
+	s.chunks.Wait()
+	if s.chunked > 0 {
+		r.deleteChunks(ctx, name)
 	}
 	r.log.Debug("receive-wal: segment stored", "wal", name)
 	return nil
@@ -629,11 +784,26 @@ func (r *receiver) storePartial(ctx context.Context, s *segment, n int) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	if err := r.o.Store.Put(ctx, key, bytes.NewReader(obj), int64(len(obj))); err != nil {
 		return fmt.Errorf("uploading %s: %w", name, err)
 	}
+	r.log.Debug("receive-wal: partial segment stored", "wal", name, "bytes", n, "stored", len(obj), "seconds", time.Since(start).Seconds())
 	s.sent = n
 	return nil
+}
+
+// deleteChunks removes the streamed chunks of a segment.
+func (r *receiver) deleteChunks(ctx context.Context, segment string) {
+	err := r.o.Store.List(ctx, catalog.ChunkPrefix(r.o.Server, segment), func(o cloud.ObjectInfo) error {
+		if err := r.o.Store.Delete(ctx, o.Key); err != nil && !errors.Is(err, cloud.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		r.log.Warn("receive-wal: could not remove the streamed chunks of a stored segment", "wal", segment, "error", err)
+	}
 }
 
 // deletePartial removes a streamed .partial (never one PostgreSQL archived).

@@ -798,7 +798,10 @@ func TestFetchWaitsForSegmentInFlight(t *testing.T) {
 	seg := segName(1, 2)
 	marker := filepath.Join(f.spool(), "."+seg+".prefetching")
 	writeFile(t, marker, []byte(fmt.Sprintf("%d\n", other.Process.Pid)))
+	spool := f.spool()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		// The other process: its download lands, then its mark goes.
 		time.Sleep(100 * time.Millisecond)
 		elsewhere := t.TempDir()
@@ -808,11 +811,12 @@ func TestFetchWaitsForSegmentInFlight(t *testing.T) {
 		}
 		m, _ := filepath.Glob(filepath.Join(elsewhere, seg+".*"))
 		if len(m) == 1 {
-			os.Rename(m[0], filepath.Join(f.spool(), filepath.Base(m[0])))
+			os.Rename(m[0], filepath.Join(spool, filepath.Base(m[0])))
 		}
 		os.Remove(marker)
 	}()
 	res, err := f.fetch(1, 2)
+	<-done
 	if err != nil || !res.FromSpool || store.getsOf(seg) != 0 {
 		t.Fatalf("fetch of a segment in flight: %+v, %v, %d Gets of its own; want it from the spool", res, err, store.getsOf(seg))
 	}
@@ -846,5 +850,59 @@ func TestNamesStandby(t *testing.T) {
 		if got := wal.NamesStandby(ssn, "cellar_receive_wal"); got != want {
 			t.Errorf("NamesStandby(%q) = %v, want %v", ssn, got, want)
 		}
+	}
+}
+
+// TestFetchAssemblesStreamedSegment: a segment that receive-wal was
+// streaming comes back from its .partial and the chunks after it, up to
+// the first gap, padded with zeros to a whole segment.
+func TestFetchAssemblesStreamedSegment(t *testing.T) {
+	store := newCounting()
+	archive(t, store, 1, 1, 2) // the identity, and segments before
+	ctx := context.Background()
+	name := segName(1, 3)
+	full := segment(1, 3)
+	put := func(key string, h catalog.Header, data []byte) {
+		t.Helper()
+		_, obj, err := catalog.EncodeBytes(h, 0, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.Storage.Put(ctx, key, bytes.NewReader(obj), int64(len(obj))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pw, _ := catalog.ParseWALName(name + ".partial")
+	put(catalog.WALKey(server, pw), catalog.Header{Type: "wal", Name: pw.Name, Codec: codec.Zstd, Streamed: true}, full[:1000])
+	chunk := func(from, to int) {
+		put(catalog.ChunkKey(server, name, int64(from)), catalog.Header{Type: "wal-chunk", Name: name, Offset: int64(from), Codec: codec.Zstd}, full[from:to])
+	}
+	chunk(500, 1500)  // overlaps the .partial
+	chunk(1500, 4000) // follows on
+	chunk(5000, 6000) // after a gap: never reported durable
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	res, err := wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: server, Name: name, Dest: dest})
+	if err != nil || res.Size != segSize {
+		t.Fatalf("fetch of a streamed segment: %+v, %v", res, err)
+	}
+	got, _ := os.ReadFile(dest)
+	want := append(append([]byte(nil), full[:4000]...), make([]byte, segSize-4000)...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the streamed segment came back wrong: %d bytes", len(got))
+	}
+	// A damaged chunk is an error, not a shorter segment.
+	chunk(1500, 4000)
+	key := catalog.ChunkKey(server, name, 1500)
+	rc, _ := store.Storage.Get(ctx, key)
+	obj, _ := io.ReadAll(rc)
+	rc.Close()
+	obj[len(obj)-1] ^= 0xff
+	store.Storage.Put(ctx, key, bytes.NewReader(obj), int64(len(obj)))
+	if _, err := wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: server, Name: name, Dest: dest}); err == nil || !strings.Contains(err.Error(), key) {
+		t.Fatalf("fetch with a damaged chunk: %v", err)
+	}
+	// Nothing streamed of a segment: not found.
+	if _, err := wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: server, Name: segName(1, 9), Dest: dest}); !errors.Is(err, wal.ErrNotFound) {
+		t.Fatalf("fetch of a segment never streamed: %v", err)
 	}
 }

@@ -139,16 +139,19 @@ func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The last markers are in no archived segment: only in the streamed
-	// segment in progress.
-	partials := 0
-	openRepository(t, conf, env).List(context.Background(), "main/wal/", func(o cloud.ObjectInfo) error {
-		if strings.HasSuffix(o.Key, ".partial") {
+	// segment in progress, its .partial and the chunks stored since.
+	partials, chunks := 0, 0
+	openRepository(t, conf, env).List(context.Background(), "main/", func(o cloud.ObjectInfo) error {
+		switch {
+		case strings.HasPrefix(o.Key, "main/wal/") && strings.HasSuffix(o.Key, ".partial"):
 			partials++
+		case strings.HasPrefix(o.Key, "main/wal-stream/"):
+			chunks++
 		}
 		return nil
 	})
-	if partials != 1 {
-		t.Fatalf("the repository holds %d streamed .partial segments, want 1", partials)
+	if partials != 1 || chunks == 0 {
+		t.Fatalf("the repository holds %d streamed .partial segments (want 1) and %d chunks (want some)", partials, chunks)
 	}
 	dir := restoreDir(t)
 	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
