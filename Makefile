@@ -102,9 +102,14 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # table, cellar zstd and s2 against pgBackRest zst level 1, interleaved,
 # page cache dropped before each run, medians of three runs.
 #
-# Last, `cellar retention` on a synthetic MinIO repository of 200 backups
+# Then `cellar retention` on a synthetic MinIO repository of 200 backups
 # and 50,000 WAL objects (cmd/cellar/internal/retbench): wall time and
 # storage requests counted by a proxy, the result checked.
+#
+# Last, WAL streaming (testdata/bench-stream.sh): pgbench for 60 s at 4
+# clients with no streaming, asynchronous and synchronous receive-wal to
+# MinIO (TPS, commit latency), and the stream-method backup of pgbench
+# scale 100 against the local method; interleaved, medians of three.
 bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	@sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 	testdata/servers.sh $(TOOLS) $(GO) test -run '^$$' -bench . -benchtime 3x -count 6 ./cloud/... | tee bench.out
@@ -114,6 +119,7 @@ bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	testdata/bench-backup.sh $(TOOLS) bin/cellar 3
 	$(GO) build -o bin/retbench ./cmd/cellar/internal/retbench
 	CELLARTEST_SERVERS=s3 testdata/servers.sh $(TOOLS) bin/retbench bin/cellar
+	testdata/bench-stream.sh $(TOOLS) bin/cellar 3
 
 demo: postgres build
 	@testdata/demo.sh bin/cellar

@@ -16,7 +16,7 @@ import (
 //	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>.partial     a partial segment
 //	<server>/wal/<TTTTTTTTLLLLLLLL>/<segment>.<off>.backup a backup history file
 //	<server>/wal/history/<TTTTTTTT>.history               a timeline history file
-//	<server>/wal-stream/<segment>/<OOOOOOOO>              a streamed chunk of a segment
+//	<server>/wal-stream/<segment>/<FFFFFFFF>-<TTTTTTTT>   a streamed chunk of a segment
 //
 // Grouping segments by timeline and log (4 GiB of WAL) keeps every listing
 // that retention and list-wal need to a bounded number of calls; history
@@ -40,10 +40,26 @@ func StreamPrefix(server string) string { return server + "/wal-stream/" }
 // ChunkPrefix is the prefix of the streamed chunks of one segment.
 func ChunkPrefix(server, segment string) string { return StreamPrefix(server) + segment + "/" }
 
-// ChunkKey is the key of the streamed chunk of segment that starts at
-// offset (eight hex digits: keys list in offset order).
-func ChunkKey(server, segment string, offset int64) string {
-	return fmt.Sprintf("%s%08X", ChunkPrefix(server, segment), offset)
+// ChunkKey is the key of the streamed chunk of segment that holds its
+// bytes from..to (eight hex digits each: keys list in offset order). A
+// chunk is never replaced: a receive-wal that starts the segment again
+// stores chunks of other ranges beside the earlier ones.
+func ChunkKey(server, segment string, from, to int64) string {
+	return fmt.Sprintf("%s%08X-%08X", ChunkPrefix(server, segment), from, to)
+}
+
+// ListChunks lists a server's streamed chunks by segment, in one paged
+// listing of StreamPrefix.
+func ListChunks(ctx context.Context, store cloud.Storage, server string) (map[string][]string, error) {
+	out := map[string][]string{}
+	prefix := StreamPrefix(server)
+	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
+		if seg, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/"); ok {
+			out[seg] = append(out[seg], o.Key)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // WALDirPrefix is the prefix of the segments of one timeline and log.

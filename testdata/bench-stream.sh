@@ -109,7 +109,9 @@ start_rw() {
 	exit 1
 }
 stop_rw() {
-	kill -TERM "$rw"
+	# SIGTERM to cellar itself (under runuser, its child), which stores
+	# what it received and exits.
+	pkill -TERM -P "$rw" 2>/dev/null || kill -TERM "$rw"
 	wait "$rw" || true
 	rw=
 	[ -z "${BENCH_RW_FLAGS:-}" ] || grep "partial segment stored" "$dir/log/receive-wal.log" | sed -n "s/.*bytes=\([0-9]*\) stored=\([0-9]*\) seconds=\([0-9.]*\)/\2 \3/p" | awk "{b=int(\$1/262144); n[b]++; s[b]+=\$2} END {for (k in n) printf \"stored %4d KiB+: %5d uploads, %.1f ms\\n\", k*256, n[k], 1000*s[k]/n[k]}" | sort -n -k2

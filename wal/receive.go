@@ -238,6 +238,7 @@ type segment struct {
 	grow  *catalog.GrowingObject // the .partial's encoding
 	sent  int                    // bytes in the uploaded .partial
 	skip  bool                   // the repository's .partial is PostgreSQL's own: leave it
+	floor int                    // the size of an earlier run's .partial: store no less
 
 	// Synchronous streaming stores each batch of commits as a chunk of
 	// its own, several at once; the .partial folds them in now and then.
@@ -286,19 +287,18 @@ func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrep
 			r.deletePartial(ctx, w.Name)
 		}
 	}
-	chunked := map[string]bool{}
-	prefix := catalog.StreamPrefix(r.o.Server)
-	err = r.o.Store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
-		if seg, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/"); ok && have[seg] {
-			chunked[seg] = true
-		}
-		return nil
-	})
+	chunks, err := catalog.ListChunks(ctx, r.o.Store, r.o.Server)
 	if err != nil {
 		return 0, 0, err
 	}
-	for seg := range chunked {
-		r.deleteChunks(ctx, seg)
+	var stale []string
+	for seg, keys := range chunks {
+		if have[seg] {
+			stale = append(stale, keys...)
+		}
+	}
+	if err := cloud.DeleteAll(ctx, r.o.Store, stale); err != nil {
+		r.log.Warn("receive-wal: could not remove streamed chunks of stored segments", "error", err)
 	}
 	fallback := align(sys.Flush)
 	if slot.RestartLSN != 0 {
@@ -560,12 +560,15 @@ func (r *receiver) uploader(ctx context.Context) {
 					if err := r.failure(); err != nil {
 						return err
 					}
-					if err := r.storePartial(ctx, cur, curN); err != nil {
+					stored, err := r.storePartial(ctx, cur, curN)
+					if err != nil {
 						return err
 					}
 					lastPartial = time.Now()
-					r.markDurable(cur, curN)
-					r.pruneChunks(ctx, cur, curN)
+					if stored {
+						r.markDurable(cur, curN)
+						r.pruneChunks(ctx, cur, curN)
+					}
 				}
 				return nil
 			}()
@@ -697,7 +700,7 @@ func (r *receiver) storeChunk(ctx context.Context, s *segment, from, to int) err
 	if err != nil {
 		return err
 	}
-	key := catalog.ChunkKey(r.o.Server, name, int64(from))
+	key := catalog.ChunkKey(r.o.Server, name, int64(from), int64(to))
 	if err := r.o.Store.Put(ctx, key, bytes.NewReader(obj), int64(len(obj))); err != nil {
 		return fmt.Errorf("uploading %s: %w", key, err)
 	}
@@ -706,20 +709,18 @@ func (r *receiver) storeChunk(ctx context.Context, s *segment, from, to int) err
 
 // pruneChunks removes the chunks of s that its .partial of n bytes holds.
 func (r *receiver) pruneChunks(ctx context.Context, s *segment, n int) {
+	name := s.name(r.segSize)
 	r.mu.Lock()
-	var gone []int
+	var gone []string
 	for from, to := range s.spans {
 		if to <= n {
-			gone = append(gone, from)
+			gone = append(gone, catalog.ChunkKey(r.o.Server, name, int64(from), int64(to)))
 			delete(s.spans, from)
 		}
 	}
 	r.mu.Unlock()
-	name := s.name(r.segSize)
-	for _, from := range gone {
-		if err := r.o.Store.Delete(ctx, catalog.ChunkKey(r.o.Server, name, int64(from))); err != nil && !errors.Is(err, cloud.ErrNotExist) {
-			r.log.Warn("receive-wal: could not remove a streamed chunk", "wal", name, "offset", from, "error", err)
-		}
+	if err := cloud.DeleteAll(ctx, r.o.Store, gone); err != nil {
+		r.log.Warn("receive-wal: could not remove streamed chunks that the .partial holds", "wal", name, "error", err)
 	}
 }
 
@@ -759,48 +760,56 @@ func (r *receiver) storeSegment(ctx context.Context, s *segment) error {
 // storePartial uploads the first n bytes of the segment in progress as
 // <segment>.partial, replacing the previous upload. A .partial that
 // PostgreSQL archived itself (at a promotion) is never replaced.
-func (r *receiver) storePartial(ctx context.Context, s *segment, n int) error {
-	if s.skip {
-		return nil
+func (r *receiver) storePartial(ctx context.Context, s *segment, n int) (stored bool, err error) {
+	if s.skip || n < s.floor {
+		return false, nil
 	}
 	name := s.name(r.segSize) + ".partial"
 	w, err := catalog.ParseWALName(name)
 	if err != nil {
-		return err
+		return false, err
 	}
 	key := catalog.WALKey(r.o.Server, w)
 	if s.grow == nil {
 		old, err := archivedHeader(ctx, r.o.Store, key, name)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if old != nil && !old.Streamed {
 			s.skip = true
-			return nil
+			return false, nil
+		}
+		if old != nil && int(old.Size) > n {
+			// An earlier run stored more of this segment: never replace
+			// it with less (what it holds was reported durable).
+			s.floor = int(old.Size)
+			return false, nil
 		}
 		s.grow = catalog.NewGrowingObject(catalog.Header{Type: "wal", Name: name, Codec: r.o.Codec, Streamed: true, SystemIdentifier: r.sysid}, r.o.Level)
 	}
 	obj, _, err := s.grow.Object(s.buf[:n])
 	if err != nil {
-		return err
+		return false, err
 	}
 	start := time.Now()
 	if err := r.o.Store.Put(ctx, key, bytes.NewReader(obj), int64(len(obj))); err != nil {
-		return fmt.Errorf("uploading %s: %w", name, err)
+		return false, fmt.Errorf("uploading %s: %w", name, err)
 	}
 	r.log.Debug("receive-wal: partial segment stored", "wal", name, "bytes", n, "stored", len(obj), "seconds", time.Since(start).Seconds())
 	s.sent = n
-	return nil
+	return true, nil
 }
 
 // deleteChunks removes the streamed chunks of a segment.
 func (r *receiver) deleteChunks(ctx context.Context, segment string) {
+	var keys []string
 	err := r.o.Store.List(ctx, catalog.ChunkPrefix(r.o.Server, segment), func(o cloud.ObjectInfo) error {
-		if err := r.o.Store.Delete(ctx, o.Key); err != nil && !errors.Is(err, cloud.ErrNotExist) {
-			return err
-		}
+		keys = append(keys, o.Key)
 		return nil
 	})
+	if err == nil {
+		err = cloud.DeleteAll(ctx, r.o.Store, keys)
+	}
 	if err != nil {
 		r.log.Warn("receive-wal: could not remove the streamed chunks of a stored segment", "wal", segment, "error", err)
 	}

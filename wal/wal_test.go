@@ -875,10 +875,12 @@ func TestFetchAssemblesStreamedSegment(t *testing.T) {
 	pw, _ := catalog.ParseWALName(name + ".partial")
 	put(catalog.WALKey(server, pw), catalog.Header{Type: "wal", Name: pw.Name, Codec: codec.Zstd, Streamed: true}, full[:1000])
 	chunk := func(from, to int) {
-		put(catalog.ChunkKey(server, name, int64(from)), catalog.Header{Type: "wal-chunk", Name: name, Offset: int64(from), Codec: codec.Zstd}, full[from:to])
+		put(catalog.ChunkKey(server, name, int64(from), int64(to)), catalog.Header{Type: "wal-chunk", Name: name, Offset: int64(from), Codec: codec.Zstd}, full[from:to])
 	}
 	chunk(500, 1500)  // overlaps the .partial
+	chunk(1500, 1700) // a later run's, of the same start
 	chunk(1500, 4000) // follows on
+	chunk(1700, 2000) // inside what is there
 	chunk(5000, 6000) // after a gap: never reported durable
 	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
 	res, err := wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: server, Name: name, Dest: dest})
@@ -892,7 +894,7 @@ func TestFetchAssemblesStreamedSegment(t *testing.T) {
 	}
 	// A damaged chunk is an error, not a shorter segment.
 	chunk(1500, 4000)
-	key := catalog.ChunkKey(server, name, 1500)
+	key := catalog.ChunkKey(server, name, 1500, 4000)
 	rc, _ := store.Storage.Get(ctx, key)
 	obj, _ := io.ReadAll(rc)
 	rc.Close()

@@ -190,8 +190,9 @@ func replicationStatusCommand(st *state) *cli.Command {
 }
 
 // checkStreaming is check's part for WAL streaming: the replication
-// connection, the slot, receive-wal running (with streaming_archiver =
-// on) and the slot's lag against streaming_lag_max.
+// connection and, with streaming_archiver = on, the slot (there and
+// active), receive-wal running and the slot's lag against
+// streaming_lag_max.
 func (st *state) checkStreaming(ctx context.Context, srv *config.Server) []checkResult {
 	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
 	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
@@ -210,6 +211,10 @@ func (st *state) checkStreaming(ctx context.Context, srv *config.Server) []check
 		return []checkResult{fail("streaming connection", err.Error())}
 	}
 	out := []checkResult{ok("streaming connection")}
+	if !srv.StreamingArchiver {
+		// streaming_conninfo for backup_method = stream alone: no slot.
+		return out
+	}
 	slot, err := conn.ReadSlot(cctx, srv.SlotName)
 	switch {
 	case err != nil:
@@ -224,17 +229,15 @@ func (st *state) checkStreaming(ctx context.Context, srv *config.Server) []check
 			pg.Close(context.WithoutCancel(ctx))
 		}
 	}
-	if !active && srv.StreamingArchiver {
+	if !active {
 		out = append(out, fail("replication slot", fmt.Sprintf("slot %q exists but nothing streams from it: start cellar receive-wal %s (cellar cron does with streaming_archiver = on)", srv.SlotName, srv.Name)))
 	} else {
 		out = append(out, ok("replication slot"))
 	}
-	if srv.StreamingArchiver {
-		if _, running := lockHolderOf(srv, "receive-wal"); running {
-			out = append(out, ok("receive-wal running"))
-		} else {
-			out = append(out, fail("receive-wal running", fmt.Sprintf("no receive-wal of server %s runs on this host: cellar cron starts it, or run cellar receive-wal %s", srv.Name, srv.Name)))
-		}
+	if _, running := lockHolderOf(srv, "receive-wal"); running {
+		out = append(out, ok("receive-wal running"))
+	} else {
+		out = append(out, fail("receive-wal running", fmt.Sprintf("no receive-wal of server %s runs on this host: cellar cron starts it, or run cellar receive-wal %s", srv.Name, srv.Name)))
 	}
 	if max := int64(srv.StreamingLagMax); max > 0 && slot.RestartLSN != 0 {
 		if lag := int64(sys.Flush) - int64(slot.RestartLSN); lag > max {

@@ -108,6 +108,29 @@ func (st *state) orphanParts(ctx context.Context, srv *config.Server, store clou
 	return out, err
 }
 
+// staleChunks removes the streamed chunks (receive-wal's, synchronous)
+// of segments that are stored whole now: a receive-wal that stopped
+// before it cleaned them up, with archive_command pushing the segment.
+func staleChunks(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory) error {
+	whole := map[string]bool{}
+	for _, w := range inv.Input.WAL {
+		if w.Kind == catalog.Segment {
+			whole[w.Name] = true
+		}
+	}
+	chunks, err := catalog.ListChunks(ctx, store, srv.Name)
+	if err != nil {
+		return err
+	}
+	var stale []string
+	for seg, keys := range chunks {
+		if whole[seg] {
+			stale = append(stale, keys...)
+		}
+	}
+	return cloud.DeleteAll(ctx, store, stale)
+}
+
 func cronCommand(st *state) *cli.Command {
 	return &cli.Command{
 		Name:  "cron",
@@ -173,6 +196,9 @@ func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
 	}
 	orphans, err := st.orphanParts(ctx, srv, store, inv)
 	if err != nil {
+		return err
+	}
+	if err := staleChunks(ctx, srv, store, inv); err != nil {
 		return err
 	}
 	for _, id := range orphans {

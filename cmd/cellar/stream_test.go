@@ -131,10 +131,11 @@ func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
 	for i := 1; i <= n; i++ {
 		c.Exec(t, fmt.Sprintf("INSERT INTO marker VALUES (%d)", i))
 	}
-	// The database host is lost: the server stops dead, its data
-	// directory is gone, and receive-wal is killed with it.
-	c.Crash(t)
+	// The database host is lost, receive-wal with it (killed first, so it
+	// cannot store anything more when the connection drops): the server
+	// stops dead and its data directory is gone.
 	rw.kill()
+	c.Crash(t)
 	if err := os.RemoveAll(c.DataDir()); err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
 		return nil
 	})
 	if partials != 1 || chunks == 0 {
-		t.Fatalf("the repository holds %d streamed .partial segments (want 1) and %d chunks (want some)", partials, chunks)
+		t.Fatalf("the repository holds %d streamed .partial segments (want 1) and %d chunks (want some)\n%s", partials, chunks, rw.output())
 	}
 	dir := restoreDir(t)
 	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
