@@ -133,7 +133,7 @@ func (p *partWriter) addFile(e entry, hdr *tar.Header, buf []byte, progress func
 		return f, false, err
 	}
 	f.Part, f.Offset = p.number, p.raw.n
-	f.SHA256, err = p.copyBody(f, in, buf, progress, true, nil)
+	f.SHA256, err = p.copyBody(f, in, buf, progress, true)
 	if err != nil {
 		return f, false, fmt.Errorf("reading %s: %w", e.abs, err)
 	}
@@ -144,9 +144,8 @@ func (p *partWriter) addFile(e entry, hdr *tar.Header, buf []byte, progress func
 // copyBody writes f.Size bytes of r, after f's tar header, and returns
 // their SHA-256. A source that ends early is padded with zeros when pad
 // (a file that shrank while it was read: WAL replay truncates it), and is
-// an error otherwise. alter, when set, may change each piece before it is
-// hashed and written (a test hook).
-func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool, alter func([]byte)) (string, error) {
+// an error otherwise.
+func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool) (string, error) {
 	sum := sha256.New()
 	for left := f.Size; left > 0; {
 		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
@@ -159,9 +158,6 @@ func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress 
 		}
 		if err != nil {
 			return "", err
-		}
-		if alter != nil {
-			alter(buf[:n])
 		}
 		sum.Write(buf[:n])
 		if _, err := p.tw.Write(buf[:n]); err != nil {

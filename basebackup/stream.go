@@ -3,10 +3,12 @@ package basebackup
 import (
 	"archive/tar"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"path"
 	"sort"
@@ -41,7 +43,7 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 	}
 	o.Progress.Stage("copying")
 	o.Progress.Start(0)
-	sw := &streamWriter{b: b, ctx: ctx, sem: make(chan struct{}, 2)}
+	sw := &streamWriter{b: b, ctx: ctx, sem: make(chan struct{}, 2), crcs: map[string]string{}}
 	var others []entry
 	var label0, tmap, pgManifest []byte
 	for {
@@ -119,7 +121,7 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 		return nil, errors.New("BASE_BACKUP sent no backup_label")
 	}
 	small := []smallFile{{"backup_label", label0}, {"tablespace_map", tmap}, {"backup_manifest", pgManifest}}
-	if err := checkPGManifest(pgManifest, records, small[:2]); err != nil {
+	if err := checkPGManifest(pgManifest, records, sw.crcs, small[:2]); err != nil {
 		return nil, err
 	}
 	o.Progress.Stage("stopping")
@@ -164,6 +166,7 @@ type streamWriter struct {
 	wg  sync.WaitGroup
 
 	mu      sync.Mutex
+	crcs    map[string]string // CRC-32C of each file, as PostgreSQL's manifest writes it
 	records []catalog.File
 	parts   []catalog.Part
 	err     error
@@ -192,21 +195,19 @@ func (s *streamWriter) add(f catalog.File, r io.Reader, corrupt bool) error {
 		return err
 	}
 	f.Part, f.Offset = p.number, p.raw.n
-	var alter func([]byte)
+	var src io.Reader = r
 	if corrupt {
-		done := false
-		alter = func(b []byte) {
-			if !done {
-				b[0] ^= 0xff
-				done = true
-			}
-		}
+		src = &flipFirst{r: r}
 	}
-	sum, err := p.copyBody(f, r, s.buf, s.b.progress, false, alter)
+	crc := crc32.New(castagnoli)
+	sum, err := p.copyBody(f, io.TeeReader(src, crc), s.buf, s.b.progress, false)
 	if err != nil {
 		return fmt.Errorf("reading %s from the stream: %w", f.Path, err)
 	}
 	f.SHA256 = sum
+	s.mu.Lock()
+	s.crcs[f.Path] = crcHex(crc.Sum32())
+	s.mu.Unlock()
 	p.files++
 	s.mu.Lock()
 	s.records = append(s.records, f)
@@ -261,9 +262,38 @@ func (s *streamWriter) abort(err error) error {
 	return err
 }
 
+// castagnoli is CRC-32C, PostgreSQL's manifest checksum that costs the
+// server least to compute (Cellar asks for it and keeps SHA-256 itself).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// crcHex writes a CRC-32C as PostgreSQL's manifest does: the hex of its
+// bytes in the server's (little-endian) order.
+func crcHex(c uint32) string {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], c)
+	return hex.EncodeToString(b[:])
+}
+
+// flipFirst changes the first byte read through it: damage in transit,
+// for the test hook.
+type flipFirst struct {
+	r    io.Reader
+	done bool
+}
+
+func (f *flipFirst) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if n > 0 && !f.done {
+		p[0] ^= 0xff
+		f.done = true
+	}
+	return n, err
+}
+
 // checkPGManifest checks every file received against PostgreSQL's
-// backup_manifest: the same files, sizes and SHA-256 checksums.
-func checkPGManifest(raw []byte, records []catalog.File, small []smallFile) error {
+// backup_manifest: the same files, sizes and checksums (CRC-32C, or
+// SHA-256 when the manifest has those).
+func checkPGManifest(raw []byte, records []catalog.File, crcs map[string]string, small []smallFile) error {
 	var man struct {
 		Files []struct {
 			Path        string `json:"Path"`
@@ -279,11 +309,11 @@ func checkPGManifest(raw []byte, records []catalog.File, small []smallFile) erro
 	if err := json.Unmarshal(raw, &man); err != nil {
 		return fmt.Errorf("PostgreSQL's backup_manifest: %w", err)
 	}
-	type want struct {
-		size int64
-		sum  string
+	type sums struct {
+		size        int64
+		sha256, crc string
 	}
-	listed := map[string]want{}
+	listed := map[string]sums{}
 	for _, f := range man.Files {
 		p := f.Path
 		if f.EncodedPath != "" {
@@ -293,20 +323,26 @@ func checkPGManifest(raw []byte, records []catalog.File, small []smallFile) erro
 			}
 			p = string(b)
 		}
-		if !strings.EqualFold(f.Algorithm, "SHA256") {
-			return fmt.Errorf("PostgreSQL's backup_manifest has %s checksums, not SHA256", f.Algorithm)
+		w := sums{size: f.Size}
+		switch strings.ToUpper(f.Algorithm) {
+		case "SHA256":
+			w.sha256 = strings.ToLower(f.Checksum)
+		case "CRC32C":
+			w.crc = strings.ToLower(f.Checksum)
+		default:
+			return fmt.Errorf("PostgreSQL's backup_manifest has %s checksums, which Cellar does not check", f.Algorithm)
 		}
-		listed[p] = want{f.Size, strings.ToLower(f.Checksum)}
+		listed[p] = w
 	}
-	got := map[string]want{}
+	got := map[string]sums{}
 	for _, r := range records {
 		if r.Type == catalog.TypeFile {
-			got[r.Path] = want{r.Size, r.SHA256}
+			got[r.Path] = sums{r.Size, r.SHA256, crcs[r.Path]}
 		}
 	}
 	for _, f := range small {
 		if f.data != nil { // received (maybe empty: the tablespace_map of a cluster without tablespaces)
-			got[f.name] = want{int64(len(f.data)), sha256Hex(f.data)}
+			got[f.name] = sums{int64(len(f.data)), sha256Hex(f.data), crcHex(crc32.Checksum(f.data, castagnoli))}
 		}
 	}
 	for p, g := range got {
@@ -316,8 +352,8 @@ func checkPGManifest(raw []byte, records []catalog.File, small []smallFile) erro
 			return fmt.Errorf("file %s was streamed but is not in PostgreSQL's backup_manifest", p)
 		case w.size != g.size:
 			return fmt.Errorf("file %s: %d bytes streamed, PostgreSQL's backup_manifest says %d: damaged in transit", p, g.size, w.size)
-		case w.sum != g.sum:
-			return fmt.Errorf("file %s: its SHA-256 differs from PostgreSQL's backup_manifest: damaged in transit", p)
+		case w.sha256 != "" && w.sha256 != g.sha256, w.crc != "" && w.crc != g.crc:
+			return fmt.Errorf("file %s: its checksum differs from PostgreSQL's backup_manifest: damaged in transit", p)
 		}
 	}
 	for p := range listed {

@@ -46,37 +46,13 @@ scale=${BENCH_SCALE:-100}
 mixed_rows=${BENCH_MIXED_ROWS:-6000000}
 rss_scale=${BENCH_RSS_SCALE:-10}
 rec_mb=${BENCH_RECOVERY_MB:-1024}
-pgbin=/usr/lib/postgresql/15/bin
 command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest; }
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
 command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq; }
 started=$(date +%s)
 
-user=$(id -un)
-as=()
-if [ "$(id -u)" = 0 ]; then
-	user=cellartest
-	id "$user" >/dev/null 2>&1 || useradd -m "$user"
-	as=(runuser -u "$user" --)
-fi
-dir=$(mktemp -d /tmp/cellar-bench.XXXXXX)
-chmod 755 "$dir"
-pids=()
-cleanup() {
-	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-	done
-}
+. "$(dirname "$0")/bench-lib.sh"
+bench_setup cellar-bench
 
 # A copy of the binary: PostgreSQL's archiver runs it during the whole
 # benchmark, and a rebuild of the original must not change it midway.
@@ -84,31 +60,10 @@ cp "$2" "$dir/cellar"
 cellar=$dir/cellar
 
 # MinIO over TLS: pgBackRest speaks only HTTPS to S3.
-mkdir -p "$dir/certs" "$dir/minio"
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
-	-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-	-keyout "$dir/certs/private.key" -out "$dir/certs/public.crt" >/dev/null 2>&1
-chmod 644 "$dir/certs/public.crt"
-s3port=$(free_port)
-MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_BROWSER=off MINIO_UPDATE=off \
-	"$tools/bin/minio" server "$dir/minio" --quiet --address "127.0.0.1:$s3port" \
-	--console-address "127.0.0.1:$(free_port)" --certs-dir "$dir/certs" >"$dir/minio.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 120); do
-	curl -skf -o /dev/null "https://127.0.0.1:$s3port/minio/health/live" && break
-	sleep 0.25
-done
-s3() { curl -sk --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user minioadmin:minioadmin "$@"; }
-s3 -X PUT "https://127.0.0.1:$s3port/bench" >/dev/null
-# s3_delete PREFIX deletes every object of the bucket under PREFIX.
-s3_delete() {
-	local keys k
-	while :; do
-		keys=$(s3 "https://127.0.0.1:$s3port/bench?list-type=2&prefix=$1" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g' || true)
-		[ -n "$keys" ] || return 0
-		for k in $keys; do s3 -X DELETE "https://127.0.0.1:$s3port/bench/$k" >/dev/null; done
-	done
-}
+start_minio "$tools" tls
+# drop_backup ID removes one of cellar's backups, untimed, with cellar
+# delete (which also removes the WAL that no backup left needs).
+drop_backup() { "${as[@]}" "$cellar" --config "$dir/cellar.conf" --quiet delete main "$1"; }
 
 # The credentials and CA reach cellar in the archiver too: PostgreSQL
 # inherits this environment.
@@ -161,17 +116,12 @@ CONF
 chmod 644 "$dir/cellar.conf" "$dir/pgbackrest.conf"
 chown "$user" "$dir" "$dir/lock" "$dir/time" "$dir/log"
 
-"${as[@]}" "$pgbin/initdb" -D "$dir/pg" -A trust -E UTF8 --locale=C >/dev/null
-cat >>"$dir/pg/postgresql.conf" <<CONF
-port = $pgport
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
+init_pg "$pgport" <<CONF
 max_wal_size = '8GB'
 checkpoint_timeout = '1h'
 archive_mode = on
 archive_command = '/bin/true'
 CONF
-"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
 psql() { "${as[@]}" "$pgbin/psql" -h "$dir" -p "$pgport" -qAtX -v ON_ERROR_STOP=1 "$@" postgres; }
 "${as[@]}" pgbackrest --config="$dir/pgbackrest.conf" --stanza=bench stanza-create >/dev/null
 
@@ -226,8 +176,7 @@ run() {
 		st=$(jq -r .stored_size <<<"$js")
 		bid[$set:$tool]=$(jq -r .id <<<"$js")
 		if [ "$keep_last" = 0 ] || [ "$r" -lt "$runs" ]; then
-			s3_delete "cellar/main/backups/${bid[$set:$tool]}."
-			s3_delete "cellar/main/base/${bid[$set:$tool]}/"
+			drop_backup "${bid[$set:$tool]}"
 		fi
 	else
 		local js
@@ -364,8 +313,7 @@ archive_to /bin/true
 restores "pgbench-$scale"
 # The next data set's backups start from a repository without these.
 for tool in cellar-zstd cellar-s2; do
-	s3_delete "cellar/main/backups/${bid[pgbench-$scale:$tool]}."
-	s3_delete "cellar/main/base/${bid[pgbench-$scale:$tool]}/"
+	drop_backup "${bid[pgbench-$scale:$tool]}"
 done
 
 echo

@@ -19,49 +19,18 @@ tools=$1
 runs=${3:-3}
 secs=${BENCH_SECONDS:-60}
 scale=${BENCH_SCALE:-100}
-pgbin=/usr/lib/postgresql/15/bin
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
 
-user=$(id -un)
-as=()
-if [ "$(id -u)" = 0 ]; then
-	user=cellartest
-	id "$user" >/dev/null 2>&1 || useradd -m "$user"
-	as=(runuser -u "$user" --)
-fi
-dir=$(mktemp -d /tmp/cellar-bench-stream.XXXXXX)
-chmod 755 "$dir"
-pids=()
+. "$(dirname "$0")/bench-lib.sh"
+bench_setup cellar-bench-stream
 rw=
-cleanup() {
-	[ -n "$rw" ] && kill "$rw" 2>/dev/null || true
-	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-	done
-}
+stop_receiver() { [ -z "$rw" ] || kill "$rw" 2>/dev/null || true; }
+trap 'stop_receiver; bench_cleanup' EXIT
 cp "$2" "$dir/cellar"
 cellar=$dir/cellar
 
-mkdir -p "$dir/minio" "$dir/lock" "$dir/log"
-s3port=$(free_port)
-MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_BROWSER=off MINIO_UPDATE=off \
-	"$tools/bin/minio" server "$dir/minio" --quiet --address "127.0.0.1:$s3port" \
-	--console-address "127.0.0.1:$(free_port)" >"$dir/minio.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 120); do
-	curl -sf -o /dev/null "http://127.0.0.1:$s3port/minio/health/live" && break
-	sleep 0.25
-done
-curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user minioadmin:minioadmin -X PUT "http://127.0.0.1:$s3port/bench" >/dev/null
+mkdir -p "$dir/lock" "$dir/log"
+start_minio "$tools"
 export AWS_ACCESS_KEY_ID=minioadmin AWS_SECRET_ACCESS_KEY=minioadmin
 unset CELLAR_COMPRESSION CELLAR_REPOSITORY CELLAR_CONFIG
 
@@ -80,18 +49,13 @@ pgport=$(free_port)
 } >"$dir/cellar.conf"
 chmod 644 "$dir/cellar.conf"
 chown "$user" "$dir" "$dir/lock" "$dir/log"
-"${as[@]}" "$pgbin/initdb" -D "$dir/pg" -A trust -E UTF8 --locale=C >/dev/null
-cat >>"$dir/pg/postgresql.conf" <<CONF
-port = $pgport
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
+init_pg "$pgport" <<CONF
 max_wal_size = '8GB'
 checkpoint_timeout = '1h'
 synchronous_commit = on
 archive_mode = on
 archive_command = '/bin/true'
 CONF
-"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
 psql() { "${as[@]}" "$pgbin/psql" -h "$dir" -p "$pgport" -qAtX -v ON_ERROR_STOP=1 "$@" postgres; }
 set_conf() { psql -c "ALTER SYSTEM SET $1 = '$2'" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.5; }
 "${as[@]}" "$cellar" --config "$dir/cellar.conf" --quiet receive-wal main --create-slot

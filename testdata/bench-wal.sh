@@ -17,66 +17,21 @@ cellar=$(realpath "$2")
 walbench=$(realpath "$3")
 nseg=${4:-100}
 runs=${5:-3}
-pgbin=/usr/lib/postgresql/15/bin
 command -v pgbackrest >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbackrest; }
-
-user=$(id -un)
-as=()
-if [ "$(id -u)" = 0 ]; then
-	user=cellartest
-	id "$user" >/dev/null 2>&1 || useradd -m "$user"
-	as=(runuser -u "$user" --)
-fi
-dir=$(mktemp -d /tmp/cellar-bench.XXXXXX)
-chmod 755 "$dir"
-pids=()
-cleanup() {
-	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-	done
-}
+. "$(dirname "$0")/bench-lib.sh"
+bench_setup cellar-bench
 
 # MinIO over TLS: pgBackRest speaks only HTTPS to S3.
-mkdir -p "$dir/certs" "$dir/minio"
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
-	-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-	-keyout "$dir/certs/private.key" -out "$dir/certs/public.crt" >/dev/null 2>&1
-chmod 644 "$dir/certs/public.crt"
-s3port=$(free_port)
-MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_BROWSER=off MINIO_UPDATE=off \
-	"$tools/bin/minio" server "$dir/minio" --quiet --address "127.0.0.1:$s3port" \
-	--console-address "127.0.0.1:$(free_port)" --certs-dir "$dir/certs" >"$dir/minio.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 120); do
-	curl -skf -o /dev/null "https://127.0.0.1:$s3port/minio/health/live" && break
-	sleep 0.25
-done
-curl -sk --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user minioadmin:minioadmin -X PUT "https://127.0.0.1:$s3port/bench" >/dev/null
+start_minio "$tools" tls
 
 # PostgreSQL, and real WAL from pgbench.
 pgport=$(free_port)
-chown "$user" "$dir"
-"${as[@]}" "$pgbin/initdb" -D "$dir/pg" -A trust -E UTF8 --locale=C >/dev/null
-cat >>"$dir/pg/postgresql.conf" <<CONF
-port = $pgport
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
+init_pg "$pgport" <<CONF
 wal_keep_size = '8GB'
 max_wal_size = '8GB'
 archive_mode = on
 archive_command = '/bin/true'
 CONF
-"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
 echo "== generating $nseg WAL segments with pgbench"
 scale=10
 while :; do

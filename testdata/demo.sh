@@ -9,23 +9,14 @@
 #
 #   testdata/demo.sh CELLAR_BIN
 set -euo pipefail
-pgbin=/usr/lib/postgresql/15/bin
-dir=$(mktemp -d "${TMPDIR:-/tmp}/cellar-demo.XXXXXX")
-chmod 755 "$dir"
+# PostgreSQL refuses to run as root: as root, the demo runs PostgreSQL and
+# cellar as an ordinary user, as a DBA runs cellar as postgres.
+. "$(dirname "$0")/bench-lib.sh"
+bench_setup cellar-demo
+chown "$user" "$dir"
 cp "$1" "$dir/cellar"
 cellar=$dir/cellar
 conf=$dir/cellar.conf
-
-# PostgreSQL refuses to run as root: as root, the demo runs PostgreSQL and
-# cellar as an ordinary user, as a DBA runs cellar as postgres.
-as=()
-user=$(id -un)
-if [ "$(id -u)" = 0 ]; then
-	user=cellartest
-	id "$user" >/dev/null 2>&1 || useradd -m "$user"
-	as=(runuser -u "$user" --)
-	chown "$user" "$dir"
-fi
 run() { "${as[@]}" "$@"; }
 # show prints a cellar command as you would type it, then runs it.
 show() {
@@ -42,13 +33,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-	done
-}
 port=$(free_port)
 port2=$(free_port)
 start=$(date +%s)

@@ -1,0 +1,84 @@
+# Shared setup of the benchmark scripts and the demo; source it after
+# `set -euo pipefail`.
+#
+#   bench_setup PREFIX   $user and $as (as root: PostgreSQL and cellar run as
+#                        the ordinary user cellartest, PostgreSQL refusing
+#                        root), $dir (a new directory, 0755, removed at exit
+#                        with PostgreSQL at $dir/pg stopped and every pid in
+#                        $pids killed), $pgbin
+#   free_port            a TCP port on 127.0.0.1 that nothing listens on
+#   start_minio TOOLS [tls]
+#                        MinIO under $dir/minio (over TLS with a throwaway
+#                        certificate in $dir/certs), its port in $s3port, its
+#                        URL in $s3url, a bucket "bench"
+#   init_pg PORT         initdb $dir/pg and start it on PORT and the socket
+#                        directory $dir, with the postgresql.conf lines read
+#                        from standard input added
+
+pgbin=/usr/lib/postgresql/15/bin
+
+bench_setup() {
+	user=$(id -un)
+	as=()
+	if [ "$(id -u)" = 0 ]; then
+		user=cellartest
+		id "$user" >/dev/null 2>&1 || useradd -m "$user"
+		as=(runuser -u "$user" --)
+	fi
+	dir=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+	chmod 755 "$dir"
+	pids=()
+	trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" stop -m immediate >/dev/null 2>&1 || true
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$dir"
+}
+
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+	done
+}
+
+start_minio() {
+	local tools=$1 scheme=http certs=()
+	mkdir -p "$dir/minio"
+	if [ "${2:-}" = tls ]; then
+		mkdir -p "$dir/certs"
+		openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+			-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+			-keyout "$dir/certs/private.key" -out "$dir/certs/public.crt" >/dev/null 2>&1
+		chmod 644 "$dir/certs/public.crt"
+		scheme=https
+		certs=(--certs-dir "$dir/certs")
+	fi
+	s3port=$(free_port)
+	s3url=$scheme://127.0.0.1:$s3port
+	MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_BROWSER=off MINIO_UPDATE=off \
+		"$tools/bin/minio" server "$dir/minio" --quiet --address "127.0.0.1:$s3port" \
+		--console-address "127.0.0.1:$(free_port)" "${certs[@]}" >"$dir/minio.log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 1 120); do
+		curl -skf -o /dev/null "$s3url/minio/health/live" && break
+		sleep 0.25
+	done
+	curl -sk --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user minioadmin:minioadmin -X PUT "$s3url/bench" >/dev/null
+}
+
+init_pg() {
+	chown "$user" "$dir"
+	"${as[@]}" "$pgbin/initdb" -D "$dir/pg" -A trust -E UTF8 --locale=C >/dev/null
+	{
+		echo "port = $1"
+		echo "listen_addresses = '127.0.0.1'"
+		echo "unix_socket_directories = '$dir'"
+		cat
+	} >>"$dir/pg/postgresql.conf"
+	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
+}
