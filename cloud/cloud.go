@@ -151,6 +151,15 @@ type BatchDeleter interface {
 	DeleteBatch(ctx context.Context, keys []string) error
 }
 
+// TempCleaner is implemented by backends whose interrupted writes can
+// leave something behind that List never shows (the filesystem's
+// temporary files of a killed process).
+type TempCleaner interface {
+	// CleanTemp removes what interrupted writes under prefix left that
+	// is older than before, and says how many it removed.
+	CleanTemp(ctx context.Context, prefix string, before time.Time) (int, error)
+}
+
 // MaxBatchDelete is the most keys one DeleteBatch call takes.
 const MaxBatchDelete = 1000
 

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cellar-backup/cellar/cloud"
 )
@@ -331,6 +332,32 @@ func (s *Storage) Delete(_ context.Context, key string) error {
 		return cloud.OpError("delete", key, translate(err))
 	}
 	return nil
+}
+
+// CleanTemp removes the temporary files of interrupted writes (a killed
+// process's) under prefix, a directory ("main/") or "" for all, last
+// changed before before.
+func (s *Storage) CleanTemp(ctx context.Context, prefix string, before time.Time) (int, error) {
+	n := 0
+	err := filepath.WalkDir(filepath.Join(s.root, filepath.FromSlash(prefix)), func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tempPrefix) {
+			return nil
+		}
+		if info, err := d.Info(); err == nil && info.ModTime().Before(before) && os.Remove(path) == nil {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // Close does nothing.

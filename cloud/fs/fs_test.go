@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/fs"
@@ -131,4 +132,40 @@ func TestOwner(t *testing.T) {
 			t.Errorf("%s is owned by %d:%d, want 65534:65534", p, st.Uid, st.Gid)
 		}
 	}
+}
+
+// TestCleanTemp: the temporary files of a killed writer go once old
+// enough; fresh ones (a write in progress) and objects stay.
+func TestCleanTemp(t *testing.T) {
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "repo")
+	s, err := fs.New(ctx, fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "main/wal/x", strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(root, "main", "wal", ".cellar-tmp-123")
+	fresh := filepath.Join(root, "main", ".cellar-tmp-456")
+	other := filepath.Join(root, "other", ".cellar-tmp-789")
+	for _, p := range []string{old, fresh, other} {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("half"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(old, past, past)
+	os.Chtimes(other, past, past)
+	n, err := s.CleanTemp(ctx, "main/", time.Now().Add(-24*time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("CleanTemp = %d, %v; want 1", n, err)
+	}
+	for p, want := range map[string]bool{old: false, fresh: true, other: true, filepath.Join(root, "main", "wal", "x"): true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s exists %v, want %v", p, err == nil, want)
+		}
+	}
+	var _ cloud.TempCleaner = s
 }

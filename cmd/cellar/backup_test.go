@@ -364,9 +364,25 @@ func TestBackupKilledAndConcurrent(t *testing.T) {
 	if r := cellar(t, env, "--config", conf, "check", "main"); r.code != 1 || !strings.HasPrefix(checkLines(r)["failed backups"], "FAILED (there are 1 failed") {
 		t.Fatalf("check with a failed backup: exit %d: %s", r.code, r.stdout)
 	}
+	// A half-written file of a killed process (as the file backend
+	// writes them), besides whatever the killed backup left.
+	planted := filepath.Join(repoDir, "main", "wal", ".cellar-tmp-killed")
+	if err := os.WriteFile(planted, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	later := append(append([]string(nil), env...), "CELLAR_NOW="+time.Now().Add(48*time.Hour).UTC().Format(time.RFC3339))
 	if r := cellar(t, later, "--config", conf, "cron"); r.code != 0 {
 		t.Fatalf("cron: exit %d: %s", r.code, r.stderr)
+	}
+	var temps []string
+	filepath.WalkDir(filepath.Join(repoDir, "main"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), ".cellar-tmp-") {
+			temps = append(temps, p)
+		}
+		return nil
+	})
+	if len(temps) != 0 {
+		t.Fatalf("after cron, temporary files of killed writes are left: %v", temps)
 	}
 	rows = listBackups(t, env, conf)
 	if len(rows) != 1 || rows[0].Status != catalog.StatusDone {

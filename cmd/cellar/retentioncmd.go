@@ -109,13 +109,19 @@ func (st *state) orphanParts(ctx context.Context, srv *config.Server, store clou
 }
 
 // staleChunks removes the streamed chunks (receive-wal's, synchronous)
-// of segments that are stored whole now: a receive-wal that stopped
-// before it cleaned them up, with archive_command pushing the segment.
-func staleChunks(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory) error {
+// of segments that are stored whole now (a receive-wal that stopped
+// before it cleaned them up, with archive_command pushing the segment),
+// and of those whose WAL retention removes (p).
+func staleChunks(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory, p retention.Plan) error {
 	whole := map[string]bool{}
 	for _, w := range inv.Input.WAL {
 		if w.Kind == catalog.Segment {
 			whole[w.Name] = true
+		}
+	}
+	for _, name := range p.WAL {
+		if w, err := catalog.ParseWALName(name); err == nil && w.Kind != catalog.History {
+			whole[w.SegmentName()] = true
 		}
 	}
 	chunks, err := catalog.ListChunks(ctx, store, srv.Name)
@@ -198,8 +204,16 @@ func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
 	if err != nil {
 		return err
 	}
-	if err := staleChunks(ctx, srv, store, inv); err != nil {
+	if err := staleChunks(ctx, srv, store, inv, p); err != nil {
 		return err
+	}
+	// A killed process's half-written files on a file:// repository.
+	if tc, ok := store.(cloud.TempCleaner); ok {
+		if n, err := tc.CleanTemp(ctx, srv.Name+"/", st.now().Add(-orphanAge(srv))); err != nil {
+			return err
+		} else if n > 0 {
+			st.log.Info("cron: removed temporary files of interrupted writes", "server", srv.Name, "files", n)
+		}
 	}
 	for _, id := range orphans {
 		rb, err := retention.RemoveBackup(ctx, store, srv.Name, id, "orphan parts")
