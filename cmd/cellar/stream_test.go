@@ -172,9 +172,24 @@ func TestReceiveWALBadInput(t *testing.T) {
 		t.Fatalf("receive-wal without streaming_conninfo: exit %d: %s", r.code, r.stderr)
 	}
 	appendConf(t, conf, "streaming_conninfo = "+c.ConnString()+"\n")
-	// The slot is missing.
+	// The slot is missing (created and dropped again first).
+	for _, step := range []struct{ flag, says string }{
+		{"--create-slot", `Replication slot "cellar" created on server main`},
+		{"--drop-slot", `Replication slot "cellar" dropped from server main`},
+		{"--drop-slot", `Replication slot "cellar" does not exist on server main`},
+	} {
+		if r := cellar(t, env, "--config", conf, "receive-wal", "main", step.flag); r.code != 0 || !strings.Contains(r.stdout, step.says) {
+			t.Fatalf("receive-wal %s: exit %d: %s%s", step.flag, r.code, r.stdout, r.stderr)
+		}
+	}
+	if n := c.QueryInt64(t, "SELECT count(*) FROM pg_replication_slots"); n != 0 {
+		t.Fatalf("%d replication slots left after --drop-slot", n)
+	}
 	if r := cellar(t, env, "--config", conf, "receive-wal", "main"); r.code != 1 || !strings.Contains(r.stderr, "--create-slot") {
 		t.Fatalf("receive-wal without the slot: exit %d: %s", r.code, r.stderr)
+	}
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--create-slot", "--drop-slot"); r.code != 2 {
+		t.Fatalf("receive-wal --create-slot --drop-slot: exit %d: %s", r.code, r.stderr)
 	}
 	// A user without the REPLICATION attribute.
 	c.Exec(t, "CREATE ROLE plain LOGIN")
