@@ -3,6 +3,7 @@ package retention
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
@@ -71,15 +72,36 @@ func Gather(ctx context.Context, store cloud.Storage, server string) (*Inventory
 	return inv, nil
 }
 
+// backupWorkers is how many backups Execute removes at once.
+const backupWorkers = 8
+
 // Execute carries out a plan: each backup leaves the catalog first (its
 // manifest and marker), then its parts and its keep marker go; then the
 // WAL files, in batches. With dryRun it only counts.
 func Execute(ctx context.Context, store cloud.Storage, server string, p Plan, walSizes map[string]int64, dryRun bool) (Removed, error) {
 	var r Removed
-	for _, id := range append(append([]string(nil), p.Obsolete...), p.Failed...) {
-		rb, err := removeBackup(ctx, store, server, id, p.Reason[id], dryRun)
-		if err != nil {
-			return r, err
+	// Backups go several at once (each one's own order kept), each a
+	// few requests; the results keep the plan's order.
+	ids := append(append([]string(nil), p.Obsolete...), p.Failed...)
+	removed := make([]RemovedBackup, len(ids))
+	errs := make([]error, len(ids))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(backupWorkers, len(ids)) {
+		wg.Go(func() {
+			for i := range next {
+				removed[i], errs[i] = removeBackup(ctx, store, server, ids[i], p.Reason[ids[i]], dryRun)
+			}
+		})
+	}
+	for i := range ids {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, rb := range removed {
+		if errs[i] != nil {
+			return r, errs[i]
 		}
 		r.Backups = append(r.Backups, rb)
 		r.Bytes += rb.Bytes
