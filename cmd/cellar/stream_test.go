@@ -494,3 +494,39 @@ func TestStreamBackup(t *testing.T) {
 		t.Fatalf("after the damaged stream: %+v", rows)
 	}
 }
+
+// TestStreamingOnly: no archive_command at all; receive-wal is the only
+// archiver and backups go over the replication protocol, as on a central
+// backup host. The backup waits for its WAL from receive-wal, and the
+// repository restores everything streamed up to its stop.
+func TestStreamingOnly(t *testing.T) {
+	c, conf, env := streamingCluster(t, "s3", "backup_method = stream\nstreaming_archiver = on\n")
+	c.SetConf(t, "archive_mode", "off")
+	c.Restart(t)
+	c.Exec(t, "CREATE TABLE marker (id int primary key)")
+	rw := startReceiveWAL(t, env, conf)
+	r := cellar(t, env, "--config", conf, "check", "main")
+	if lines := checkLines(r); r.code != 0 || lines["receive-wal running"] != "OK" || lines["archive_mode"] != "" {
+		t.Fatalf("check of a streaming-only server: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup with receive-wal as the only archiver: exit %d: %s\nreceive-wal:\n%s", r.code, r.stderr, rw.output())
+	}
+	// Commits flushed locally (the harness turns synchronous_commit off)
+	// reach the WAL sender, and so receive-wal, within moments.
+	c.SetConf(t, "synchronous_commit", "on")
+	markers(t, c, 1, 10)
+	time.Sleep(500 * time.Millisecond)
+	if code := rw.stop(t); code != 0 {
+		t.Fatalf("receive-wal stopped with exit %d:\n%s", code, rw.output())
+	}
+	c.Crash(t)
+	dir := restoreDir(t)
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	rc := startRestored(t, c, dir, env)
+	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != 10 {
+		t.Fatalf("restored %d markers, want the 10 streamed before receive-wal stopped\nreceive-wal:\n%s", got, rw.output())
+	}
+}
