@@ -97,6 +97,18 @@ func (r *receiver) kill() {
 	<-r.done
 }
 
+// restoreLatest restores the latest backup of server main to the end of
+// its WAL in a new directory and starts a server there (c gives the
+// owner).
+func restoreLatest(t *testing.T, c *pgtest.Cluster, conf string, env []string) *pgtest.Cluster {
+	t.Helper()
+	dir := restoreDir(t)
+	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	return startRestored(t, c, dir, env)
+}
+
 // streamingCluster is a backupCluster whose server main also has
 // streaming_conninfo and the replication slot.
 func streamingCluster(t *testing.T, kind, extraConf string) (*pgtest.Cluster, string, []string) {
@@ -154,11 +166,7 @@ func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
 	if partials != 1 || chunks == 0 {
 		t.Fatalf("the repository holds %d streamed .partial segments (want 1) and %d chunks (want some)\n%s", partials, chunks, rw.output())
 	}
-	dir := restoreDir(t)
-	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
-		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
-	}
-	rc := startRestored(t, c, dir, env)
+	rc := restoreLatest(t, c, conf, env)
 	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != n {
 		t.Fatalf("restored %d of the %d committed markers\nreceive-wal:\n%s", got, n, rw.output())
 	}
@@ -254,11 +262,7 @@ func TestReceiveWALAsynchronousAndRestart(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, `"gaps": []`) {
 		t.Fatalf("list-wal: exit %d: %s", r.code, r.stdout)
 	}
-	dir := restoreDir(t)
-	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
-		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
-	}
-	rc := startRestored(t, c, dir, env)
+	rc := restoreLatest(t, c, conf, env)
 	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != want {
 		t.Fatalf("restored %d markers, want all %d committed more than streaming_upload_interval before the crash\nreceive-wal:\n%s", got, want, rw.output())
 	}
@@ -304,11 +308,7 @@ func TestReceiveWALFollowsPromotion(t *testing.T) {
 	time.Sleep(3 * time.Second) // more than streaming_upload_interval
 	standby.Crash(t)
 	rw.kill()
-	dir := restoreDir(t)
-	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
-		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
-	}
-	rc := startRestored(t, primary, dir, env)
+	rc := restoreLatest(t, primary, conf, env)
 	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != 10 {
 		t.Fatalf("restored %d markers, want the 10 of both timelines\nreceive-wal:\n%s", got, rw.output())
 	}
@@ -521,11 +521,7 @@ func TestStreamingOnly(t *testing.T) {
 		t.Fatalf("receive-wal stopped with exit %d:\n%s", code, rw.output())
 	}
 	c.Crash(t)
-	dir := restoreDir(t)
-	if r := cellar(t, env, "--config", conf, "restore", "main", "latest", dir); r.code != 0 {
-		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
-	}
-	rc := startRestored(t, c, dir, env)
+	rc := restoreLatest(t, c, conf, env)
 	if got := rc.QueryInt64(t, "SELECT count(*) FROM marker"); got != 10 {
 		t.Fatalf("restored %d markers, want the 10 streamed before receive-wal stopped\nreceive-wal:\n%s", got, rw.output())
 	}
