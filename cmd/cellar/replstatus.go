@@ -196,12 +196,13 @@ func replicationStatusCommand(st *state) *cli.Command {
 func (st *state) checkStreaming(ctx context.Context, srv *config.Server) []checkResult {
 	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
 	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
-	if srv.StreamingConninfo == "" {
-		return []checkResult{fail("streaming connection", "streaming_archiver = on needs streaming_conninfo (a user with the REPLICATION attribute)")}
+	conninfo, err := streamingConninfo(srv)
+	if err != nil {
+		return []checkResult{fail("streaming connection", err.Error())}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgrepl.Dial(cctx, srv.StreamingConninfo, "cellar")
+	conn, err := pgrepl.Dial(cctx, conninfo, "cellar")
 	if err != nil {
 		return []checkResult{fail("streaming connection", err.Error())}
 	}

@@ -174,10 +174,18 @@ func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
 
 // TestReceiveWALBadInput: each refusal names its fix.
 func TestReceiveWALBadInput(t *testing.T) {
-	c, conf, env := backupCluster(t, "file", "")
-	// No streaming_conninfo.
+	c, conf, env := archivingCluster(t, "file", "lock_directory = "+t.TempDir()+"\n")
+	// Neither streaming_conninfo nor conninfo.
 	if r := cellar(t, env, "--config", conf, "receive-wal", "main"); r.code != 2 || !strings.Contains(r.stderr, "streaming_conninfo") {
 		t.Fatalf("receive-wal without streaming_conninfo: exit %d: %s", r.code, r.stderr)
+	}
+	// conninfo serves when streaming_conninfo is not set, as in Barman.
+	appendConf(t, conf, "conninfo = "+c.ConnString()+"\n")
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--create-slot"); r.code != 0 || !strings.Contains(r.stdout, "created") {
+		t.Fatalf("receive-wal --create-slot over conninfo: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--drop-slot"); r.code != 0 {
+		t.Fatalf("receive-wal --drop-slot: exit %d: %s", r.code, r.stderr)
 	}
 	appendConf(t, conf, "streaming_conninfo = "+c.ConnString()+"\n")
 	// The slot is missing (created and dropped again first).

@@ -13,13 +13,17 @@ import (
 	"github.com/cellar-backup/cellar/wal"
 )
 
-// streamingConninfo is the server's replication connection string, or the
+// streamingConninfo is the server's replication connection string:
+// streaming_conninfo, or else conninfo (as Barman defaults it), or the
 // error that says to set it.
 func streamingConninfo(srv *config.Server) (string, error) {
-	if srv.StreamingConninfo == "" {
-		return "", usagef("server %s has no streaming_conninfo: set streaming_conninfo = host=... user=... (a user with the REPLICATION attribute)", srv.Name)
+	switch {
+	case srv.StreamingConninfo != "":
+		return srv.StreamingConninfo, nil
+	case srv.Conninfo != "":
+		return srv.Conninfo, nil
 	}
-	return srv.StreamingConninfo, nil
+	return "", usagef("server %s has no streaming_conninfo (nor conninfo): set streaming_conninfo = host=... user=... (a user with the REPLICATION attribute)", srv.Name)
 }
 
 func receiveWALCommand(st *state) *cli.Command {
