@@ -14,6 +14,10 @@
 #    interleaved, the page cache dropped before each; medians of wall time.
 #
 #   testdata/bench-stream.sh TOOLS_DIR CELLAR_BIN [RUNS]
+#
+# BENCH_SCALE and BENCH_SECONDS shrink it for a trial. BENCH_RW_FLAGS=--debug
+# runs receive-wal with debug logging and prints, after each streaming run,
+# how long its .partial uploads took by stored size.
 set -euo pipefail
 tools=$1
 runs=${3:-3}
