@@ -134,13 +134,35 @@ func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 			o.Server, id.SystemIdentifier, srv.SystemIdentifier)
 	}
 
-	begin := o.Now().UTC()
-	b := &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0)}
+	// Ids are start times to the second: a backup that starts in the
+	// same second as another (one killed a moment ago) takes the next.
+	var (
+		begin  time.Time
+		b      *backup
+		marker catalog.Started
+	)
 	host, _ := os.Hostname()
-	marker := catalog.Started{ID: b.id, Server: o.Server, Status: catalog.StatusStarted, Host: host, PID: os.Getpid(), BeginTime: begin}
-	err = catalog.PutJSON(ctx, o.Store, catalog.StartedKey(o.Server, b.id), "backup-started", marker, true)
-	if errors.Is(err, cloud.ErrExist) {
-		return nil, fmt.Errorf("a backup with id %s already exists: start the next backup a second later", b.id)
+	for attempt := 1; ; attempt++ {
+		begin = o.Now().UTC()
+		b = &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0)}
+		marker = catalog.Started{ID: b.id, Server: o.Server, Status: catalog.StatusStarted, Host: host, PID: os.Getpid(), BeginTime: begin}
+		// A finished backup of that second has only its manifest left.
+		if _, serr := o.Store.Stat(ctx, catalog.ManifestKey(o.Server, b.id)); serr == nil {
+			err = cloud.ErrExist
+		} else {
+			err = catalog.PutJSON(ctx, o.Store, catalog.StartedKey(o.Server, b.id), "backup-started", marker, true)
+		}
+		if !errors.Is(err, cloud.ErrExist) {
+			break
+		}
+		if attempt == 3 {
+			return nil, fmt.Errorf("a backup with id %s already exists: start the next backup a second later", b.id)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Until(begin.Truncate(time.Second).Add(time.Second))):
+		}
 	}
 	if err != nil {
 		return nil, err
