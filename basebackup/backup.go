@@ -238,14 +238,6 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 	if err != nil {
 		return nil, err
 	}
-	startWAL, timeline, err := labelInfo(sp.Label)
-	if err != nil {
-		return nil, err
-	}
-	endWAL := sp.LSN.PrevSegmentName(timeline, srv.WALSegmentSize)
-	if endWAL < startWAL {
-		endWAL = startWAL
-	}
 	meta, metaRecords, err := b.writeMeta(ctx, others, []smallFile{{"backup_label", []byte(sp.Label)}, {"tablespace_map", []byte(sp.TablespaceMap)}})
 	if err != nil {
 		return nil, err
@@ -253,8 +245,7 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 	o.Progress.Done()
 	return b.record(ctx, srv, taken{
 		method: "local", label: label, begin: begin, records: append(records, metaRecords...), parts: append(parts, meta),
-		timeline: timeline, startLSN: st.LSN, endLSN: sp.LSN, startWAL: startWAL, endWAL: endWAL,
-		backupLabel: sp.Label, tablespaceMap: sp.TablespaceMap,
+		startLSN: st.LSN, endLSN: sp.LSN, backupLabel: sp.Label, tablespaceMap: sp.TablespaceMap,
 	})
 }
 
@@ -264,25 +255,38 @@ type taken struct {
 	begin            time.Time
 	records          []catalog.File
 	parts            []catalog.Part
-	timeline         uint32
 	startLSN, endLSN catalog.LSN
-	startWAL, endWAL string
-	backupLabel      string
-	tablespaceMap    string
+	// endTimeline is the timeline the backup ended on, when PostgreSQL
+	// says (0: the one its backup_label starts on).
+	endTimeline   uint32
+	backupLabel   string
+	tablespaceMap string
 }
 
 // record waits for the backup's WAL in the repository and writes its
 // manifest, which makes the backup part of the catalog.
 func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Manifest, error) {
 	o := b.o
-	if err := b.waitWAL(ctx, srv, t.timeline, t.startWAL, t.endWAL); err != nil {
+	startWAL, timeline, err := labelInfo(t.backupLabel)
+	if err != nil {
+		return nil, err
+	}
+	endTL := t.endTimeline
+	if endTL == 0 {
+		endTL = timeline
+	}
+	endWAL := t.endLSN.PrevSegmentName(endTL, srv.WALSegmentSize)
+	if endWAL < startWAL {
+		endWAL = startWAL
+	}
+	if err := b.waitWAL(ctx, srv, timeline, startWAL, endWAL); err != nil {
 		return nil, err
 	}
 	m := &catalog.Manifest{
 		Version: catalog.ManifestVersion, ID: b.id, Server: o.Server, Status: catalog.StatusDone,
 		SystemIdentifier: srv.SystemIdentifier, PGVersion: srv.Version, PGVersionString: srv.VersionString,
-		PGData: o.PGData, Standby: srv.Standby, Timeline: t.timeline, WALSegmentSize: srv.WALSegmentSize,
-		BeginLSN: t.startLSN.String(), EndLSN: t.endLSN.String(), BeginWAL: t.startWAL, EndWAL: t.endWAL,
+		PGData: o.PGData, Standby: srv.Standby, Timeline: timeline, WALSegmentSize: srv.WALSegmentSize,
+		BeginLSN: t.startLSN.String(), EndLSN: t.endLSN.String(), BeginWAL: startWAL, EndWAL: endWAL,
 		BeginTime: t.begin, EndTime: o.Now().UTC(), Label: t.label, Method: t.method, Fast: o.Fast,
 		Compression: string(o.Codec), CompressionLevel: o.Level, CellarVersion: o.CellarVersion,
 		BackupLabel: t.backupLabel, TablespaceMap: t.tablespaceMap, Tablespaces: srv.Tablespaces,

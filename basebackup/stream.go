@@ -25,7 +25,7 @@ import (
 // connection, for a server whose data directory Cellar cannot read. The
 // tar archives are read as they arrive and repacked into Cellar's parts:
 // the same catalog, restore and verify as a local backup. Every file is
-// checked against PostgreSQL's own backup_manifest (SHA-256), which is
+// checked against PostgreSQL's own backup_manifest (CRC-32C), which is
 // stored with the backup.
 func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*catalog.Manifest, error) {
 	o := b.o
@@ -131,18 +131,9 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 		return nil, err
 	}
 	o.Progress.Done()
-	startWAL, timeline, err := labelInfo(string(label0))
-	if err != nil {
-		return nil, err
-	}
-	endWAL := end.PrevSegmentName(endTL, srv.WALSegmentSize)
-	if endWAL < startWAL {
-		endWAL = startWAL
-	}
 	return b.record(ctx, srv, taken{
 		method: "stream", label: label, begin: begin, records: append(records, metaRecords...), parts: append(parts, meta),
-		timeline: timeline, startLSN: bb.Start, endLSN: end, startWAL: startWAL, endWAL: endWAL,
-		backupLabel: string(label0), tablespaceMap: string(tmap),
+		startLSN: bb.Start, endLSN: end, endTimeline: endTL, backupLabel: string(label0), tablespaceMap: string(tmap),
 	})
 }
 

@@ -48,18 +48,21 @@ func ChunkKey(server, segment string, from, to int64) string {
 	return fmt.Sprintf("%s%08X-%08X", ChunkPrefix(server, segment), from, to)
 }
 
-// ListChunks lists a server's streamed chunks by segment, in one paged
-// listing of StreamPrefix.
-func ListChunks(ctx context.Context, store cloud.Storage, server string) (map[string][]string, error) {
-	out := map[string][]string{}
+// DeleteChunks removes the streamed chunks of the segments stale names,
+// found with one paged listing of StreamPrefix.
+func DeleteChunks(ctx context.Context, store cloud.Storage, server string, stale func(segment string) bool) error {
+	var keys []string
 	prefix := StreamPrefix(server)
 	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
-		if seg, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/"); ok {
-			out[seg] = append(out[seg], o.Key)
+		if seg, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/"); ok && stale(seg) {
+			keys = append(keys, o.Key)
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return err
+	}
+	return cloud.DeleteAll(ctx, store, keys)
 }
 
 // WALDirPrefix is the prefix of the segments of one timeline and log.

@@ -24,10 +24,16 @@ func ParseLSN(s string) (LSN, error) {
 
 func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint32(l)) }
 
+// SegNo is the number of the segment that holds the byte at l.
+func (l LSN) SegNo(segSize int64) uint64 { return uint64(l) / uint64(segSize) }
+
+// SegmentStart is where the segment that holds the byte at l starts.
+func (l LSN) SegmentStart(segSize int64) LSN { return LSN(l.SegNo(segSize) * uint64(segSize)) }
+
 // SegmentName is the name of the WAL segment of the timeline that holds
 // the byte at l.
 func (l LSN) SegmentName(timeline uint32, segSize int64) string {
-	return SegmentNameOf(timeline, uint64(l)/uint64(segSize), segSize)
+	return SegmentNameOf(timeline, l.SegNo(segSize), segSize)
 }
 
 // PrevSegmentName is the name of the segment that holds the byte before

@@ -214,16 +214,23 @@ func fetchTo(ctx context.Context, o FetchOptions, w catalog.WALName, dest string
 // bytes, which fails at the end at the latest if they do not match the
 // checksum in the object's header.
 func openWAL(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) (io.ReadCloser, catalog.Header, error) {
-	key := catalog.WALKey(server, w)
-	rc, err := store.Get(ctx, key)
+	body, h, err := openObject(ctx, store, catalog.WALKey(server, w), "wal", w.Name)
 	if errors.Is(err, cloud.ErrNotExist) {
-		return nil, catalog.Header{}, fmt.Errorf("%s: %w", w.Name, ErrNotFound)
+		return nil, h, fmt.Errorf("%s: %w", w.Name, ErrNotFound)
 	}
+	return body, h, err
+}
+
+// openObject opens the object under key, which must be of type typ and
+// name name (an error wrapping cloud.ErrNotExist when there is none), and
+// returns a reader of its original bytes that verifies them by the end.
+func openObject(ctx context.Context, store cloud.Storage, key, typ, name string) (io.ReadCloser, catalog.Header, error) {
+	rc, err := store.Get(ctx, key)
 	if err != nil {
 		return nil, catalog.Header{}, err
 	}
 	h, err := catalog.ReadHeader(rc)
-	if err == nil && (h.Type != "wal" || h.Name != w.Name) {
+	if err == nil && (h.Type != typ || h.Name != name) {
 		err = fmt.Errorf("%w: holds %s %q", catalog.ErrCorrupt, h.Type, h.Name)
 	}
 	var body io.ReadCloser
@@ -311,27 +318,16 @@ func readStreamed(ctx context.Context, store cloud.Storage, server, name string,
 		return nil, false, err
 	}
 	for _, k := range keys {
-		rc, err := store.Get(ctx, k)
+		body, h, err := openObject(ctx, store, k, "wal-chunk", name)
 		if err != nil {
 			return nil, false, err // ErrNotExist: read again
 		}
-		h, err := catalog.ReadHeader(rc)
-		if err == nil && (h.Type != "wal-chunk" || h.Name != name) {
-			err = fmt.Errorf("%w: holds %s %q", catalog.ErrCorrupt, h.Type, h.Name)
-		}
-		if err == nil && h.Offset > int64(len(data)) {
-			rc.Close()
+		if h.Offset > int64(len(data)) {
+			body.Close()
 			break // a gap
 		}
-		var b []byte
-		if err == nil {
-			var body io.ReadCloser
-			if body, err = catalog.Decode(rc, h); err == nil {
-				b, err = io.ReadAll(body)
-				body.Close()
-			}
-		}
-		rc.Close()
+		b, err := io.ReadAll(body)
+		body.Close()
 		if err != nil {
 			return nil, false, fmt.Errorf("%s: %w", k, err)
 		}

@@ -38,9 +38,9 @@ type ReceiveOptions struct {
 	UploadInterval time.Duration
 	// SyncInterval, when the server waits for this stream to commit
 	// (synchronous_standby_names names AppName), is the least time between
-	// two uploads of the segment in progress: commits that arrive during
-	// an upload or this interval go up together with the next one. 0
-	// uploads as soon as the previous upload is done.
+	// two chunks of the segment in progress: commits that arrive within it
+	// go up together in the next chunk. 0 starts a chunk as soon as WAL
+	// arrives (up to maxChunks at once).
 	SyncInterval time.Duration
 	// Reset starts from the server's current position instead of where
 	// the repository ends.
@@ -74,7 +74,8 @@ const maxQueued = 4
 //
 // What the server is told is flushed is only ever WAL that is durable in
 // the repository: whole segments stored as wal-push stores them, and the
-// segment in progress as <segment>.partial.
+// segment in progress as <segment>.partial and, when commits wait for
+// it, chunks.
 func Receive(ctx context.Context, o ReceiveOptions) error {
 	log := logger(o.Log)
 	started := false
@@ -177,7 +178,7 @@ func receiveOnce(ctx context.Context, o ReceiveOptions, log *slog.Logger, starte
 	if errors.As(err, &pe) && pe.Code == "58P01" && !o.Reset {
 		// The server no longer has the WAL where the repository ends:
 		// stream from where it has, and leave the gap to archive_command.
-		from := catalog.LSN(uint64(max(slot.RestartLSN, sys.Flush)) / uint64(segSize) * uint64(segSize))
+		from := max(slot.RestartLSN, sys.Flush).SegmentStart(segSize)
 		log.Warn("receive-wal: the server has removed the WAL after the repository's end; streaming from its oldest position, archive_command must fill the gap",
 			"server", o.Server, "from", start, "to", from, "error", pe.Message)
 		start, tl = from, sys.Timeline
@@ -257,8 +258,6 @@ func (s *segment) name(segSize int64) string { return catalog.SegmentNameOf(s.tl
 // an empty repository the slot's restart point or the server's position;
 // always a segment's start.
 func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrepl.Slot) (catalog.LSN, uint32, error) {
-	segSize := uint64(r.segSize)
-	align := func(l catalog.LSN) catalog.LSN { return catalog.LSN(uint64(l) / segSize * segSize) }
 	var last *catalog.WALName
 	var partials []catalog.WALName
 	have := map[string]bool{}
@@ -287,31 +286,19 @@ func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrep
 			r.deletePartial(ctx, w.Name)
 		}
 	}
-	chunks, err := catalog.ListChunks(ctx, r.o.Store, r.o.Server)
-	if err != nil {
-		return 0, 0, err
-	}
-	var stale []string
-	for seg, keys := range chunks {
-		if have[seg] {
-			stale = append(stale, keys...)
-		}
-	}
-	if err := cloud.DeleteAll(ctx, r.o.Store, stale); err != nil {
-		r.log.Warn("receive-wal: could not remove streamed chunks of stored segments", "error", err)
-	}
-	fallback := align(sys.Flush)
+	r.deleteChunks(ctx, func(seg string) bool { return have[seg] })
+	fallback := sys.Flush.SegmentStart(r.segSize)
 	if slot.RestartLSN != 0 {
-		fallback = align(slot.RestartLSN)
+		fallback = slot.RestartLSN.SegmentStart(r.segSize)
 	}
 	if r.o.Reset || last == nil {
 		return fallback, r.timelineAt(ctx, sys, fallback), nil
 	}
-	end := catalog.LSN((last.SegNo(r.segSize) + 1) * segSize)
+	end := catalog.LSN((last.SegNo(r.segSize) + 1) * uint64(r.segSize))
 	if end > sys.Flush {
 		// The repository is ahead of this server (restored from it?):
 		// stream from the server's own position.
-		return align(sys.Flush), sys.Timeline, nil
+		return sys.Flush.SegmentStart(r.segSize), sys.Timeline, nil
 	}
 	return end, r.timelineAt(ctx, sys, end), nil
 }
@@ -333,7 +320,7 @@ func (r *receiver) timelineAt(ctx context.Context, sys pgrepl.System, pos catalo
 func (r *receiver) run(ctx context.Context, start catalog.LSN, tl uint32) error {
 	r.space = sync.NewCond(&r.mu)
 	r.received, r.durable = start, start
-	r.cur = r.newSegment(tl, uint64(start)/uint64(r.segSize))
+	r.cur = r.newSegment(tl, start.SegNo(r.segSize))
 	upctx, stopUploads := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopUploads()
 	var wg sync.WaitGroup
@@ -385,10 +372,7 @@ func (r *receiver) read(ctx context.Context) error {
 				return err
 			}
 		case m.ReplyRequested:
-			r.mu.Lock()
-			w, d := r.received, r.durable
-			r.mu.Unlock()
-			if err := r.conn.SendStatus(max(w, d), d, false); err != nil {
+			if _, err := r.report(true); err != nil {
 				return err
 			}
 		}
@@ -440,10 +424,9 @@ func (r *receiver) switchTimeline(ctx context.Context, m pgrepl.Message) error {
 	if err := r.storeHistory(ctx, name, content); err != nil {
 		return err
 	}
-	segNo := uint64(m.NextStart) / uint64(r.segSize)
-	start := catalog.LSN(segNo * uint64(r.segSize))
+	start := m.NextStart.SegmentStart(r.segSize)
 	r.mu.Lock()
-	r.cur = r.newSegment(m.NextTimeline, segNo)
+	r.cur = r.newSegment(m.NextTimeline, start.SegNo(r.segSize))
 	r.received = start // durable stays where it is: positions only grow
 	r.mu.Unlock()
 	r.log.Info("receive-wal: following a new timeline", "server", r.o.Server, "timeline", m.NextTimeline, "from", start)
@@ -542,7 +525,9 @@ func (r *receiver) uploader(ctx context.Context) {
 						return err
 					}
 					r.markDurable(s, len(s.buf))
-					r.markDurable(cur, 0) // its chunks may have waited for this
+				}
+				if len(queue) > 0 {
+					r.markDurable(cur, 0) // its chunks may have waited for these
 				}
 				if r.synchronous && curN > cur.chunked && r.inflight() < maxChunks {
 					if wait := time.Until(lastChunk.Add(r.o.SyncInterval)); wait > 0 && len(barrier) == 0 {
@@ -581,10 +566,9 @@ func (r *receiver) uploader(ctx context.Context) {
 		}
 		r.mu.Lock()
 		r.space.Broadcast()
-		w, d := r.received, r.durable
 		r.mu.Unlock()
-		if failed == nil && (d > r.reported() || time.Since(lastStatus) > statusInterval) {
-			if r.sendStatus(w, d) == nil {
+		if failed == nil {
+			if sent, _ := r.report(time.Since(lastStatus) > statusInterval); sent {
 				lastStatus = time.Now()
 			}
 		}
@@ -621,21 +605,23 @@ func (r *receiver) inflight() int {
 	return r.chunksInFlight
 }
 
-func (r *receiver) reported() catalog.LSN {
+// report tells the server what is received and what is durable: with
+// force always, otherwise when the durable position moved since it was
+// last told. It says whether it sent.
+func (r *receiver) report(force bool) (bool, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.lastReported
-}
-
-// sendStatus tells the server what is received and what is durable.
-func (r *receiver) sendStatus(w, d catalog.LSN) error {
-	err := r.conn.SendStatus(max(w, d), d, false)
-	if err == nil {
-		r.mu.Lock()
-		r.lastReported = max(r.lastReported, d)
-		r.mu.Unlock()
+	w, d, told := r.received, r.durable, r.lastReported
+	r.mu.Unlock()
+	if !force && d <= told {
+		return false, nil
 	}
-	return err
+	if err := r.conn.SendStatus(max(w, d), d, false); err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	r.lastReported = max(r.lastReported, d)
+	r.mu.Unlock()
+	return true, nil
 }
 
 // markDurable records that the first n bytes of s are in the repository
@@ -682,12 +668,7 @@ func (r *receiver) startChunk(ctx context.Context, s *segment, n int) {
 			return
 		}
 		r.markDurable(s, 0)
-		r.mu.Lock()
-		w, d := r.received, r.durable
-		r.mu.Unlock()
-		if d > r.reported() {
-			_ = r.sendStatus(w, d)
-		}
+		_, _ = r.report(false) // a failure shows in the reader
 		r.kick()
 	}()
 }
@@ -751,7 +732,7 @@ func (r *receiver) storeSegment(ctx context.Context, s *segment) error {
 	}
 	s.chunks.Wait()
 	if s.chunked > 0 {
-		r.deleteChunks(ctx, name)
+		r.deleteChunks(ctx, func(seg string) bool { return seg == name })
 	}
 	r.log.Debug("receive-wal: segment stored", "wal", name)
 	return nil
@@ -800,18 +781,10 @@ func (r *receiver) storePartial(ctx context.Context, s *segment, n int) (stored 
 	return true, nil
 }
 
-// deleteChunks removes the streamed chunks of a segment.
-func (r *receiver) deleteChunks(ctx context.Context, segment string) {
-	var keys []string
-	err := r.o.Store.List(ctx, catalog.ChunkPrefix(r.o.Server, segment), func(o cloud.ObjectInfo) error {
-		keys = append(keys, o.Key)
-		return nil
-	})
-	if err == nil {
-		err = cloud.DeleteAll(ctx, r.o.Store, keys)
-	}
-	if err != nil {
-		r.log.Warn("receive-wal: could not remove the streamed chunks of a stored segment", "wal", segment, "error", err)
+// deleteChunks removes the streamed chunks of the segments stale names.
+func (r *receiver) deleteChunks(ctx context.Context, stale func(segment string) bool) {
+	if err := catalog.DeleteChunks(ctx, r.o.Store, r.o.Server, stale); err != nil {
+		r.log.Warn("receive-wal: could not remove streamed chunks of stored segments", "error", err)
 	}
 }
 

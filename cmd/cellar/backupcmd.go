@@ -331,14 +331,9 @@ func showBackupCommand(st *state) *cli.Command {
 		ArgsUsage: "SERVER BACKUP_ID",
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "show-backup takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
-				inv, err := st.gather(c.Context, srv, store)
+				_, _, r, err := st.pickBackup(c.Context, srv, store, c.Args().Get(1), true)
 				if err != nil {
 					return err
-				}
-				rows := st.catalogRows(srv, inv, true)
-				r, err := pickRow(rows, c.Args().Get(1))
-				if err != nil {
-					return fmt.Errorf("server %s: %w", srv.Name, err)
 				}
 				if st.format == "json" {
 					return st.printJSON(r)
@@ -348,6 +343,22 @@ func showBackupCommand(st *state) *cli.Command {
 			})
 		},
 	}
+}
+
+// pickBackup reads the catalog (see catalogRows) and picks the backup id
+// names (see pickRow): the inventory and rows for what the caller does
+// next.
+func (st *state) pickBackup(ctx context.Context, srv *config.Server, store cloud.Storage, id string, toEnd bool) (*retention.Inventory, []backupRow, backupRow, error) {
+	inv, err := st.gather(ctx, srv, store)
+	if err != nil {
+		return nil, nil, backupRow{}, err
+	}
+	rows := st.catalogRows(srv, inv, toEnd)
+	r, err := pickRow(rows, id)
+	if err != nil {
+		return nil, nil, backupRow{}, fmt.Errorf("server %s: %w", srv.Name, err)
+	}
+	return inv, rows, r, nil
 }
 
 // pickRow finds a backup by id or by latest/last, oldest/first (which name

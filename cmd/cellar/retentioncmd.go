@@ -124,17 +124,7 @@ func staleChunks(ctx context.Context, srv *config.Server, store cloud.Storage, i
 			whole[w.SegmentName()] = true
 		}
 	}
-	chunks, err := catalog.ListChunks(ctx, store, srv.Name)
-	if err != nil {
-		return err
-	}
-	var stale []string
-	for seg, keys := range chunks {
-		if whole[seg] {
-			stale = append(stale, keys...)
-		}
-	}
-	return cloud.DeleteAll(ctx, store, stale)
+	return catalog.DeleteChunks(ctx, store, srv.Name, func(seg string) bool { return whole[seg] })
 }
 
 func cronCommand(st *state) *cli.Command {
@@ -297,14 +287,9 @@ func deleteCommand(st *state) *cli.Command {
 					return err
 				}
 				defer lock.release()
-				inv, err := st.gather(ctx, srv, store)
+				inv, rows, r, err := st.pickBackup(ctx, srv, store, c.Args().Get(1), false)
 				if err != nil {
 					return err
-				}
-				rows := st.catalogRows(srv, inv, false)
-				r, err := pickRow(rows, c.Args().Get(1))
-				if err != nil {
-					return fmt.Errorf("server %s: %w", srv.Name, err)
 				}
 				if r.Keep {
 					return fmt.Errorf("backup %s of server %s is kept: release it first with cellar keep %s %s --release", r.ID, srv.Name, srv.Name, r.ID)
@@ -348,14 +333,9 @@ func keepCommand(st *state) *cli.Command {
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "release", Usage: "unpin it"}},
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "keep takes SERVER and BACKUP_ID", func(srv *config.Server, store cloud.Storage) error {
-				inv, err := st.gather(c.Context, srv, store)
+				_, _, r, err := st.pickBackup(c.Context, srv, store, c.Args().Get(1), false)
 				if err != nil {
 					return err
-				}
-				rows := st.catalogRows(srv, inv, false)
-				r, err := pickRow(rows, c.Args().Get(1))
-				if err != nil {
-					return fmt.Errorf("server %s: %w", srv.Name, err)
 				}
 				if c.Bool("release") {
 					if err := catalog.DeleteKeep(c.Context, store, srv.Name, r.ID); err != nil {
