@@ -147,7 +147,6 @@ settle() {
 declare -A wall cpu rss stored datasz bid
 # keep_last: the backups of the last round are kept for the restores.
 keep_last=0
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 
 # run SET TOOL R: one timed backup with the page cache dropped before it.
@@ -158,8 +157,7 @@ run() {
 	cellar-s2) cmd=(env CELLAR_COMPRESSION=s2 "$cellar" --config "$dir/cellar.conf" backup main --fast --quiet) ;;
 	pgbackrest) cmd=(pgbackrest --config="$dir/pgbackrest.conf" --stanza=bench --type=full backup) ;;
 	esac
-	sync
-	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+	drop_caches
 	if ! "${as[@]}" /usr/bin/time -f '%e %U %S %M' -o "$tf" "${cmd[@]}" >"$log" 2>&1; then
 		echo "bench: $tool run $r on $set failed: ${cmd[*]}" >&2
 		cat "$log" "$tf" >&2
@@ -242,8 +240,7 @@ restore() {
 	rm -rf "$dest"
 	mkdir -m 700 "$dest"
 	chown "$user" "$dest"
-	sync
-	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+	drop_caches
 	if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" "${cmd[@]}" >"$log" 2>&1; then
 		echo "bench: $tool restore $r of $set failed: ${cmd[*]}" >&2
 		cat "$log" "$tf" >&2
@@ -355,32 +352,10 @@ port = $rport
 archive_mode = off
 hot_standby = off
 CONF
-		sync
-		echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-		log="$dir/log/recovery-$r.log"
-		t0=$(date +%s.%N)
-		"${as[@]}" "$pgbin/pg_ctl" -D "$rdest" -l "$log" -W start >/dev/null
-		# pg_ctl -w counts a server in recovery as started: wait for the
-		# end of recovery instead.
-		until grep -q 'database system is ready to accept connections' "$log" 2>/dev/null; do
-			if grep -q 'FATAL\|PANIC\|database system is shut down' "$log" 2>/dev/null ||
-				[ "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print (b - a > 600)}')" = 1 ]; then
-				echo "bench: recovery run $r failed:" >&2
-				tail -20 "$log" >&2
-				"${as[@]}" "$pgbin/pg_ctl" -D "$rdest" stop -m immediate >/dev/null 2>&1 || true
-				exit 1
-			fi
-			sleep 0.02
-		done
-		t1=$(date +%s.%N)
-		"${as[@]}" "$pgbin/pg_ctl" -D "$rdest" stop -m immediate >/dev/null
-		got=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$log" || true)
-		if [ "$got" -lt "$nrec" ]; then
-			echo "bench: recovery run $r restored $got segments, want at least $nrec:" >&2
-			tail -20 "$log" >&2
-			exit 1
-		fi
-		e=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+		drop_caches
+		timed_recovery "$rdest" "$dir/log/recovery-$r.log" "$nrec"
+		got=$recovery_restored
+		e=$(awk -v s="$recovery_seconds" 'BEGIN {printf "%.2f", s}')
 		wall[recovery]+="$e "
 		nseg=$got
 		printf 'recovery %d %7.2f s  %6.1f MiB/s of WAL  (%d segments restored)\n' "$r" "$e" \

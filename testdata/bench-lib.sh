@@ -14,6 +14,7 @@
 #   init_pg PORT         initdb $dir/pg and start it on PORT and the socket
 #                        directory $dir, with the postgresql.conf lines read
 #                        from standard input added
+#   median, drop_caches, timed_recovery DATA LOG WANT: below
 
 pgbin=/usr/lib/postgresql/15/bin
 
@@ -81,4 +82,44 @@ init_pg() {
 		cat
 	} >>"$dir/pg/postgresql.conf"
 	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
+}
+
+# median of the numbers on standard input (separated by spaces).
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# drop_caches flushes and drops the page cache where we may (as root).
+drop_caches() {
+	sync
+	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+}
+
+# timed_recovery DATA LOG WANT starts PostgreSQL on DATA (ready for
+# recovery) with its log in LOG, waits until recovery has ended (pg_ctl -w
+# counts a server in recovery as started), stops it, and sets
+# recovery_seconds and recovery_restored (segments restored, at least WANT
+# or it fails). A FATAL or PANIC other than the end of the archive, a
+# shutdown, or ten minutes, fails.
+timed_recovery() {
+	local data=$1 log=$2 want=$3 t0 t1
+	t0=$(date +%s.%N)
+	"${as[@]}" "$pgbin/pg_ctl" -D "$data" -l "$log" -W start >/dev/null
+	until grep -q 'database system is ready to accept connections' "$log" 2>/dev/null; do
+		if { grep 'FATAL\|PANIC\|database system is shut down' "$log" 2>/dev/null | grep -qv 'could not restore file'; } ||
+			[ "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print (b - a > 600)}')" = 1 ]; then
+			echo "bench: recovery on $data failed:" >&2
+			tail -20 "$log" >&2
+			"${as[@]}" "$pgbin/pg_ctl" -D "$data" stop -m immediate >/dev/null 2>&1 || true
+			exit 1
+		fi
+		sleep 0.02
+	done
+	t1=$(date +%s.%N)
+	"${as[@]}" "$pgbin/pg_ctl" -D "$data" stop -m immediate >/dev/null
+	recovery_restored=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$log" || true)
+	if [ "$recovery_restored" -lt "$want" ]; then
+		echo "bench: recovery on $data restored $recovery_restored segments, want at least $want:" >&2
+		tail -20 "$log" >&2
+		exit 1
+	fi
+	recovery_seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
 }

@@ -85,7 +85,6 @@ stop_rw() {
 	[ -z "${BENCH_RW_FLAGS:-}" ] || grep "partial segment stored" "$dir/log/receive-wal.log" | sed -n "s/.*bytes=\([0-9]*\) stored=\([0-9]*\) seconds=\([0-9.]*\)/\2 \3/p" | awk "{b=int(\$1/262144); n[b]++; s[b]+=\$2} END {for (k in n) printf \"stored %4d KiB+: %5d uploads, %.1f ms\\n\", k*256, n[k], 1000*s[k]/n[k]}" | sort -n -k2
 	: >"$dir/log/receive-wal.log"
 }
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A tps lat wall
 
 echo "== pgbench -c 4 -j 2 -T $secs, scale 10, synchronous_commit = on; $runs runs of each, interleaved"
@@ -123,8 +122,7 @@ set_conf archive_command "$cellar --config $dir/cellar.conf wal-push main %p"
 psql -c "CHECKPOINT" -c "SELECT pg_switch_wal()" >/dev/null
 for r in $(seq 1 "$runs"); do
 	for method in local stream; do
-		sync
-		echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+		drop_caches
 		tf=$dir/log/time-$method-$r
 		if ! "${as[@]}" env CELLAR_BACKUP_METHOD=$method /usr/bin/time -f '%e %M' -o "$tf" \
 			"$cellar" --config "$dir/cellar.conf" --quiet backup main --fast >"$dir/log/backup.log" 2>&1; then

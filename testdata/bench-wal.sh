@@ -180,35 +180,14 @@ CONF
 		touch "$dir/rdata/recovery.signal"
 		chown -R "$user" "$dir/rdata"
 		chmod 700 "$dir/rdata"
-		sync
-		echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-		t0=$(date +%s.%N)
-		log="$dir/rec-$tool-$r.log"
-		"${as[@]}" "$pgbin/pg_ctl" -D "$dir/rdata" -l "$log" -W start >/dev/null
-		# pg_ctl -w counts a server in recovery as started; wait for the
-		# end of recovery instead.
-		until grep -q 'database system is ready to accept connections' "$log" 2>/dev/null; do
-			if grep -q 'FATAL\|PANIC' "$log" 2>/dev/null && ! grep -q 'could not restore file' "$log"; then
-				echo "bench: recovery with $tool failed:" >&2
-				tail -5 "$log" >&2
-				exit 1
-			fi
-			sleep 0.02
-		done
-		t1=$(date +%s.%N)
-		"${as[@]}" "$pgbin/pg_ctl" -D "$dir/rdata" stop -m immediate >/dev/null
-		restored=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$log" || true)
-		if [ "$restored" -lt "$nrec" ]; then
-			echo "bench: $tool run $r restored $restored segments, want $nrec:" >&2
-			tail -5 "$log" >&2
-			exit 1
-		fi
-		s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+		drop_caches
+		timed_recovery "$dir/rdata" "$dir/rec-$tool-$r.log" "$nrec"
+		restored=$recovery_restored
+		s=$recovery_seconds
 		took[$tool]+="$s "
 		printf 'run %d %-7s %6.2f s  (%d segments restored)\n' "$r" "$tool" "$s" "$restored"
 	done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mcp=$(echo "${took[cp]}" | median)
 mcellar=$(echo "${took[cellar]}" | median)
 printf '\nrecovery, medians of %d runs: cp %.2f s, cellar wal-fetch %.2f s (%.2fx cp)\n' "$runs" "$mcp" "$mcellar" "$(awk -v a="$mcellar" -v b="$mcp" 'BEGIN {print a / b}')"
