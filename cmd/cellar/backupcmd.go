@@ -27,7 +27,7 @@ func backupCommand(st *state) *cli.Command {
 		Usage:     "take a full base backup of a running server and upload it in parallel parts",
 		ArgsUsage: "SERVER",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "fast", Usage: "start with an immediate checkpoint (default: spread, as PostgreSQL's)"},
+			&cli.BoolFlag{Name: "fast", Usage: "start with an immediate checkpoint (default: the immediate_checkpoint setting, off: spread, as PostgreSQL's); --fast=false asks for a spread one"},
 			&cli.IntFlag{Name: "parallel", Aliases: []string{"j"}, Usage: "files read and parts written at once (default: the parallel setting)"},
 			&cli.BoolFlag{Name: "keep", Usage: "keep the backup (and the WAL it needs) from retention, as cellar keep does"},
 		},
@@ -79,10 +79,17 @@ func backupCommand(st *state) *cli.Command {
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
 			prog := st.newProgress("backup " + srv.Name)
+			fast := srv.ImmediateCheckpoint
+			if c.IsSet("fast") {
+				fast = c.Bool("fast")
+			}
+			if !fast {
+				prog.say("checkpoint", "waiting for PostgreSQL's checkpoint (spread; --fast or immediate_checkpoint = on for an immediate one)")
+			}
 			o := basebackup.Options{
 				Store: store, Server: srv.Name, Conn: conn, PGData: srv.PGData,
 				Codec: cod, Level: srv.CompressionLevel, Parallel: parallel,
-				PartSize: int64(srv.BackupPartSize), Fast: c.Bool("fast"),
+				PartSize: int64(srv.BackupPartSize), Fast: fast,
 				WALTimeout: time.Duration(srv.BackupWALTimeout), Progress: prog, Log: st.log,
 				CellarVersion: versionString(), OnStart: lock.setBackup, Now: st.now,
 				StreamConninfo: streamConninfo, CorruptInTransit: st.getenv("CELLAR_TEST_CORRUPT_STREAM"),

@@ -19,6 +19,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 	"github.com/cellar-backup/cellar/retention"
 )
@@ -66,6 +67,7 @@ func checkCommand(st *state) *cli.Command {
 				results = append(results, checkResult{Name: "configuration", Status: "OK"})
 				repoResults, store := st.checkRepository(c.Context, srv)
 				results = append(results, repoResults...)
+				results = append(results, checkLockDirectory(srv))
 				// PostgreSQL is checked when Cellar knows how to reach it.
 				if srv.Conninfo != "" {
 					results = append(results, st.checkPostgres(c.Context, srv, store)...)
@@ -187,6 +189,18 @@ func (st *state) checkRepository(ctx context.Context, srv *config.Server) ([]che
 
 var errStop = errors.New("stop")
 
+// checkLockDirectory checks that lock_directory exists. Whether this user
+// may write it is not checked: monitoring only looks at locks, and the
+// users who take them are told by their own commands.
+func checkLockDirectory(srv *config.Server) checkResult {
+	const name = "lock directory"
+	var d *lockfile.DirError
+	if err := lockfile.CheckDir(srv.LockDirectory); errors.As(err, &d) && !errors.Is(err, lockfile.ErrNotWritable) {
+		return checkResult{name, "FAILED", "lock_directory " + d.Error()}
+	}
+	return checkResult{Name: name, Status: "OK"}
+}
+
 // probeWrite writes a small random object, reads it back and deletes it.
 func probeWrite(ctx context.Context, store cloud.Storage) error {
 	var b [16]byte
@@ -265,14 +279,15 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 	} else {
 		results = append(results, fail("wal_level", fmt.Sprintf("wal_level is %s: set wal_level = replica and restart PostgreSQL", v)))
 	}
-	results = append(results, st.checkArchiving(cctx, srv, conn, show)...)
+	results = append(results, st.checkArchiving(cctx, srv, conn, store, show)...)
 	return append(results, st.checkSystemIdentifier(cctx, srv, conn, store))
 }
 
-// checkArchiving checks archive_mode, archive_command and the archiver.
+// checkArchiving checks archive_mode, archive_command, the archiver, and
+// that what PostgreSQL archived last is in the repository.
 // With streaming_archiver = on and archive_mode off, receive-wal is the
 // only archiver, which the streaming checks cover.
-func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *pgx.Conn, show func(string) string) []checkResult {
+func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *pgx.Conn, store cloud.Storage, show func(string) string) []checkResult {
 	ok := func(name string) checkResult { return checkResult{Name: name, Status: "OK"} }
 	fail := func(name, hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
 	var results []checkResult
@@ -284,17 +299,29 @@ func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *
 	default:
 		results = append(results, fail("archive_mode", fmt.Sprintf("archive_mode is %s: set archive_mode = on and restart PostgreSQL (or stream WAL with streaming_archiver = on)", v)))
 	}
-	if v := show("archive_command"); archiveCommandOK(v, srv.Name) {
+	// archive_command is judged by its effect (the two checks after it):
+	// a wrapper script or a chain of commands archives as well as the
+	// plain command. Only a command that cannot archive fails here.
+	switch v := show("archive_command"); {
+	case strings.TrimSpace(v) == "" || v == "(disabled)":
+		if lib := show("archive_library"); lib != "" && !strings.HasPrefix(lib, "?") {
+			results = append(results, fail("archive_command", fmt.Sprintf("PostgreSQL archives with the module archive_library = %s, not a command: set archive_library = '' and archive_command = 'cellar wal-push %s %%p', then reload PostgreSQL", lib, srv.Name)))
+		} else {
+			results = append(results, fail("archive_command", fmt.Sprintf("archive_command is empty: set archive_command = 'cellar wal-push %s %%p' and reload PostgreSQL", srv.Name)))
+		}
+	default:
 		results = append(results, ok("archive_command"))
-	} else {
-		results = append(results, fail("archive_command", fmt.Sprintf("archive_command is %q: set archive_command = 'cellar wal-push %s %%p' and reload PostgreSQL", v, srv.Name)))
+		if !archiveCommandOK(v, srv.Name) {
+			st.log.Info("hint: archive_command does not name cellar wal-push "+srv.Name+"; archiving is judged by its effect (continuous archiving, WAL archive)", "archive_command", st.scrub(v))
+		}
 	}
 	var failed int64
-	var lastFailedWAL *string
+	var lastFailedWAL, lastArchivedWAL *string
+	var lastArchived *time.Time
 	var failedLater bool
-	err := conn.QueryRow(cctx, `SELECT failed_count, last_failed_wal,
+	err := conn.QueryRow(cctx, `SELECT failed_count, last_failed_wal, last_archived_wal, last_archived_time,
 		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)
-		FROM pg_stat_archiver`).Scan(&failed, &lastFailedWAL, &failedLater)
+		FROM pg_stat_archiver`).Scan(&failed, &lastFailedWAL, &lastArchivedWAL, &lastArchived, &failedLater)
 	switch {
 	case err != nil:
 		results = append(results, fail("continuous archiving", err.Error()))
@@ -303,7 +330,32 @@ func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *
 	default:
 		results = append(results, ok("continuous archiving"))
 	}
+	if err == nil && lastArchivedWAL != nil && store != nil {
+		results = append(results, st.checkArchivedWAL(cctx, srv, store, *lastArchivedWAL, *lastArchived))
+	}
 	return results
+}
+
+// checkArchivedWAL checks that the last file PostgreSQL says it archived
+// is in the repository: an archive_command that succeeds but stores
+// elsewhere (a wrapper for another server, another configuration) fails
+// here, however it is written.
+func (st *state) checkArchivedWAL(ctx context.Context, srv *config.Server, store cloud.Storage, name string, when time.Time) checkResult {
+	const item = "WAL archive"
+	w, err := catalog.ParseWALName(name)
+	if err != nil {
+		return checkResult{Name: item, Status: "OK"} // not a file Cellar stores
+	}
+	_, err = store.Stat(ctx, catalog.WALKey(srv.Name, w))
+	switch {
+	case errors.Is(err, cloud.ErrNotExist):
+		return checkResult{item, "FAILED", st.scrub(oneLine(fmt.Sprintf(
+			"PostgreSQL archived %s at %s, but the repository of server %s does not have it: archive_command stores WAL elsewhere; make it run cellar wal-push %s %%p (if the repository was changed since, run cellar switch-wal %s --archive)",
+			name, when.UTC().Format(time.RFC3339), srv.Name, srv.Name, srv.Name)))}
+	case err != nil:
+		return checkResult{item, "FAILED", st.scrub(oneLine(err.Error()))}
+	}
+	return checkResult{Name: item, Status: "OK"}
 }
 
 // checkSystemIdentifier checks that the repository belongs to this cluster.

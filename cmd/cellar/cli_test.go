@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,9 +34,35 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building cellar:", err)
 		os.Exit(1)
 	}
+	before := tmpLeftovers()
 	code := m.Run()
 	os.RemoveAll(dir)
+	// The tests use private lock directories: nothing of Cellar's may be
+	// left in /tmp, where it would stand in the way of another user.
+	for _, p := range tmpLeftovers() {
+		if !slices.Contains(before, p) {
+			fmt.Fprintln(os.Stderr, "the tests left", p, "behind: give the test a private lock_directory")
+			code = 1
+		}
+	}
 	os.Exit(code)
+}
+
+// tmpLeftovers lists what Cellar's default lock_directory holds.
+func tmpLeftovers() []string {
+	m, _ := filepath.Glob("/tmp/cellar-*.lock")
+	l, _ := filepath.Glob("/tmp/cellar-*.log")
+	return append(m, l...)
+}
+
+// sharedTemp makes dir a directory every user may create files in, as
+// /tmp (mode 1777), and returns it.
+func sharedTemp(t *testing.T, dir string) string {
+	t.Helper()
+	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 type result struct {
@@ -65,6 +92,9 @@ func cellar(t *testing.T, env []string, args ...string) result {
 
 func writeConfig(t *testing.T, text string) string {
 	t.Helper()
+	if strings.HasPrefix(text, "[cellar]\n") && !strings.Contains(text, "lock_directory") {
+		text = "[cellar]\nlock_directory = " + t.TempDir() + "\n" + strings.TrimPrefix(text, "[cellar]\n")
+	}
 	p := filepath.Join(t.TempDir(), "cellar.conf")
 	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		t.Fatal(err)

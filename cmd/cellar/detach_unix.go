@@ -4,11 +4,14 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
 )
 
 // detachPrefetch returns wal-fetch's FetchOptions.Detach: it starts
@@ -46,9 +49,15 @@ func (st *state) detach(c *cli.Context, args []string, logPath string) (*exec.Cm
 	cmd.Env = st.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if logPath != "" {
-		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		// The log is shared by every user whose cron starts
+		// receive-wal: it is made as lock files are.
+		f, writable, err := lockfile.OpenShared(logPath, os.O_WRONLY|os.O_APPEND)
 		if err != nil {
-			return nil, err
+			return nil, lockDirError(err)
+		}
+		if !writable {
+			f.Close()
+			return nil, fmt.Errorf("the log %s belongs to another user and this user (uid %d) may not write it: remove it, or run cron as one user", logPath, os.Geteuid())
 		}
 		defer f.Close()
 		cmd.Stdout, cmd.Stderr = f, f

@@ -1,120 +1,80 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"time"
-
-	"github.com/gofrs/flock"
 
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
 )
 
-// A server lock is a file in lock_directory held with flock(2): the
-// kernel releases it when the holder exits, however it exits, so a killed
-// run never blocks the next one. The file records the holder, for the
-// message that refuses a second run.
+// A server lock is a file cellar-SERVER.WHAT.lock in lock_directory (see
+// package lockfile for who may create, take and look at it).
 
-// lockHolder is what a lock file records about its holder.
-type lockHolder struct {
-	PID     int       `json:"pid"`
-	Host    string    `json:"host"`
-	Command string    `json:"command"`
-	Since   time.Time `json:"since"`
-	Backup  string    `json:"backup,omitempty"`
-}
+type serverLock struct{ l *lockfile.Lock }
 
-type serverLock struct {
-	fl     *flock.Flock
-	holder lockHolder
+func lockName(srv *config.Server, what string) string {
+	return fmt.Sprintf("cellar-%s.%s.lock", srv.Name, what)
 }
 
 func lockPath(srv *config.Server, what string) string {
-	return filepath.Join(srv.LockDirectory, fmt.Sprintf("cellar-%s.%s.lock", srv.Name, what))
+	return filepath.Join(srv.LockDirectory, lockName(srv, what))
 }
 
-// lockServer takes the server's lock for what (e.g. "backup") or says who
-// holds it.
+// errBusy marks the error of a lock that another process holds.
+var errBusy = errors.New("busy")
+
+type busyError struct{ msg string }
+
+func (e *busyError) Error() string   { return e.msg }
+func (e *busyError) Is(t error) bool { return t == errBusy }
+
+// lockServer takes the server's lock for what (e.g. "backup"), or says
+// who holds it (an error that is errBusy) or what is wrong with
+// lock_directory.
 func lockServer(srv *config.Server, what string) (*serverLock, error) {
-	path := lockPath(srv, what)
-	if err := os.MkdirAll(srv.LockDirectory, 0o755); err != nil {
-		return nil, fmt.Errorf("lock_directory %s: %w", srv.LockDirectory, err)
-	}
-	fl := flock.New(path)
-	ok, err := fl.TryLock()
-	if err != nil {
-		return nil, fmt.Errorf("taking the lock %s: %w (check lock_directory)", path, err)
-	}
-	if !ok {
+	l, err := lockfile.Take(srv.LockDirectory, lockName(srv, what), lockfile.Holder{Command: what})
+	var held *lockfile.HeldError
+	switch {
+	case errors.As(err, &held):
 		msg := fmt.Sprintf("another %s of server %s is running", what, srv.Name)
-		if h, err := readHolder(path); err == nil {
-			msg += fmt.Sprintf(" (pid %d on %s, since %s", h.PID, h.Host, h.Since.Format(time.RFC3339))
-			if h.Backup != "" {
-				msg += ", backup " + h.Backup
-			}
-			msg += ")"
+		if held.Holder != nil {
+			msg += " (" + held.Error() + ")"
 		}
-		return nil, errors.New(msg + ": wait for it to finish, or stop it")
+		return nil, &busyError{msg + ": wait for it to finish, or stop it"}
+	case err != nil:
+		return nil, lockDirError(err)
 	}
-	host, _ := os.Hostname()
-	l := &serverLock{fl: fl, holder: lockHolder{PID: os.Getpid(), Host: host, Command: what, Since: time.Now().UTC()}}
-	l.write()
-	return l, nil
+	return &serverLock{l}, nil
 }
 
-func (l *serverLock) write() {
-	js, _ := json.Marshal(l.holder)
-	f, err := os.OpenFile(l.fl.Path(), os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return
+// lockDirError names the setting in an error about the lock directory.
+func lockDirError(err error) error {
+	var d *lockfile.DirError
+	if errors.As(err, &d) {
+		return fmt.Errorf("lock_directory %w", d)
 	}
-	_, _ = f.Write(append(js, '\n'))
-	_ = f.Close()
+	return fmt.Errorf("%w (check lock_directory)", err)
 }
 
 // setBackup records the id of the backup the holder runs.
-func (l *serverLock) setBackup(id string) {
-	l.holder.Backup = id
-	l.write()
-}
+func (l *serverLock) setBackup(id string) { l.l.SetBackup(id) }
 
-func (l *serverLock) release() { _ = l.fl.Unlock() }
-
-func readHolder(path string) (lockHolder, error) {
-	var h lockHolder
-	js, err := os.ReadFile(path)
-	if err != nil {
-		return h, err
-	}
-	return h, json.Unmarshal(js, &h)
-}
+func (l *serverLock) release() { l.l.Release() }
 
 // runningBackup returns the id of the backup of srv that a live process on
 // this host runs, or "" when none does.
 func runningBackup(srv *config.Server) string {
-	h, ok := lockHolderOf(srv, "backup")
-	if !ok {
-		return ""
+	if h, ok := lockHolderOf(srv, "backup"); ok && h != nil {
+		return h.Backup
 	}
-	return h.Backup
+	return ""
 }
 
 // lockHolderOf says whether a live process on this host holds the
-// server's lock for what, and who.
-func lockHolderOf(srv *config.Server, what string) (lockHolder, bool) {
-	path := lockPath(srv, what)
-	fl := flock.New(path)
-	ok, err := fl.TryRLock()
-	if err != nil {
-		return lockHolder{}, false
-	}
-	if ok {
-		_ = fl.Unlock()
-		return lockHolder{}, false
-	}
-	h, err := readHolder(path)
-	return h, err == nil
+// server's lock for what, and who (nil when the file does not say). It
+// never creates the lock file.
+func lockHolderOf(srv *config.Server, what string) (*lockfile.Holder, bool) {
+	return lockfile.Look(srv.LockDirectory, lockName(srv, what))
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,7 +41,7 @@ func TestCheckSwitchAndListWALWithPostgreSQL(t *testing.T) {
 
 	r := cellar(t, env, "--config", conf, "check", "main")
 	lines := checkLines(r)
-	for _, name := range []string{"configuration", "repository reachable", "repository writable", "PostgreSQL", "wal_level", "archive_mode", "archive_command", "continuous archiving", "system identifier"} {
+	for _, name := range []string{"configuration", "repository reachable", "repository writable", "PostgreSQL", "wal_level", "archive_mode", "archive_command", "continuous archiving", "system identifier", "lock directory"} {
 		if lines[name] != "OK" {
 			t.Errorf("check %s = %q", name, lines[name])
 		}
@@ -86,7 +87,39 @@ func TestCheckSwitchAndListWALWithPostgreSQL(t *testing.T) {
 		t.Fatalf("list-wal after removing %s:\n%s", filepath.Base(victim), r.stdout)
 	}
 
-	// An archive_command that does not call cellar, and fails.
+	// archive_command is judged by its effect. A wrapper script that runs
+	// cellar, and a chain of commands, archive as well as the plain one:
+	// check passes, with a hint for the wrapper.
+	wrapper := filepath.Join(filepath.Dir(conf), "archive.sh")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+cellarBin+" --config "+conf+" wal-push main \"$1\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, command := range []string{wrapper + " %p", fmt.Sprintf("%s --config %s wal-push main %%p && true", cellarBin, conf)} {
+		c.SetConf(t, "archive_command", command)
+		_, last = makeSegments(t, c, 1)
+		c.WaitArchived(t, last, time.Minute)
+		r = cellar(t, env, "--config", conf, "check", "main")
+		lines = checkLines(r)
+		if r.code != 0 || lines["archive_command"] != "OK" || lines["WAL archive"] != "OK" {
+			t.Fatalf("check with archive_command = %q: exit %d\n%s%s", command, r.code, r.stdout, r.stderr)
+		}
+		if command == wrapper+" %p" && !strings.Contains(r.stderr, "hint: archive_command does not name cellar wal-push main") {
+			t.Errorf("check with a wrapper gives no hint:\n%s", r.stderr)
+		}
+	}
+
+	// A command that succeeds but stores WAL elsewhere: PostgreSQL's last
+	// archived file is not in the repository.
+	c.SetConf(t, "archive_command", "true")
+	_, last = makeSegments(t, c, 1)
+	c.WaitArchived(t, last, time.Minute)
+	r = cellar(t, env, "--config", conf, "check", "main")
+	lines = checkLines(r)
+	if r.code != 1 || lines["archive_command"] != "OK" || !strings.Contains(lines["WAL archive"], "PostgreSQL archived "+last) {
+		t.Fatalf("check with archive_command = true: exit %d\n%s", r.code, r.stdout)
+	}
+
+	// A command that fails: the archiver's failures fail the check.
 	c.SetConf(t, "archive_command", "false")
 	c.Exec(t, "INSERT INTO marker VALUES (1000, 'x')")
 	c.SwitchWAL(t)
@@ -99,8 +132,15 @@ func TestCheckSwitchAndListWALWithPostgreSQL(t *testing.T) {
 	}
 	r = cellar(t, env, "--config", conf, "check", "main")
 	lines = checkLines(r)
-	if r.code != 1 || !strings.HasPrefix(lines["archive_command"], "FAILED (") || !strings.HasPrefix(lines["continuous archiving"], "FAILED (") {
+	if r.code != 1 || lines["archive_command"] != "OK" || !strings.HasPrefix(lines["continuous archiving"], "FAILED (the archiver is failing") {
 		t.Fatalf("check with a failing archive_command: exit %d\n%s", r.code, r.stdout)
+	}
+
+	// No command at all: archive_command fails, naming the fix.
+	c.SetConf(t, "archive_command", "")
+	r = cellar(t, env, "--config", conf, "check", "main")
+	if lines = checkLines(r); r.code != 1 || !strings.Contains(lines["archive_command"], "archive_command is empty: set archive_command = 'cellar wal-push main %p'") {
+		t.Fatalf("check with an empty archive_command: exit %d\n%s", r.code, r.stdout)
 	}
 
 	// A PostgreSQL of another cluster against this server's repository.

@@ -28,6 +28,12 @@ type progress struct {
 	w        io.Writer
 	tty      bool
 	quiet    bool
+	// says gives the stages worth telling the user about their text: such
+	// a stage is logged, and shown with a spinner on a terminal until the
+	// bar starts (a spread checkpoint is silent for minutes otherwise).
+	says map[string]string
+	// waited stops the reminders of a stage being waited for.
+	waited chan struct{}
 }
 
 // newProgress returns the renderer for a command's progress on stderr.
@@ -39,9 +45,18 @@ func (st *state) newProgress(what string) *progress {
 	return p
 }
 
+// say makes stage one worth telling about, with text.
+func (p *progress) say(stage, text string) {
+	if p.says == nil {
+		p.says = map[string]string{}
+	}
+	p.says[stage] = text
+}
+
 func (p *progress) Start(total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.endWait()
 	p.total, p.began, p.last = total, time.Now(), time.Now()
 	if p.quiet || !p.tty {
 		return
@@ -85,14 +100,63 @@ func (p *progress) Add(n int64) {
 func (p *progress) Stage(name string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.endWait()
+	text, worth := p.says[name]
+	if !worth {
+		text = name
+	}
 	if p.bar != nil {
-		p.bar.Describe(p.what + ": " + name)
+		p.bar.Describe(p.what + ": " + text)
+		return
+	}
+	if !worth || p.quiet {
+		return
+	}
+	p.log.Info(p.what + ": " + text)
+	since := time.Now()
+	if p.tty {
+		p.bar = progressbar.NewOptions64(-1,
+			progressbar.OptionSetWriter(p.w),
+			progressbar.OptionSetDescription(p.what+": "+text),
+			progressbar.OptionSpinnerType(14),
+			progressbar.OptionSetElapsedTime(true),
+			progressbar.OptionClearOnFinish(),
+		)
+		return
+	}
+	// Without a terminal, a reminder every minute says it is still
+	// waiting.
+	p.waited = make(chan struct{})
+	go func(done <-chan struct{}) {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				p.log.Info(p.what+": still "+text, "waited", time.Since(since).Round(time.Second))
+			}
+		}
+	}(p.waited)
+}
+
+// endWait ends the spinner or reminders of the stage waited for.
+func (p *progress) endWait() {
+	if p.waited != nil {
+		close(p.waited)
+		p.waited = nil
+	}
+	if p.bar != nil && p.bar.GetMax64() < 0 {
+		_ = p.bar.Finish()
+		p.bar = nil
 	}
 }
 
 func (p *progress) Done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.endWait()
 	if p.bar != nil {
 		_ = p.bar.Finish()
 		p.bar = nil

@@ -11,6 +11,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog/pgrepl"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
 	"github.com/cellar-backup/cellar/wal"
 )
 
@@ -50,7 +51,7 @@ type replStatus struct {
 		LastSegment string `json:"last_segment"`
 		Partial     int    `json:"partial_segments"`
 	} `json:"repository"`
-	ReceiveWAL *lockHolder `json:"receive_wal,omitempty"` // the process on this host, when one runs
+	ReceiveWAL *lockfile.Holder `json:"receive_wal,omitempty"` // the process on this host, when one runs
 }
 
 // sqlConninfo is how replication-status reaches the server with SQL:
@@ -123,7 +124,7 @@ func (st *state) replicationStatus(ctx context.Context, srv *config.Server, stor
 		out.Repository.Timeline, out.Repository.LastSegment, out.Repository.Partial = t.Timeline, t.Last, t.Partial
 	}
 	if h, ok := lockHolderOf(srv, "receive-wal"); ok {
-		out.ReceiveWAL = &h
+		out.ReceiveWAL = h
 	}
 	return out, nil
 }

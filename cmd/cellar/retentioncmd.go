@@ -163,9 +163,12 @@ func cronCommand(st *state) *cli.Command {
 // next run.
 func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
 	lock, err := lockServer(srv, "retention")
-	if err != nil {
+	if errors.Is(err, errBusy) {
 		st.log.Info("cron: skipping a busy server", "server", srv.Name, "reason", err)
 		return nil
+	}
+	if err != nil {
+		return err
 	}
 	defer lock.release()
 	pol, err := policyOf(srv)

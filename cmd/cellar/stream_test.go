@@ -19,6 +19,7 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
 )
 
@@ -331,9 +332,12 @@ func TestReceiveWALFollowsPromotion(t *testing.T) {
 func TestReceiveWALCronStatusAndCheck(t *testing.T) {
 	c, conf, env := streamingCluster(t, "file", "streaming_archiver = on\nstreaming_lag_max = 1MiB\n")
 	lockDir := strings.TrimSpace(strings.SplitN(strings.SplitN(readFile(t, conf), "lock_directory = ", 2)[1], "\n", 2)[0])
-	holder := func() (lockHolder, bool) {
-		h, err := readHolder(lockDir + "/cellar-main.receive-wal.lock")
-		return h, err == nil && h.PID > 0 && syscall.Kill(h.PID, 0) == nil
+	holder := func() (lockfile.Holder, bool) {
+		h, ok := lockfile.Look(lockDir, "cellar-main.receive-wal.lock")
+		if !ok || h == nil {
+			return lockfile.Holder{}, false
+		}
+		return *h, h.PID > 0 && syscall.Kill(h.PID, 0) == nil
 	}
 	t.Cleanup(func() {
 		if h, ok := holder(); ok {

@@ -72,6 +72,10 @@ func archivingCluster(t *testing.T, kind string, extraConf string) (*pgtest.Clus
 		return d
 	}
 	repoConf, env := repository(t, kind, mkdir)
+	if !strings.Contains(extraConf, "lock_directory") {
+		// A private lock directory, open to every user as /tmp is.
+		extraConf += "lock_directory = " + sharedTemp(t, mkdir("locks")) + "\n"
+	}
 	conf := filepath.Join(base, "cellar.conf")
 	text := "[cellar]\n" + repoConf + extraConf + "\n[main]\ndescription = \"archiving test\"\n"
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {

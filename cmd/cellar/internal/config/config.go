@@ -67,10 +67,13 @@ type Server struct {
 	StreamingLagMax         Size     `ini:"streaming_lag_max" default:"0" min:"0" max:"1099511627776"`
 	PrimaryConninfo         string   `ini:"primary_conninfo" secret:"conninfo"`
 
-	BackupPartSize       Size     `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
-	BackupWALTimeout     Duration `ini:"backup_wal_timeout" default:"300s" min:"1" max:"604800"`
-	LastBackupMaximumAge string   `ini:"last_backup_maximum_age"`
-	LockDirectory        string   `ini:"lock_directory" default:"/tmp"`
+	BackupPartSize   Size     `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
+	BackupWALTimeout Duration `ini:"backup_wal_timeout" default:"300s" min:"1" max:"604800"`
+	// ImmediateCheckpoint starts backups with an immediate checkpoint, as
+	// --fast does (Barman's setting).
+	ImmediateCheckpoint  bool   `ini:"immediate_checkpoint" default:"off"`
+	LastBackupMaximumAge string `ini:"last_backup_maximum_age"`
+	LockDirectory        string `ini:"lock_directory" default:"/tmp"`
 
 	RetentionPolicy    string `ini:"retention_policy"`
 	MinimumRedundancy  int    `ini:"minimum_redundancy" default:"0" min:"0" max:"10000"`

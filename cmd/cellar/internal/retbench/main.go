@@ -186,6 +186,9 @@ func main() {
 	if err != nil {
 		fail(1, err.Error())
 	}
+	if err := os.Mkdir(filepath.Join(dir, "locks"), 0o700); err != nil {
+		fail(1, err.Error())
+	}
 	conf := filepath.Join(dir, "cellar.conf")
 	policy := fmt.Sprintf("REDUNDANCY %d", *redundancy)
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`[cellar]
