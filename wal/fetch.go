@@ -386,6 +386,9 @@ func writeAtomicNamed(dir, base string, r io.Reader, final func() string, durabl
 			os.Remove(tmp.Name())
 		}
 	}()
+	if err := giveToOwnerOf(tmp.Name(), dir); err != nil {
+		return err
+	}
 	if _, err := io.CopyBuffer(tmp, r, make([]byte, 1<<20)); err != nil {
 		return err
 	}

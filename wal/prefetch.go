@@ -235,7 +235,7 @@ func (sp *prefetchSpool) prepare(o FetchOptions) bool {
 			return false
 		}
 	}
-	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+	if err := mkdirOwned(sp.dir); err != nil {
 		sp.log.Debug("no prefetch: cannot create the spool", "dir", sp.dir, "error", err)
 		return false
 	}
@@ -255,6 +255,7 @@ func (sp *prefetchSpool) markInFlight(name string, pid int) error {
 		}
 		return err
 	}
+	_ = giveToOwnerOf(f.Name(), sp.dir)
 	_, err = fmt.Fprintf(f, "%d\n", pid)
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -181,7 +181,7 @@ func (sp *pushSpool) candidates(after string, n int) []string {
 // remember records a segment pushed ahead. Call it only once the object is
 // durable.
 func (sp *pushSpool) remember(res PushResult) error {
-	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+	if err := mkdirOwned(sp.dir); err != nil {
 		return err
 	}
 	js, err := json.Marshal(pushEntry{Name: res.Name, Key: res.Key, Size: res.Size, SHA256: res.SHA256, PushedAt: sp.now().UTC()})
@@ -207,4 +207,19 @@ func logger(l *slog.Logger) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return l
+}
+
+// TidySpools removes from the push and prefetch spools of a data
+// directory's WAL (walDir, its pg_wal; pushDir and prefetchDir as in
+// PushOptions and FetchOptions, "" for the defaults under walDir) what
+// no call will use, by the rules each call applies to its own spool. It is
+// for cron: after a recovery has ended, or when archiving has stopped,
+// PostgreSQL makes no more calls that would tidy them. A spool this user
+// may not read is left alone.
+func TidySpools(walDir, pushDir, prefetchDir string, now time.Time, log *slog.Logger) {
+	log = logger(log)
+	probe := filepath.Join(walDir, "000000010000000000000001")
+	push := newPushSpool(PushOptions{Path: probe, SpoolDir: pushDir, Now: func() time.Time { return now }}, log)
+	push.clean("")
+	openPrefetchSpool(spoolDir(prefetchDir, probe, "prefetch"), now, log)
 }

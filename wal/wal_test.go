@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -906,5 +907,82 @@ func TestFetchAssemblesStreamedSegment(t *testing.T) {
 	// Nothing streamed of a segment: not found.
 	if _, err := wal.Fetch(ctx, wal.FetchOptions{Store: store, Server: server, Name: segName(1, 9), Dest: dest}); !errors.Is(err, wal.ErrNotFound) {
 		t.Fatalf("fetch of a segment never streamed: %v", err)
+	}
+}
+
+// TestTidySpoolsAndOwners: root's wal-fetch and wal-push give what they
+// make under pg_wal to pg_wal's owner, so that PostgreSQL's own calls can
+// use and remove it; TidySpools (cron) removes a day-old prefetch and
+// entries of segments PostgreSQL no longer has ready, when no call of
+// PostgreSQL's comes to do it.
+func TestTidySpoolsAndOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs as root, as the test suite does: it needs chown")
+	}
+	store := newCounting()
+	archive(t, store, 1, 1, 6)
+	f := &fetcher{t: t, store: store, dir: pgWAL(t)}
+	const uid, gid = 65534, 65534 // nobody, PostgreSQL's user here
+	for _, d := range []string{filepath.Dir(f.dir), f.dir, filepath.Join(f.dir, "archive_status")} {
+		if err := os.Chown(d, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.fetch(1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := spooled(t, f.spool()); len(got) != 3 {
+		t.Fatalf("spool: %v", got)
+	}
+	name := finish(t, f.dir, 1, 7)
+	seg := filepath.Join(f.dir, name)
+	if _, err := wal.Push(context.Background(), pushOpts(store, seg, 4)); err != nil {
+		t.Fatal(err)
+	}
+	finish(t, f.dir, 1, 8)
+	if _, err := wal.Push(context.Background(), pushOpts(store, seg, 4)); err != nil {
+		t.Fatal(err)
+	}
+	pushed := filepath.Join(f.dir, "cellar", "pushed")
+	err := filepath.WalkDir(filepath.Join(f.dir, "cellar"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s is owned by %d:%d, want pg_wal's owner %d:%d", p, st.Uid, st.Gid, uid, gid)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(f.dir, "RECOVERYXLOG")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uid {
+		t.Errorf("the fetched file is not pg_wal's owner's: %v", err)
+	}
+	if ents, _ := os.ReadDir(pushed); len(ents) != 1 {
+		t.Fatalf("push spool: %d entries, want the one for the segment pushed ahead", len(ents))
+	}
+
+	// Today nothing goes but what PostgreSQL no longer has ready.
+	wal.TidySpools(f.dir, "", "", time.Now(), nil)
+	if got := spooled(t, f.spool()); len(got) != 3 {
+		t.Fatalf("spool tidied too early: %v", got)
+	}
+	if ents, _ := os.ReadDir(pushed); len(ents) != 1 {
+		t.Fatalf("push spool tidied too early: %d entries", len(ents))
+	}
+	archived(t, f.dir, segName(1, 8)) // archived by another call
+	wal.TidySpools(f.dir, "", "", time.Now(), nil)
+	if ents, _ := os.ReadDir(pushed); len(ents) != 0 {
+		t.Fatalf("push spool keeps an entry PostgreSQL no longer has ready: %d entries", len(ents))
+	}
+	// A day later, the prefetched segments nobody asked for go.
+	wal.TidySpools(f.dir, "", "", time.Now().Add(25*time.Hour), nil)
+	if got := spooled(t, f.spool()); len(got) != 0 {
+		t.Fatalf("spool a day later: %v", got)
 	}
 }

@@ -43,9 +43,19 @@ type Config struct {
 type Owner struct{ UID, GID int }
 
 // Storage is a repository in a local directory.
+//
+// Modes follow the repository's top directory, whatever the umask of the
+// user who writes: a directory is made with the top directory's mode, a
+// file with its read and write bits. A repository in a directory of mode
+// 0700 stays private to its owner; one in a directory of mode 2750 owned
+// by a group is readable by that group (a monitoring user running check),
+// one of mode 2770 is writable by it too. A top directory that does not
+// exist yet is made 0700.
 type Storage struct {
 	root  string
 	owner *Owner
+	// dirMode and fileMode are the modes of what the repository makes.
+	dirMode, fileMode fs.FileMode
 }
 
 // ParseURL returns the directory named by a file:///abs/path URL.
@@ -67,7 +77,12 @@ func New(_ context.Context, cfg Config) (*Storage, error) {
 	if fi, err := os.Stat(cfg.Root); err == nil && !fi.IsDir() {
 		return nil, fmt.Errorf("file repository path %q is not a directory", cfg.Root)
 	}
-	return &Storage{root: filepath.Clean(cfg.Root), owner: cfg.Owner}, nil
+	st := &Storage{root: filepath.Clean(cfg.Root), owner: cfg.Owner, dirMode: 0o700, fileMode: 0o600}
+	if fi, err := os.Stat(cfg.Root); err == nil {
+		st.dirMode = fi.Mode().Perm() | 0o700 | fi.Mode()&fs.ModeSetgid
+		st.fileMode = fi.Mode().Perm()&0o666 | 0o600
+	}
+	return st, nil
 }
 
 var (
@@ -116,7 +131,7 @@ func (s *Storage) write(ctx context.Context, key string, r io.Reader, size int64
 	if err != nil {
 		return cloud.OpError(op, key, translate(err))
 	}
-	if err := s.chown(tmp.Name()); err != nil {
+	if err := s.own(tmp.Name(), tmp.Chmod, s.fileMode); err != nil {
 		_ = tmp.Close()
 		_ = os.Remove(tmp.Name())
 		return cloud.OpError(op, key, err)
@@ -162,12 +177,9 @@ func (s *Storage) write(ctx context.Context, key string, r io.Reader, size int64
 	return cloud.OpError(op, key, syncDir(dir))
 }
 
-// mkdirAll makes dir and its missing parents (0700), each owned by the
-// configured owner.
+// mkdirAll makes dir and its missing parents, each with the repository's
+// directory mode and owned by the configured owner.
 func (s *Storage) mkdirAll(dir string) error {
-	if s.owner == nil {
-		return os.MkdirAll(dir, 0o700)
-	}
 	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
 		return nil
 	}
@@ -182,14 +194,22 @@ func (s *Storage) mkdirAll(dir string) error {
 		}
 		return err
 	}
-	return s.chown(dir)
+	return s.own(dir, func(m fs.FileMode) error { return os.Chmod(dir, m) }, s.dirMode)
 }
 
-func (s *Storage) chown(path string) error {
-	if s.owner == nil {
-		return nil
+// own gives what the repository made at path its mode (with chmod, which
+// the umask does not touch) and its owner, when one is configured. The
+// owner comes first: a chown may clear the set-group-ID bit.
+func (s *Storage) own(path string, chmod func(fs.FileMode) error, mode fs.FileMode) error {
+	if s.owner != nil {
+		if err := os.Lchown(path, s.owner.UID, s.owner.GID); err != nil {
+			return err
+		}
 	}
-	return os.Lchown(path, s.owner.UID, s.owner.GID)
+	if mode == 0o600 || mode == 0o700 {
+		return nil // what Mkdir and CreateTemp made already
+	}
+	return chmod(mode)
 }
 
 func syncDir(dir string) error {

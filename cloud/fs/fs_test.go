@@ -134,6 +134,49 @@ func TestOwner(t *testing.T) {
 	}
 }
 
+// TestModesFollowTheTopDirectory: whatever the umask, directories get the
+// repository's top directory's mode (set-group-ID included) and files its
+// read and write bits, so a group that may read the top directory may read
+// every object.
+func TestModesFollowTheTopDirectory(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	for _, c := range []struct {
+		top, dir, file os.FileMode
+	}{
+		{0o700, 0o700, 0o600},
+		{0o750 | os.ModeSetgid, 0o750 | os.ModeSetgid, 0o640},
+		{0o770 | os.ModeSetgid, 0o770 | os.ModeSetgid, 0o660},
+	} {
+		root := filepath.Join(t.TempDir(), "repo")
+		if err := os.Mkdir(root, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(root, c.top); err != nil {
+			t.Fatal(err)
+		}
+		s, err := fs.New(context.Background(), fs.Config{Root: root})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(context.Background(), "main/wal/x/y", strings.NewReader("data"), 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(context.Background(), "main/wal/x/z", strings.NewReader("data"), 4); err != nil {
+			t.Fatal(err)
+		}
+		for p, want := range map[string]os.FileMode{"main": c.dir, "main/wal/x": c.dir, "main/wal/x/y": c.file, "main/wal/x/z": c.file} {
+			fi, err := os.Stat(filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fi.Mode() & (os.ModePerm | os.ModeSetgid); got != want {
+				t.Errorf("top %v: %s has mode %v, want %v", c.top, p, got, want)
+			}
+		}
+	}
+}
+
 // TestCleanTemp: the temporary files of a killed writer go once old
 // enough; fresh ones (a write in progress) and objects stay.
 func TestCleanTemp(t *testing.T) {

@@ -79,14 +79,7 @@ func listBackups(t *testing.T, env []string, conf string) []backupRow {
 func extractParts(t *testing.T, store cloud.Storage, m *catalog.Manifest) string {
 	t.Helper()
 	// Open to PostgreSQL's user, which may start a server on it.
-	dir, err := os.MkdirTemp("", "cellar-extract")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := openTempDir(t, "cellar-extract")
 	out := filepath.Join(dir, "data")
 	if err := os.Mkdir(out, 0o700); err != nil {
 		t.Fatal(err)

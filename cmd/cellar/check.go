@@ -67,7 +67,9 @@ func checkCommand(st *state) *cli.Command {
 				results = append(results, checkResult{Name: "configuration", Status: "OK"})
 				repoResults, store := st.checkRepository(c.Context, srv)
 				results = append(results, repoResults...)
-				results = append(results, checkLockDirectory(srv))
+				if r := checkLockDirectory(srv); r.Status != "OK" {
+					results = append(results, r)
+				}
 				// PostgreSQL is checked when Cellar knows how to reach it.
 				if srv.Conninfo != "" {
 					results = append(results, st.checkPostgres(c.Context, srv, store)...)
@@ -189,9 +191,10 @@ func (st *state) checkRepository(ctx context.Context, srv *config.Server) ([]che
 
 var errStop = errors.New("stop")
 
-// checkLockDirectory checks that lock_directory exists. Whether this user
-// may write it is not checked: monitoring only looks at locks, and the
-// users who take them are told by their own commands.
+// checkLockDirectory checks that lock_directory exists; the item is shown
+// only when it fails. Whether this user may write it is not checked:
+// monitoring only looks at locks, and the users who take them are told by
+// their own commands.
 func checkLockDirectory(srv *config.Server) checkResult {
 	const name = "lock directory"
 	var d *lockfile.DirError

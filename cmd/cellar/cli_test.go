@@ -55,6 +55,22 @@ func tmpLeftovers() []string {
 	return append(m, l...)
 }
 
+// openTempDir makes a temporary directory outside the test's own (which
+// only root may enter), open to PostgreSQL's user, who may run a server or
+// archive_command on what is in it, and removed when the test ends.
+func openTempDir(t *testing.T, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // sharedTemp makes dir a directory every user may create files in, as
 // /tmp (mode 1777), and returns it.
 func sharedTemp(t *testing.T, dir string) string {

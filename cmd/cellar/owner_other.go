@@ -8,3 +8,4 @@ import (
 )
 
 func repositoryOwner(*config.Server) *fs.Owner { return nil }
+func ownerOf(string) *fs.Owner                 { return nil }

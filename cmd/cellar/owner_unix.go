@@ -3,6 +3,7 @@
 package main
 
 import (
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -12,15 +13,33 @@ import (
 )
 
 // repositoryOwner returns, for cellar running as root against a file://
-// repository, the owner of the server's data directory: what root creates
-// there (the identity, a backup) is given to that user, the one that
-// archive_command runs as, so that wal-push can go on reading and writing
-// the repository. Otherwise nil: files belong to whoever runs cellar.
+// repository, the user and group that what root creates there (the
+// identity, a backup, WAL from a cron-started receive-wal) is given to, so
+// that the users who share the repository can go on reading and writing
+// it: the owner of the repository's top directory, or, while it does not
+// exist or belongs to root, the owner of the server's data directory (the
+// user archive_command runs as). Otherwise nil: files belong to whoever
+// runs cellar.
 func repositoryOwner(s *config.Server) *fs.Owner {
-	if os.Geteuid() != 0 || s.PGData == "" || !strings.HasPrefix(s.Repository, "file:") {
+	if os.Geteuid() != 0 || !strings.HasPrefix(s.Repository, "file:") {
 		return nil
 	}
-	fi, err := os.Stat(s.PGData)
+	if u, err := url.Parse(s.Repository); err == nil {
+		if root, err := fs.ParseURL(u); err == nil {
+			if o := ownerOf(root); o != nil {
+				return o
+			}
+		}
+	}
+	if s.PGData == "" {
+		return nil
+	}
+	return ownerOf(s.PGData)
+}
+
+// ownerOf returns the owner of path, nil when it is root or unknown.
+func ownerOf(path string) *fs.Owner {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return nil
 	}

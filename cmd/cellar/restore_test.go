@@ -24,14 +24,7 @@ import (
 // reach, for cellar restore.
 func restoreDir(t *testing.T) string {
 	t.Helper()
-	base, err := os.MkdirTemp("", "cellar-restore")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	base := openTempDir(t, "cellar-restore")
 	return filepath.Join(base, "data")
 }
 

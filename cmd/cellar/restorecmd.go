@@ -100,6 +100,11 @@ func restoreCommand(st *state) *cli.Command {
 				}
 				return err
 			}
+			if os.Geteuid() == 0 && ownerOf(dest) == nil {
+				// Root restored into a directory of root's: the files
+				// were not given to anybody else.
+				st.log.Warn("the restored files belong to root, and PostgreSQL refuses to run as root: give them to PostgreSQL's user (chown -R postgres: " + dest + ") before starting it, or restore into a directory that user owns")
+			}
 			if st.format == "json" {
 				return st.printJSON(map[string]any{"backup": m.ID, "server": srv.Name, "destination": dest,
 					"files": res.Files, "fetched": res.Fetched, "kept": res.Kept, "removed": res.Removed,

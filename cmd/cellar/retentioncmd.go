@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/retention"
+	"github.com/cellar-backup/cellar/wal"
 )
 
 // now is the clock of the catalog commands. CELLAR_NOW (RFC 3339) moves
@@ -207,6 +209,11 @@ func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
 		} else if n > 0 {
 			st.log.Info("cron: removed temporary files of interrupted writes", "server", srv.Name, "files", n)
 		}
+	}
+	// The WAL spools under pg_wal (or wal_spool_dir), which no call of
+	// PostgreSQL's tidies once recovery has ended or archiving stopped.
+	if srv.PGData != "" {
+		wal.TidySpools(filepath.Join(srv.PGData, "pg_wal"), spoolDir(srv, "pushed"), spoolDir(srv, "prefetch"), st.now(), st.log)
 	}
 	for _, id := range orphans {
 		rb, err := retention.RemoveBackup(ctx, store, srv.Name, id, "orphan parts")

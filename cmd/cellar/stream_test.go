@@ -397,14 +397,7 @@ func TestReceiveWALCronStatusAndCheck(t *testing.T) {
 // cellarAs runs the binary as another (unprivileged) user.
 func cellarAs(t *testing.T, u *user.User, env []string, args ...string) result {
 	t.Helper()
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	cmd := exec.Command(cellarBin, args...)
-	home := t.TempDir()
-	os.Chmod(home, 0o777)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, env...)
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	cmd := cellarCommandAs(t, u, env, args...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -415,6 +408,29 @@ func cellarAs(t *testing.T, u *user.User, env []string, args ...string) result {
 		t.Fatalf("running cellar as %s: %v", u.Username, err)
 	}
 	return r
+}
+
+// cellarCommandAs is the command that runs the binary as u (in its
+// primary and supplementary groups), with a clean environment plus env.
+func cellarCommandAs(t *testing.T, u *user.User, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	var groups []uint32
+	if ids, err := u.GroupIds(); err == nil {
+		for _, g := range ids {
+			if n, err := strconv.Atoi(g); err == nil {
+				groups = append(groups, uint32(n))
+			}
+		}
+	}
+	cmd := exec.Command(cellarBin, args...)
+	home := t.TempDir()
+	os.Chmod(home, 0o777)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, env...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}}
+	return cmd
 }
 
 // TestStreamBackup: backup_method = stream, run by a user who cannot read

@@ -50,14 +50,7 @@ func repository(t *testing.T, kind string, dir func(string) string) (conf string
 // cluster, the configuration file and the environment cellar needs.
 func archivingCluster(t *testing.T, kind string, extraConf string) (*pgtest.Cluster, string, []string) {
 	t.Helper()
-	base, err := os.MkdirTemp("", "cellar-wal-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	base := openTempDir(t, "cellar-wal-test")
 	dirs := map[string]string{}
 	mkdir := func(name string) string {
 		if d, ok := dirs[name]; ok {

@@ -140,6 +140,9 @@ func Take(dir, name string, h Holder) (*Lock, error) {
 		}
 		return nil, err
 	}
+	if writable {
+		heal(f, dir)
+	}
 	deadline := time.Now().Add(retryFor)
 	for {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
@@ -294,6 +297,23 @@ func sharedMode(dir string) fs.FileMode {
 		}
 	}
 	return m
+}
+
+// heal widens the mode of a lock file that an earlier version made
+// private (0600) to what its directory allows, when this user may: after
+// one run by the file's owner or root, the other users can use it too.
+func heal(f *os.File, dir string) {
+	fi, err := f.Stat()
+	if err != nil {
+		return
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || (int(st.Uid) != os.Geteuid() && os.Geteuid() != 0) {
+		return
+	}
+	if want := sharedMode(dir); fi.Mode().Perm()|want != fi.Mode().Perm() {
+		_ = f.Chmod(fi.Mode().Perm() | want)
+	}
 }
 
 // dirProblem returns the *DirError of dir, if it has one.

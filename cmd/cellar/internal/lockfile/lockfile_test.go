@@ -166,3 +166,24 @@ func TestBadDirectory(t *testing.T) {
 		t.Error("Take created the missing lock directory")
 	}
 }
+
+// A lock file an earlier version made private is opened up by the next
+// run of its owner.
+func TestPrivateLockFileHealed(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "x.lock")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Take(dir, "x.lock", Holder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o666 {
+		t.Fatalf("a private lock file has mode %v after its owner's run, want 0666", fi.Mode().Perm())
+	}
+}
