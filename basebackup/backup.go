@@ -22,6 +22,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // DefaultPartSize is the tar stream size at which a part is closed: a
@@ -255,7 +256,7 @@ type taken struct {
 	begin            time.Time
 	records          []catalog.File
 	parts            []catalog.Part
-	startLSN, endLSN catalog.LSN
+	startLSN, endLSN pg.LSN
 	// endTimeline is the timeline the backup ended on, when PostgreSQL
 	// says (0: the one its backup_label starts on).
 	endTimeline   uint32
@@ -373,11 +374,11 @@ func (b *backup) waitWAL(ctx context.Context, srv *Server, timeline uint32, star
 			return fmt.Errorf("switching WAL on the primary (primary_conninfo): %w", err)
 		}
 	}
-	first, err := catalog.ParseWALName(startWAL)
+	first, err := pg.ParseWALName(startWAL)
 	if err != nil {
 		return err
 	}
-	last, err := catalog.ParseWALName(endWAL)
+	last, err := pg.ParseWALName(endWAL)
 	if err != nil {
 		return err
 	}
@@ -386,8 +387,8 @@ func (b *backup) waitWAL(ctx context.Context, srv *Server, timeline uint32, star
 	seg := first.SegNo(srv.WALSegmentSize)
 	end := last.SegNo(srv.WALSegmentSize)
 	for seg <= end {
-		name := catalog.SegmentNameOf(timeline, seg, srv.WALSegmentSize)
-		w, _ := catalog.ParseWALName(name)
+		name := pg.SegmentNameOf(timeline, seg, srv.WALSegmentSize)
+		w, _ := pg.ParseWALName(name)
 		_, err := o.Store.Stat(wctx, catalog.WALKey(o.Server, w))
 		if err == nil {
 			seg++

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // MinVersion is the oldest PostgreSQL Cellar backs up: the first with the
@@ -135,7 +136,7 @@ func CheckDataDirectory(pgdata, dataDirectory string) error {
 
 // started is what the start of a backup returns.
 type started struct {
-	LSN catalog.LSN
+	LSN pg.LSN
 }
 
 // startBackup starts a non-exclusive backup on conn, which must stay open
@@ -149,13 +150,13 @@ func startBackup(ctx context.Context, conn *pgx.Conn, version int, label string,
 	if err := conn.QueryRow(ctx, q, label, fast).Scan(&lsn); err != nil {
 		return started{}, fmt.Errorf("starting the backup: %w", explain(err))
 	}
-	l, err := catalog.ParseLSN(lsn)
+	l, err := pg.ParseLSN(lsn)
 	return started{LSN: l}, err
 }
 
 // stopped is what the end of a backup returns.
 type stopped struct {
-	LSN           catalog.LSN
+	LSN           pg.LSN
 	Label         string
 	TablespaceMap string
 }
@@ -176,7 +177,7 @@ func stopBackup(ctx context.Context, conn *pgx.Conn, version int) (stopped, erro
 	if spc != nil {
 		s.TablespaceMap = *spc
 	}
-	l, err := catalog.ParseLSN(lsn)
+	l, err := pg.ParseLSN(lsn)
 	s.LSN = l
 	return s, err
 }
@@ -196,7 +197,7 @@ func labelInfo(label string) (startWAL string, timeline uint32, err error) {
 			}
 		}
 	}
-	if _, perr := catalog.ParseWALName(startWAL); perr != nil || timeline == 0 {
+	if _, perr := pg.ParseWALName(startWAL); perr != nil || timeline == 0 {
 		return "", 0, fmt.Errorf("the backup_label PostgreSQL returned has no start WAL file or timeline:\n%s", label)
 	}
 	return startWAL, timeline, nil

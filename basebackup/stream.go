@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
-	"github.com/cellar-backup/cellar/catalog/pgrepl"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // runStream takes the backup with BASE_BACKUP over a replication
@@ -30,7 +30,7 @@ import (
 func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*catalog.Manifest, error) {
 	o := b.o
 	label := "cellar backup " + b.id
-	rc, err := pgrepl.Dial(ctx, o.StreamConninfo, "cellar_backup")
+	rc, err := pg.DialReplication(ctx, o.StreamConninfo, "cellar_backup")
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 	})
 }
 
-func tablespaceOID(ts []pgrepl.BackupTablespace, location string) (uint32, bool) {
+func tablespaceOID(ts []pg.BackupTablespace, location string) (uint32, bool) {
 	for _, t := range ts {
 		if t.Location == location {
 			return t.OID, true

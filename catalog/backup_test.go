@@ -15,6 +15,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // TestGoldenManifest keeps the manifest format: the golden file decodes
@@ -143,29 +144,6 @@ func TestListBackups(t *testing.T) {
 	}
 }
 
-func TestLSN(t *testing.T) {
-	l, err := ParseLSN("16/B374D848")
-	if err != nil || uint64(l) != 0x16B374D848 || l.String() != "16/B374D848" {
-		t.Fatalf("ParseLSN: %v %v", l, err)
-	}
-	for _, bad := range []string{"", "16", "x/1", "1/", "1/2/3"} {
-		if _, err := ParseLSN(bad); err == nil {
-			t.Errorf("ParseLSN(%q) accepted", bad)
-		}
-	}
-	seg := int64(16 << 20)
-	if n := LSN(0x5000028).SegmentName(1, seg); n != "000000010000000000000005" {
-		t.Fatal(n)
-	}
-	// A stop LSN on a segment boundary needs the segment before it only.
-	if n := LSN(0x6000000).PrevSegmentName(2, seg); n != "000000020000000000000005" {
-		t.Fatal(n)
-	}
-	if n := LSN(0x6000001).PrevSegmentName(2, seg); n != "000000020000000000000006" {
-		t.Fatal(n)
-	}
-}
-
 // listCounter counts what a storage lists and reads.
 type listCounter struct {
 	cloud.Storage
@@ -202,7 +180,7 @@ func TestListBackupsIsBounded(t *testing.T) {
 		}
 	}
 	for i := range 3000 {
-		w, _ := ParseWALName(SegmentNameOf(1, uint64(i), 16<<20))
+		w, _ := pg.ParseWALName(pg.SegmentNameOf(1, uint64(i), 16<<20))
 		store.Put(ctx, WALKey("main", w), strings.NewReader("w"), 1)
 	}
 	c := &listCounter{Storage: store}

@@ -13,46 +13,12 @@ import (
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
+	"github.com/cellar-backup/cellar/pg"
 )
 
-func TestParseWALName(t *testing.T) {
-	for name, want := range map[string]catalog.WALName{
-		"000000010000000A000000FF":                 {Kind: catalog.Segment, Timeline: 1, Log: 10, Seg: 255},
-		"000000020000000000000003.partial":         {Kind: catalog.Partial, Timeline: 2, Log: 0, Seg: 3},
-		"000000010000000000000002.00000028.backup": {Kind: catalog.Backup, Timeline: 1, Log: 0, Seg: 2},
-		"0000000A.history":                         {Kind: catalog.History, Timeline: 10},
-	} {
-		got, err := catalog.ParseWALName(name)
-		want.Name = name
-		if err != nil || got != want {
-			t.Errorf("ParseWALName(%s) = %+v, %v; want %+v", name, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "00000001000000000000000", "000000010000000000000001.gz", "00000001.HISTORY",
-		"000000000000000000000001", "00000000.history", "../000000010000000000000001", "000000010000000000000001 ", "0000000g0000000000000001"} {
-		if _, err := catalog.ParseWALName(bad); err == nil {
-			t.Errorf("ParseWALName(%q) accepted a bad name", bad)
-		}
-	}
-}
-
-func TestSegmentArithmetic(t *testing.T) {
-	w, _ := catalog.ParseWALName("0000000100000001000000FF")
-	if got := w.Next(16 << 20); got != "000000010000000200000000" {
-		t.Errorf("Next of ...1/FF with 16 MiB segments = %s", got)
-	}
-	w, _ = catalog.ParseWALName("000000010000000100000FFF")
-	if got := w.Next(1 << 20); got != "000000010000000200000000" {
-		t.Errorf("Next with 1 MiB segments = %s", got)
-	}
-	if got := catalog.SegmentNameOf(3, 0x1FF, 16<<20); got != "0000000300000001000000FF" {
-		t.Errorf("SegmentNameOf = %s", got)
-	}
-}
-
 func TestKeys(t *testing.T) {
-	w, _ := catalog.ParseWALName("0000000200000005000000A1")
-	h, _ := catalog.ParseWALName("00000002.history")
+	w, _ := pg.ParseWALName("0000000200000005000000A1")
+	h, _ := pg.ParseWALName("00000002.history")
 	for got, want := range map[string]string{
 		catalog.WALKey("main", w):        "main/wal/0000000200000005/0000000200000005000000A1",
 		catalog.WALKey("main", h):        "main/wal/history/00000002.history",
@@ -127,39 +93,6 @@ func TestEnvelope(t *testing.T) {
 	h := catalog.Header{Type: "wal", Name: "x", Codec: codec.None, Size: size, SHA256: sum}
 	if err := catalog.Encode(io.Discard, h, 0, bytes.NewReader(data[1:])); err == nil {
 		t.Error("Encode of changed data succeeded")
-	}
-}
-
-func TestSegmentHeader(t *testing.T) {
-	page := make([]byte, 8192)
-	le := binary.LittleEndian
-	le.PutUint16(page[0:], 0xD110)
-	le.PutUint16(page[2:], 0x0002)
-	le.PutUint32(page[4:], 1)
-	le.PutUint64(page[8:], 3*16<<20)
-	le.PutUint64(page[24:], 7312345678901234567)
-	le.PutUint32(page[32:], 16<<20)
-	le.PutUint32(page[36:], 8192)
-	h, err := catalog.ReadSegmentHeader(bytes.NewReader(page))
-	if err != nil || h.SystemIdentifier != 7312345678901234567 || h.SegmentSize != 16<<20 {
-		t.Fatalf("ReadSegmentHeader = %+v, %v", h, err)
-	}
-	w, _ := catalog.ParseWALName("000000010000000000000003")
-	if err := h.Check(w); err != nil {
-		t.Fatalf("Check: %v", err)
-	}
-	w, _ = catalog.ParseWALName("000000010000000000000004")
-	if err := h.Check(w); err == nil {
-		t.Fatal("Check accepted a segment under another name")
-	}
-	// The first segment of timeline 2 starts with timeline 1's header.
-	w, _ = catalog.ParseWALName("000000020000000000000003")
-	if err := h.Check(w); err != nil {
-		t.Fatalf("Check of a new timeline's first segment: %v", err)
-	}
-	le.PutUint16(page[2:], 0)
-	if _, err := catalog.ReadSegmentHeader(bytes.NewReader(page)); err == nil {
-		t.Fatal("a page without a long header was accepted")
 	}
 }
 

@@ -1,3 +1,9 @@
+// Package catalog owns the repository's layout and formats: where each
+// object lives (keys), the envelope every object is stored in (codec,
+// checksum, version), the repository's identity, the backup manifests and
+// markers. The PostgreSQL names it files WAL under (WAL file names,
+// timelines, LSNs) are package pg's. docs/FORMAT.md describes the same in
+// prose.
 package catalog
 
 import (
@@ -6,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // The key layout of one server's objects in a repository. Every key starts
@@ -71,8 +78,8 @@ func WALDirPrefix(server string, timeline, log uint32) string {
 }
 
 // WALKey is the key of an archived WAL file.
-func WALKey(server string, w WALName) string {
-	if w.Kind == History {
+func WALKey(server string, w pg.WALName) string {
+	if w.Kind == pg.History {
 		return HistoryPrefix(server) + w.Name
 	}
 	return WALDirPrefix(server, w.Timeline, w.Log) + w.Name
@@ -82,9 +89,9 @@ func WALKey(server string, w WALName) string {
 // in timeline and segment order, then history files), from one paged
 // listing of the server's WAL prefix. Objects whose key is not where
 // WALKey puts their name are not Cellar's and are passed over.
-func ListWALFiles(ctx context.Context, store cloud.Storage, server string, fn func(WALName, cloud.ObjectInfo) error) error {
+func ListWALFiles(ctx context.Context, store cloud.Storage, server string, fn func(pg.WALName, cloud.ObjectInfo) error) error {
 	return store.List(ctx, WALPrefix(server), func(o cloud.ObjectInfo) error {
-		w, err := ParseWALName(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
+		w, err := pg.ParseWALName(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
 		if err != nil || WALKey(server, w) != o.Key {
 			return nil
 		}

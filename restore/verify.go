@@ -15,6 +15,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // VerifyOptions configure a verification of a backup.
@@ -175,19 +176,19 @@ func verifyPart(ctx context.Context, store cloud.Storage, m *catalog.Manifest, p
 // whole so that its checksum is checked.
 func verifyWAL(ctx context.Context, o VerifyOptions, res *VerifyResult, add func(string, error)) error {
 	m := o.Manifest
-	first, err := catalog.ParseWALName(m.BeginWAL)
+	first, err := pg.ParseWALName(m.BeginWAL)
 	if err != nil {
 		return err
 	}
-	last, err := catalog.ParseWALName(m.EndWAL)
+	last, err := pg.ParseWALName(m.EndWAL)
 	if err != nil {
 		return err
 	}
 	segSize := m.WALSegmentSize
 	end := last.SegNo(segSize)
 	if o.ToLatest {
-		err := catalog.ListWALFiles(ctx, o.Store, m.Server, func(w catalog.WALName, _ cloud.ObjectInfo) error {
-			if w.Kind == catalog.Segment && w.Timeline == m.Timeline && w.SegNo(segSize) > end {
+		err := catalog.ListWALFiles(ctx, o.Store, m.Server, func(w pg.WALName, _ cloud.ObjectInfo) error {
+			if w.Kind == pg.Segment && w.Timeline == m.Timeline && w.SegNo(segSize) > end {
 				end = w.SegNo(segSize)
 			}
 			return nil
@@ -197,8 +198,8 @@ func verifyWAL(ctx context.Context, o VerifyOptions, res *VerifyResult, add func
 		}
 	}
 	for n := first.SegNo(segSize); n <= end; n++ {
-		name := catalog.SegmentNameOf(m.Timeline, n, segSize)
-		w, _ := catalog.ParseWALName(name)
+		name := pg.SegmentNameOf(m.Timeline, n, segSize)
+		w, _ := pg.ParseWALName(name)
 		key := catalog.WALKey(m.Server, w)
 		if res.FirstWAL == "" {
 			res.FirstWAL = name

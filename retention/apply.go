@@ -7,6 +7,7 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // Removed is what carrying out a plan removed, or would remove.
@@ -61,7 +62,7 @@ func Gather(ctx context.Context, store cloud.Storage, server string) (*Inventory
 	} else if !errors.Is(err, cloud.ErrNotExist) {
 		return nil, err
 	}
-	err = catalog.ListWALFiles(ctx, store, server, func(w catalog.WALName, o cloud.ObjectInfo) error {
+	err = catalog.ListWALFiles(ctx, store, server, func(w pg.WALName, o cloud.ObjectInfo) error {
 		in.WAL = append(in.WAL, w)
 		inv.WALSizes[w.Name] = o.Size
 		return nil
@@ -109,7 +110,7 @@ func Execute(ctx context.Context, store cloud.Storage, server string, p Plan, wa
 	}
 	var keys []string
 	for _, name := range p.WAL {
-		w, err := catalog.ParseWALName(name)
+		w, err := pg.ParseWALName(name)
 		if err != nil {
 			continue
 		}

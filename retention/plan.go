@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // Policy is a server's retention settings.
@@ -39,7 +40,7 @@ type Backup struct {
 // Input is everything the plan depends on.
 type Input struct {
 	Backups        []Backup
-	WAL            []catalog.WALName
+	WAL            []pg.WALName
 	Policy         Policy
 	Now            time.Time
 	WALSegmentSize int64
@@ -156,7 +157,7 @@ func removableWAL(in Input, done []Backup, keep []bool, oldest int) []string {
 	if seg <= 0 {
 		seg = 16 << 20
 	}
-	first, err := catalog.ParseWALName(done[oldest].BeginWAL)
+	first, err := pg.ParseWALName(done[oldest].BeginWAL)
 	if err != nil {
 		return nil
 	}
@@ -170,8 +171,8 @@ func removableWAL(in Input, done []Backup, keep []bool, oldest int) []string {
 		if !keep[i] || !b.Keep {
 			continue
 		}
-		bw, err1 := catalog.ParseWALName(b.BeginWAL)
-		ew, err2 := catalog.ParseWALName(b.EndWAL)
+		bw, err1 := pg.ParseWALName(b.BeginWAL)
+		ew, err2 := pg.ParseWALName(b.EndWAL)
 		if err1 != nil || err2 != nil {
 			return nil // cannot tell what it needs: remove nothing
 		}
@@ -179,7 +180,7 @@ func removableWAL(in Input, done []Backup, keep []bool, oldest int) []string {
 	}
 	var out []string
 	for _, w := range in.WAL {
-		if w.Kind == catalog.History {
+		if w.Kind == pg.History {
 			continue
 		}
 		s := w.SegNo(seg)

@@ -9,26 +9,27 @@ import (
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 const seg = 16 << 20
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-func segName(tl uint32, n uint64) string { return catalog.SegmentNameOf(tl, n, seg) }
+func segName(tl uint32, n uint64) string { return pg.SegmentNameOf(tl, n, seg) }
 
 // history makes n daily backups on timeline 1, backup i covering segments
 // 10i..10i+1, and WAL from segment 0 to 10n+5.
-func history(n int) ([]Backup, []catalog.WALName) {
+func history(n int) ([]Backup, []pg.WALName) {
 	var bs []Backup
 	for i := range n {
 		bs = append(bs, Backup{ID: catalog.NewBackupID(t0.Add(time.Duration(i) * 24 * time.Hour)), Status: catalog.StatusDone,
 			EndTime: t0.Add(time.Duration(i)*24*time.Hour + time.Hour), Timeline: 1,
 			BeginWAL: segName(1, uint64(10*i)), EndWAL: segName(1, uint64(10*i+1))})
 	}
-	var wal []catalog.WALName
+	var wal []pg.WALName
 	for s := uint64(0); s <= uint64(10*n+5); s++ {
-		w, _ := catalog.ParseWALName(segName(1, s))
+		w, _ := pg.ParseWALName(segName(1, s))
 		wal = append(wal, w)
 	}
 	return bs, wal
@@ -94,10 +95,10 @@ func TestDecideTimelines(t *testing.T) {
 	// Timeline 1 to segment 30, timeline 2 forks at 25 and runs to 60,
 	// timeline 3 forks at 50 and runs to 80. Backups on each; the window
 	// starts between the TL2 backups.
-	var wal []catalog.WALName
+	var wal []pg.WALName
 	add := func(tl uint32, from, to uint64) {
 		for s := from; s <= to; s++ {
-			w, _ := catalog.ParseWALName(segName(tl, s))
+			w, _ := pg.ParseWALName(segName(tl, s))
 			wal = append(wal, w)
 		}
 	}
@@ -105,7 +106,7 @@ func TestDecideTimelines(t *testing.T) {
 	add(2, 25, 60)
 	add(3, 50, 80)
 	for _, h := range []string{"00000002.history", "00000003.history"} {
-		w, _ := catalog.ParseWALName(h)
+		w, _ := pg.ParseWALName(h)
 		wal = append(wal, w)
 	}
 	mk := func(day int, tl uint32, begin uint64) Backup {
@@ -121,7 +122,7 @@ func TestDecideTimelines(t *testing.T) {
 		t.Fatalf("retained %v", p.Retained)
 	}
 	for _, w := range p.WAL {
-		if n, _ := catalog.ParseWALName(w); n.Kind == catalog.History || n.SegNo(seg) >= 35 {
+		if n, _ := pg.ParseWALName(w); n.Kind == pg.History || n.SegNo(seg) >= 35 {
 			t.Fatalf("removes %s, which recovery from backup %s needs", w, bs[2].ID)
 		}
 	}
@@ -150,9 +151,9 @@ func TestDecideProperty(t *testing.T) {
 			}
 			bs = append(bs, b)
 		}
-		var wal []catalog.WALName
+		var wal []pg.WALName
 		for s := uint64(0); s <= uint64(10*n+5); s++ {
-			w, _ := catalog.ParseWALName(segName(1, s))
+			w, _ := pg.ParseWALName(segName(1, s))
 			wal = append(wal, w)
 		}
 		pol := Policy{MinimumRedundancy: rng.IntN(3)}
@@ -188,8 +189,8 @@ func TestDecideProperty(t *testing.T) {
 			if !retained[b.ID] {
 				continue
 			}
-			first, _ := catalog.ParseWALName(b.BeginWAL)
-			last, _ := catalog.ParseWALName(b.EndWAL)
+			first, _ := pg.ParseWALName(b.BeginWAL)
+			last, _ := pg.ParseWALName(b.EndWAL)
 			end := uint64(10*n + 5)
 			if b.Keep {
 				end = last.SegNo(seg)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // FetchOptions say which WAL file to fetch where.
@@ -80,12 +81,12 @@ type FetchResult struct {
 // missing from the repository (the end of the archive) is not an error
 // for a prefetch, and no prefetch fails the call.
 func Fetch(ctx context.Context, o FetchOptions) (FetchResult, error) {
-	w, err := catalog.ParseWALName(o.Name)
+	w, err := pg.ParseWALName(o.Name)
 	if err != nil {
 		return FetchResult{}, err
 	}
 	res := FetchResult{Name: o.Name}
-	if w.Kind != catalog.Segment {
+	if w.Kind != pg.Segment {
 		res.Size, err = fetchTo(ctx, o, w, o.Dest)
 		return res, err
 	}
@@ -201,7 +202,7 @@ func (sp *prefetchSpool) prefetchAll(ctx context.Context, o FetchOptions, names 
 }
 
 // fetchTo writes a WAL file from the repository to dest.
-func fetchTo(ctx context.Context, o FetchOptions, w catalog.WALName, dest string) (int64, error) {
+func fetchTo(ctx context.Context, o FetchOptions, w pg.WALName, dest string) (int64, error) {
 	body, h, err := openWAL(ctx, o.Store, o.Server, w)
 	if err != nil {
 		return 0, err
@@ -213,7 +214,7 @@ func fetchTo(ctx context.Context, o FetchOptions, w catalog.WALName, dest string
 // openWAL opens an archived WAL file and returns a reader of its original
 // bytes, which fails at the end at the latest if they do not match the
 // checksum in the object's header.
-func openWAL(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) (io.ReadCloser, catalog.Header, error) {
+func openWAL(ctx context.Context, store cloud.Storage, server string, w pg.WALName) (io.ReadCloser, catalog.Header, error) {
 	body, h, err := openObject(ctx, store, catalog.WALKey(server, w), "wal", w.Name)
 	if errors.Is(err, cloud.ErrNotExist) {
 		return nil, h, fmt.Errorf("%s: %w", w.Name, ErrNotFound)
@@ -250,7 +251,7 @@ func openObject(ctx context.Context, store cloud.Storage, key, typ, name string)
 // serves that, padded with zeros to a whole segment: recovery replays to
 // the end of what was received and stops there. Prefetching never does
 // this: a streamed segment may still grow.
-func openSegment(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) (io.ReadCloser, catalog.Header, error) {
+func openSegment(ctx context.Context, store cloud.Storage, server string, w pg.WALName) (io.ReadCloser, catalog.Header, error) {
 	body, h, err := openWAL(ctx, store, server, w)
 	if !errors.Is(err, ErrNotFound) {
 		return body, h, err
@@ -280,8 +281,8 @@ func openSegment(ctx context.Context, store cloud.Storage, server string, w cata
 // durable to PostgreSQL). Every piece's checksum is verified. A chunk
 // that vanishes while it is read (receive-wal folded it into a newer
 // .partial) starts the reading over.
-func streamedSegment(ctx context.Context, store cloud.Storage, server string, w catalog.WALName) ([]byte, bool, error) {
-	pw, err := catalog.ParseWALName(w.Name + ".partial")
+func streamedSegment(ctx context.Context, store cloud.Storage, server string, w pg.WALName) ([]byte, bool, error) {
+	pw, err := pg.ParseWALName(w.Name + ".partial")
 	if err != nil {
 		return nil, false, nil
 	}
@@ -294,7 +295,7 @@ func streamedSegment(ctx context.Context, store cloud.Storage, server string, w 
 	}
 }
 
-func readStreamed(ctx context.Context, store cloud.Storage, server, name string, pw catalog.WALName) ([]byte, bool, error) {
+func readStreamed(ctx context.Context, store cloud.Storage, server, name string, pw pg.WALName) ([]byte, bool, error) {
 	var data []byte
 	found := false
 	body, _, err := openWAL(ctx, store, server, pw)

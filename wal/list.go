@@ -7,6 +7,7 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // Timeline summarises the archived WAL of one timeline.
@@ -52,18 +53,18 @@ func ListWAL(ctx context.Context, store cloud.Storage, server string) ([]Timelin
 		}
 		return t
 	}
-	err := catalog.ListWALFiles(ctx, store, server, func(w catalog.WALName, o cloud.ObjectInfo) error {
+	err := catalog.ListWALFiles(ctx, store, server, func(w pg.WALName, o cloud.ObjectInfo) error {
 		name := w.Name
 		t := get(w.Timeline)
 		t.StoredSize += o.Size
 		switch w.Kind {
-		case catalog.History:
+		case pg.History:
 			t.History = true
 			return nil
-		case catalog.Backup:
+		case pg.Backup:
 			t.Backup++
 			return nil
-		case catalog.Partial:
+		case pg.Partial:
 			t.Partial++
 			return nil
 		}
@@ -71,8 +72,8 @@ func ListWAL(ctx context.Context, store cloud.Storage, server string) ([]Timelin
 		n := w.SegNo(segSize)
 		if t.Segments > 0 && n > last[w.Timeline]+1 {
 			t.Gaps = append(t.Gaps, Gap{
-				From:  catalog.SegmentNameOf(w.Timeline, last[w.Timeline]+1, segSize),
-				To:    catalog.SegmentNameOf(w.Timeline, n-1, segSize),
+				From:  pg.SegmentNameOf(w.Timeline, last[w.Timeline]+1, segSize),
+				To:    pg.SegmentNameOf(w.Timeline, n-1, segSize),
 				Count: n - last[w.Timeline] - 1,
 			})
 		}

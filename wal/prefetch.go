@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // The prefetch spool holds segments fetched ahead of PostgreSQL's requests
@@ -205,14 +206,14 @@ func handOver(f spooled, dest string) error {
 // early), the spool is refilled once fewer than half of the next n are
 // spooled or in flight: the downloads of one refill share a process, and
 // it has the replay of half the spool to finish before PostgreSQL asks.
-func (sp *prefetchSpool) wanted(w catalog.WALName, segSize int64, n int, refillEarly bool) []string {
+func (sp *prefetchSpool) wanted(w pg.WALName, segSize int64, n int, refillEarly bool) []string {
 	if n <= 0 || segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
 		return nil
 	}
 	segNo := w.SegNo(segSize)
 	var names []string
 	for i := uint64(1); i <= uint64(n); i++ {
-		name := catalog.SegmentNameOf(w.Timeline, segNo+i, segSize)
+		name := pg.SegmentNameOf(w.Timeline, segNo+i, segSize)
 		if len(sp.files[name]) == 0 && !sp.inFlight[name] {
 			names = append(names, name)
 		} else if i == 1 && !refillEarly {
@@ -306,7 +307,7 @@ func (sp *prefetchSpool) awaitInFlight(ctx context.Context, name string) {
 // prefetch fetches one segment into the spool. ErrNotFound is the end of
 // the archive.
 func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name string) error {
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return err
 	}
@@ -336,9 +337,9 @@ func (sp *prefetchSpool) prefetch(ctx context.Context, o FetchOptions, name stri
 
 // cleanPast removes the spooled segments PostgreSQL will not ask for now
 // that it has w: those of w's timeline up to w, and all of other timelines.
-func (sp *prefetchSpool) cleanPast(w catalog.WALName) {
+func (sp *prefetchSpool) cleanPast(w pg.WALName) {
 	for name, files := range sp.files {
-		n, err := catalog.ParseWALName(name)
+		n, err := pg.ParseWALName(name)
 		if err == nil && n.Timeline == w.Timeline && name > w.Name {
 			continue
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 var (
@@ -113,12 +114,12 @@ type AheadResult struct {
 // PostgreSQL's archive_status files are only read, never written.
 func Push(ctx context.Context, o PushOptions) (PushResult, error) {
 	name := filepath.Base(o.Path)
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return PushResult{}, err
 	}
 	p := &pusher{o: o, log: logger(o.Log)}
-	if w.Kind != catalog.Segment {
+	if w.Kind != pg.Segment {
 		return p.push(ctx, o.Path, w)
 	}
 	sp := newPushSpool(o, p.log)
@@ -160,14 +161,14 @@ type pusher struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	verified *catalog.SegmentHeader // the header whose identity was checked
+	verified *pg.SegmentHeader // the header whose identity was checked
 }
 
 // pushAhead pushes a following segment and remembers it in the spool once
 // it is durable.
 func (p *pusher) pushAhead(ctx context.Context, sp *pushSpool, path string) AheadResult {
 	name := filepath.Base(path)
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return AheadResult{PushResult: PushResult{Name: name}, Err: err}
 	}
@@ -182,7 +183,7 @@ func (p *pusher) pushAhead(ctx context.Context, sp *pushSpool, path string) Ahea
 }
 
 // push archives one file.
-func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (PushResult, error) {
+func (p *pusher) push(ctx context.Context, path string, w pg.WALName) (PushResult, error) {
 	o := p.o
 	name := w.Name
 	f, err := os.Open(path)
@@ -197,7 +198,7 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 	h := catalog.Header{Type: "wal", Name: name, Codec: o.Codec}
 	key := catalog.WALKey(o.Server, w)
 	var check func() error // the identity check, for WAL with a header
-	if w.Kind == catalog.Segment || w.Kind == catalog.Partial {
+	if w.Kind == pg.Segment || w.Kind == pg.Partial {
 		sh, err := checkSegment(f, fi.Size(), w)
 		if err != nil {
 			return PushResult{Name: name}, fmt.Errorf("%s: %w", path, err)
@@ -246,7 +247,7 @@ func (p *pusher) push(ctx context.Context, path string, w catalog.WALName) (Push
 	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
 	// A .partial that receive-wal streamed is replaced by PostgreSQL's
 	// own copy of the segment; anything else archived is never replaced.
-	replace := archived != nil && w.Kind == catalog.Partial && archived.Streamed
+	replace := archived != nil && w.Kind == pg.Partial && archived.Streamed
 	if archived != nil && !replace {
 		return res, compareArchived(*archived, h, &res)
 	}
@@ -271,8 +272,8 @@ const inMemoryLimit = 64 << 20
 
 // checkSegment reads a segment's header and checks it against its name
 // and size.
-func checkSegment(f *os.File, size int64, w catalog.WALName) (catalog.SegmentHeader, error) {
-	sh, err := catalog.ReadSegmentHeader(io.NewSectionReader(f, 0, size))
+func checkSegment(f *os.File, size int64, w pg.WALName) (pg.SegmentHeader, error) {
+	sh, err := pg.ReadSegmentHeader(io.NewSectionReader(f, 0, size))
 	if err != nil {
 		return sh, err
 	}
@@ -288,7 +289,7 @@ func checkSegment(f *os.File, size int64, w catalog.WALName) (catalog.SegmentHea
 // checkIdentity records the cluster's identity on the first push and
 // refuses WAL from any other cluster afterwards. Within one call, a header
 // of the cluster already checked needs no second look.
-func (p *pusher) checkIdentity(ctx context.Context, sh catalog.SegmentHeader) error {
+func (p *pusher) checkIdentity(ctx context.Context, sh pg.SegmentHeader) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if v := p.verified; v != nil && v.SystemIdentifier == sh.SystemIdentifier && v.SegmentSize == sh.SegmentSize {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // The push spool remembers the segments that a call of wal-push pushed
@@ -119,7 +120,7 @@ func (sp *pushSpool) clean(current string) {
 // ahead, if the spool remembers it and the memory checks out: the file has
 // the recorded size and checksum and the object is in the repository. The
 // entry is removed either way: PostgreSQL has asked for its segment.
-func (sp *pushSpool) answer(ctx context.Context, o PushOptions, w catalog.WALName) (PushResult, bool) {
+func (sp *pushSpool) answer(ctx context.Context, o PushOptions, w pg.WALName) (PushResult, bool) {
 	path := sp.entryPath(w.Name)
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -163,7 +164,7 @@ func (sp *pushSpool) candidates(after string, n int) []string {
 		if name <= after {
 			continue
 		}
-		if w, err := catalog.ParseWALName(name); err != nil || w.Kind != catalog.Segment {
+		if w, err := pg.ParseWALName(name); err != nil || w.Kind != pg.Segment {
 			continue
 		}
 		if _, err := os.Stat(sp.entryPath(name)); err == nil {

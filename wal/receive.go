@@ -14,8 +14,8 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
-	"github.com/cellar-backup/cellar/catalog/pgrepl"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // ReceiveOptions say what to stream where.
@@ -54,7 +54,7 @@ type ReceiveOptions struct {
 // Status says where a stream is.
 type Status struct {
 	Timeline    uint32
-	Start       catalog.LSN
+	Start       pg.LSN
 	Synchronous bool
 }
 
@@ -113,7 +113,7 @@ func Receive(ctx context.Context, o ReceiveOptions) error {
 // anything: creating an existing physical slot, or dropping a missing
 // one, is success without a change.
 func ManageSlot(ctx context.Context, conninfo, appName, slot string, drop bool) (changed bool, err error) {
-	c, err := pgrepl.Dial(ctx, conninfo, appName)
+	c, err := pg.DialReplication(ctx, conninfo, appName)
 	if err != nil {
 		return false, err
 	}
@@ -136,7 +136,7 @@ func ManageSlot(ctx context.Context, conninfo, appName, slot string, drop bool) 
 
 // receiveOnce runs one connection's streams, across timeline switches.
 func receiveOnce(ctx context.Context, o ReceiveOptions, log *slog.Logger, started func(Status)) error {
-	conn, err := pgrepl.Dial(ctx, o.Conninfo, o.AppName)
+	conn, err := pg.DialReplication(ctx, o.Conninfo, o.AppName)
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func receiveOnce(ctx context.Context, o ReceiveOptions, log *slog.Logger, starte
 		return err
 	}
 	p := &pusher{o: PushOptions{Store: o.Store, Server: o.Server, Version: o.Version}, log: log}
-	if err := p.checkIdentity(ctx, catalog.SegmentHeader{SystemIdentifier: sys.SystemIdentifier, SegmentSize: segSize}); err != nil {
+	if err := p.checkIdentity(ctx, pg.SegmentHeader{SystemIdentifier: sys.SystemIdentifier, SegmentSize: segSize}); err != nil {
 		return err
 	}
 	slot, err := conn.ReadSlot(ctx, o.Slot)
@@ -210,7 +210,7 @@ func NamesStandby(ssn, name string) bool {
 type receiver struct {
 	o           ReceiveOptions
 	log         *slog.Logger
-	conn        *pgrepl.Conn
+	conn        *pg.ReplConn
 	segSize     int64
 	sysid       uint64
 	synchronous bool
@@ -220,14 +220,14 @@ type receiver struct {
 	cur      *segment   // the segment being received
 	queue    []*segment // completed segments waiting for their upload
 	barrier  []chan error
-	received catalog.LSN
-	durable  catalog.LSN
+	received pg.LSN
+	durable  pg.LSN
 	stopped  bool
 	failed   error // the uploader's error, which ends the stream
 	space    *sync.Cond
 
 	chunksInFlight int
-	lastReported   catalog.LSN // the durable position the server was told
+	lastReported   pg.LSN // the durable position the server was told
 }
 
 // segment is a segment's worth of received WAL.
@@ -249,29 +249,29 @@ type segment struct {
 	chunks   sync.WaitGroup // chunk uploads in flight
 }
 
-func (s *segment) start(segSize int64) catalog.LSN { return catalog.LSN(s.segNo * uint64(segSize)) }
+func (s *segment) start(segSize int64) pg.LSN { return pg.LSN(s.segNo * uint64(segSize)) }
 
-func (s *segment) name(segSize int64) string { return catalog.SegmentNameOf(s.tl, s.segNo, segSize) }
+func (s *segment) name(segSize int64) string { return pg.SegmentNameOf(s.tl, s.segNo, segSize) }
 
 // startPoint is where the stream starts: the end of the last whole
 // segment in the repository (on this server's history), or with Reset or
 // an empty repository the slot's restart point or the server's position;
 // always a segment's start.
-func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrepl.Slot) (catalog.LSN, uint32, error) {
-	var last *catalog.WALName
-	var partials []catalog.WALName
+func (r *receiver) startPoint(ctx context.Context, sys pg.System, slot pg.Slot) (pg.LSN, uint32, error) {
+	var last *pg.WALName
+	var partials []pg.WALName
 	have := map[string]bool{}
-	err := catalog.ListWALFiles(ctx, r.o.Store, r.o.Server, func(w catalog.WALName, _ cloud.ObjectInfo) error {
+	err := catalog.ListWALFiles(ctx, r.o.Store, r.o.Server, func(w pg.WALName, _ cloud.ObjectInfo) error {
 		switch {
-		case w.Kind == catalog.Partial:
+		case w.Kind == pg.Partial:
 			partials = append(partials, w)
-		case w.Kind != catalog.Segment || w.Timeline > sys.Timeline:
+		case w.Kind != pg.Segment || w.Timeline > sys.Timeline:
 		case last == nil || w.SegNo(r.segSize) > last.SegNo(r.segSize) ||
 			w.SegNo(r.segSize) == last.SegNo(r.segSize) && w.Timeline > last.Timeline:
 			w := w
 			last = &w
 		}
-		if w.Kind == catalog.Segment {
+		if w.Kind == pg.Segment {
 			have[w.Name] = true
 		}
 		return nil
@@ -294,7 +294,7 @@ func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrep
 	if r.o.Reset || last == nil {
 		return fallback, r.timelineAt(ctx, sys, fallback), nil
 	}
-	end := catalog.LSN((last.SegNo(r.segSize) + 1) * uint64(r.segSize))
+	end := pg.LSN((last.SegNo(r.segSize) + 1) * uint64(r.segSize))
 	if end > sys.Flush {
 		// The repository is ahead of this server (restored from it?):
 		// stream from the server's own position.
@@ -304,7 +304,7 @@ func (r *receiver) startPoint(ctx context.Context, sys pgrepl.System, slot pgrep
 }
 
 // timelineAt is the timeline of the server's history that holds pos.
-func (r *receiver) timelineAt(ctx context.Context, sys pgrepl.System, pos catalog.LSN) uint32 {
+func (r *receiver) timelineAt(ctx context.Context, sys pg.System, pos pg.LSN) uint32 {
 	if sys.Timeline == 1 {
 		return 1
 	}
@@ -312,12 +312,12 @@ func (r *receiver) timelineAt(ctx context.Context, sys pgrepl.System, pos catalo
 	if err != nil {
 		return sys.Timeline
 	}
-	return pgrepl.TimelineAt(pgrepl.ParseHistory(content), sys.Timeline, pos)
+	return pg.TimelineAt(pg.ParseHistory(content), sys.Timeline, pos)
 }
 
 // run reads the stream from start on timeline tl, following timeline
 // switches, until ctx ends or the stream fails.
-func (r *receiver) run(ctx context.Context, start catalog.LSN, tl uint32) error {
+func (r *receiver) run(ctx context.Context, start pg.LSN, tl uint32) error {
 	r.space = sync.NewCond(&r.mu)
 	r.received, r.durable = start, start
 	r.cur = r.newSegment(tl, start.SegNo(r.segSize))
@@ -380,7 +380,7 @@ func (r *receiver) read(ctx context.Context) error {
 }
 
 // add appends WAL that starts at start to the segments.
-func (r *receiver) add(start catalog.LSN, data []byte) error {
+func (r *receiver) add(start pg.LSN, data []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failed != nil {
@@ -394,7 +394,7 @@ func (r *receiver) add(start catalog.LSN, data []byte) error {
 		n := copy(c.buf[c.n:], data)
 		c.n += n
 		data = data[n:]
-		r.received += catalog.LSN(n)
+		r.received += pg.LSN(n)
 		if c.n == len(c.buf) {
 			for len(r.queue) >= maxQueued && r.failed == nil {
 				r.space.Wait()
@@ -413,7 +413,7 @@ func (r *receiver) add(start catalog.LSN, data []byte) error {
 // switchTimeline stores everything of the ended timeline (its last
 // segment as .partial), archives the new timeline's history file, and
 // streams the new timeline from the start of the segment where it forked.
-func (r *receiver) switchTimeline(ctx context.Context, m pgrepl.Message) error {
+func (r *receiver) switchTimeline(ctx context.Context, m pg.Message) error {
 	if err := r.flush(ctx, 0); err != nil {
 		return err
 	}
@@ -435,7 +435,7 @@ func (r *receiver) switchTimeline(ctx context.Context, m pgrepl.Message) error {
 
 // storeHistory archives a timeline history file as wal-push would.
 func (r *receiver) storeHistory(ctx context.Context, name string, content []byte) error {
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return err
 	}
@@ -640,7 +640,7 @@ func (r *receiver) markDurable(s *segment, n int) {
 		}
 	}
 	if start := s.start(r.segSize); r.durable >= start {
-		r.durable = max(r.durable, start+catalog.LSN(s.durableN))
+		r.durable = max(r.durable, start+pg.LSN(s.durableN))
 	}
 }
 
@@ -709,11 +709,11 @@ func (r *receiver) pruneChunks(ctx context.Context, s *segment, n int) {
 // streamed .partial is of no more use.
 func (r *receiver) storeSegment(ctx context.Context, s *segment) error {
 	name := s.name(r.segSize)
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return err
 	}
-	sh, err := catalog.ReadSegmentHeader(bytes.NewReader(s.buf))
+	sh, err := pg.ReadSegmentHeader(bytes.NewReader(s.buf))
 	if err == nil {
 		err = sh.Check(w)
 	}
@@ -746,7 +746,7 @@ func (r *receiver) storePartial(ctx context.Context, s *segment, n int) (stored 
 		return false, nil
 	}
 	name := s.name(r.segSize) + ".partial"
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return false, err
 	}
@@ -790,7 +790,7 @@ func (r *receiver) deleteChunks(ctx context.Context, stale func(segment string) 
 
 // deletePartial removes a streamed .partial (never one PostgreSQL archived).
 func (r *receiver) deletePartial(ctx context.Context, name string) {
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
 
@@ -89,7 +90,7 @@ func (c *counting) getsOf(name string) int    { return c.counted(c.gets, name) }
 func (c *counting) statsOf(name string) int   { return c.counted(c.stat, name) }
 
 func (c *counting) counted(m map[string]int, name string) int {
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		panic(err)
 	}
@@ -99,7 +100,7 @@ func (c *counting) counted(m map[string]int, name string) int {
 }
 
 // segName is the name of segment segNo of a timeline.
-func segName(tli uint32, segNo uint64) string { return catalog.SegmentNameOf(tli, segNo, segSize) }
+func segName(tli uint32, segNo uint64) string { return pg.SegmentNameOf(tli, segNo, segSize) }
 
 // segment returns the bytes of a valid 1 MiB segment: a long page header
 // (see catalog/pgwal.go) and pseudo-random content.
@@ -296,7 +297,7 @@ func TestPushSpoolIsNotTrustedBlindly(t *testing.T) {
 	t.Run("ObjectGone", func(t *testing.T) {
 		// The repository lost the object (restored, or another spool):
 		// the segment is pushed again, never assumed.
-		w, _ := catalog.ParseWALName(names[1])
+		w, _ := pg.ParseWALName(names[1])
 		if err := store.Delete(ctx, catalog.WALKey(server, w)); err != nil {
 			t.Fatal(err)
 		}
@@ -873,7 +874,7 @@ func TestFetchAssemblesStreamedSegment(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pw, _ := catalog.ParseWALName(name + ".partial")
+	pw, _ := pg.ParseWALName(name + ".partial")
 	put(catalog.WALKey(server, pw), catalog.Header{Type: "wal", Name: pw.Name, Codec: codec.Zstd, Streamed: true}, full[:1000])
 	chunk := func(from, to int) {
 		put(catalog.ChunkKey(server, name, int64(from), int64(to)), catalog.Header{Type: "wal-chunk", Name: name, Offset: int64(from), Codec: codec.Zstd}, full[from:to])

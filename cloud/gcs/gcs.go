@@ -4,8 +4,9 @@
 // Credentials follow Google's own conventions: Application Default
 // Credentials (GOOGLE_APPLICATION_CREDENTIALS, the gcloud user login, or the
 // metadata server on Google Cloud), or an explicit service-account key file.
-// When STORAGE_EMULATOR_HOST names an emulator such as fake-gcs-server, the
-// client talks to it without authentication, as the Google SDK does.
+// When Config.EmulatorHost (the caller's STORAGE_EMULATOR_HOST) names an
+// emulator such as fake-gcs-server, the client talks to it without
+// authentication, as the Google SDK does.
 //
 // Uploads are resumable uploads of Config.ChunkSize bytes per request: one
 // upload holds one chunk in memory whatever the object's length, and an
@@ -21,7 +22,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -52,8 +52,6 @@ const (
 	// chunkRetryDeadline bounds the retries of one chunk of a resumable
 	// upload (the SDK's attempt limit does not apply to uploads).
 	chunkRetryDeadline = 90 * time.Second
-	// emulatorEnv is the Google SDK's variable naming a storage emulator.
-	emulatorEnv = "STORAGE_EMULATOR_HOST"
 )
 
 // Config describes one repository in a bucket.
@@ -70,8 +68,13 @@ type Config struct {
 	// no path gets "/storage/v1/". Requests to an explicit endpoint are
 	// unauthenticated unless CredentialsFile is set, and objects are read
 	// through the JSON API. Empty means Google Cloud Storage, or the
-	// emulator named by STORAGE_EMULATOR_HOST.
+	// emulator named by EmulatorHost.
 	Endpoint string
+	// EmulatorHost is a storage emulator's host:port (or URL), as the
+	// Google SDK's STORAGE_EMULATOR_HOST gives it; the caller reads that
+	// variable. With no Endpoint, requests go there, unauthenticated,
+	// through the JSON API.
+	EmulatorHost string
 	// CredentialsFile is a service-account key file (JSON) to authenticate
 	// with. Empty means Application Default Credentials.
 	CredentialsFile string
@@ -174,16 +177,22 @@ func New(ctx context.Context, cfg Config) (*Storage, error) {
 	// The HTTP client is built here rather than by the SDK so that it has a
 	// bounded dial timeout; authentication is layered on top of it.
 	opts := []option.ClientOption{}
-	endpoint := ""
-	if cfg.Endpoint != "" {
-		if endpoint, err = apiEndpoint(cfg.Endpoint); err != nil {
+	endpoint := cfg.Endpoint
+	if endpoint == "" && cfg.EmulatorHost != "" {
+		endpoint = cfg.EmulatorHost
+		if !strings.Contains(endpoint, "://") {
+			endpoint = "http://" + endpoint
+		}
+	}
+	if endpoint != "" {
+		if endpoint, err = apiEndpoint(endpoint); err != nil {
 			return nil, err
 		}
 		// The XML API host is derived from the endpoint, which an emulator
 		// or a proxy may not serve; the JSON API is always there.
 		opts = append(opts, option.WithEndpoint(endpoint), storage.WithJSONReads())
 	}
-	authenticate := cfg.CredentialsFile != "" || (endpoint == "" && os.Getenv(emulatorEnv) == "")
+	authenticate := cfg.CredentialsFile != "" || endpoint == ""
 	var hc *http.Client
 	if authenticate {
 		dopts := &credentials.DetectOptions{

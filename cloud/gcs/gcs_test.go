@@ -39,14 +39,16 @@ func mustNew(t testing.TB, cfg gcs.Config) *gcs.Storage {
 var opts = storagetest.Options{PartSize: gcs.DefaultChunkSize, Concurrency: 1}
 
 // TestConformance runs the suite against fake-gcs-server, found through
-// STORAGE_EMULATOR_HOST as a user would, in a repository under a prefix.
+// its host as STORAGE_EMULATOR_HOST gives it, in a repository under a
+// prefix.
 func TestConformance(t *testing.T) {
 	g := testservers.GCS(t)
 	t.Setenv("STORAGE_EMULATOR_HOST", g.Host)
 	storagetest.Run(t, func(t *testing.T) cloud.Storage {
 		s, err := gcs.New(context.Background(), gcs.Config{
-			Bucket: g.NewBucket(t),
-			Prefix: "/" + storagetest.UniqueName("repo-") + "/pg/",
+			Bucket:       g.NewBucket(t),
+			Prefix:       "/" + storagetest.UniqueName("repo-") + "/pg/",
+			EmulatorHost: g.Host,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -333,7 +335,7 @@ func TestMissingBucket(t *testing.T) {
 			if via == "endpoint" {
 				cfg.Endpoint = "http://" + g.Host
 			} else {
-				t.Setenv("STORAGE_EMULATOR_HOST", g.Host)
+				cfg.EmulatorHost = g.Host
 			}
 			s := mustNew(t, cfg)
 			ctx := context.Background()

@@ -157,6 +157,7 @@ func (st *state) repoOptions(s *config.Server) repo.Options {
 		S3Region:              s.S3Region,
 		S3ForcePathStyle:      s.S3ForcePathStyle,
 		GCSEndpoint:           s.GCSEndpoint,
+		GCSEmulatorHost:       st.getenv("STORAGE_EMULATOR_HOST"),
 		AzureAccount:          s.AzureAccount,
 		AzureEndpoint:         s.AzureEndpoint,
 		AzureKey:              s.AzureKey,

@@ -21,8 +21,9 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // backupCluster is an archiving cluster whose configuration also names its
@@ -224,10 +225,10 @@ func TestBackupEveryRepositoryKind(t *testing.T) {
 			}
 			// The WAL from begin to end is archived.
 			segSize := m.WALSegmentSize
-			b, _ := catalog.ParseWALName(m.BeginWAL)
-			e, _ := catalog.ParseWALName(m.EndWAL)
+			b, _ := pg.ParseWALName(m.BeginWAL)
+			e, _ := pg.ParseWALName(m.EndWAL)
 			for n := b.SegNo(segSize); n <= e.SegNo(segSize); n++ {
-				w, _ := catalog.ParseWALName(catalog.SegmentNameOf(m.Timeline, n, segSize))
+				w, _ := pg.ParseWALName(pg.SegmentNameOf(m.Timeline, n, segSize))
 				if _, err := store.Stat(context.Background(), catalog.WALKey("main", w)); err != nil {
 					t.Fatalf("WAL %s of the backup: %v", w.Name, err)
 				}

@@ -18,6 +18,7 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/retention"
 )
 
@@ -260,7 +261,7 @@ type walSeg struct {
 func archivedSegments(inv *retention.Inventory) []walSeg {
 	var segs []walSeg
 	for _, w := range inv.Input.WAL {
-		if w.Kind == catalog.Segment {
+		if w.Kind == pg.Segment {
 			segs = append(segs, walSeg{name: w.Name, key: w.Name[8:] + w.Name[:8], size: inv.WALSizes[w.Name]})
 		}
 	}

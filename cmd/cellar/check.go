@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/retention"
 )
 
@@ -165,7 +167,7 @@ func (st *state) checkRepository(ctx context.Context, srv *config.Server) ([]che
 	}
 	reachable, writable := "repository reachable", "repository writable"
 	opts := st.repoOptions(srv)
-	where := repo.Endpoint(opts, st.getenv)
+	where := repo.Endpoint(opts)
 	// When the repository cannot be reached, the write check is not run:
 	// one FAILED line names the cause.
 	store, err := repo.Open(ctx, opts)
@@ -246,14 +248,14 @@ func (st *state) checkPostgres(ctx context.Context, srv *config.Server, store cl
 	defer conn.Close(context.WithoutCancel(ctx))
 	results := []checkResult{ok("PostgreSQL")}
 	show := func(name string) string {
-		var v string
-		if err := conn.QueryRow(cctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+		v, err := pg.Setting(cctx, conn, name)
+		if err != nil {
 			return "?" + err.Error()
 		}
 		return v
 	}
-	var version int
-	if err := conn.QueryRow(cctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+	version, err := strconv.Atoi(show("server_version_num"))
+	if err != nil {
 		results = append(results, fail("PostgreSQL version supported", err.Error()))
 	} else if err := basebackup.CheckVersion(version, show("server_version")); err != nil {
 		results = append(results, fail("PostgreSQL version supported", err.Error()))
@@ -318,23 +320,17 @@ func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *
 			st.log.Info("hint: archive_command does not name cellar wal-push "+srv.Name+"; archiving is judged by its effect (continuous archiving, WAL archive)", "archive_command", st.scrub(v))
 		}
 	}
-	var failed int64
-	var lastFailedWAL, lastArchivedWAL *string
-	var lastArchived *time.Time
-	var failedLater bool
-	err := conn.QueryRow(cctx, `SELECT failed_count, last_failed_wal, last_archived_wal, last_archived_time,
-		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)
-		FROM pg_stat_archiver`).Scan(&failed, &lastFailedWAL, &lastArchivedWAL, &lastArchived, &failedLater)
+	a, err := pg.ReadArchiver(cctx, conn)
 	switch {
 	case err != nil:
 		results = append(results, fail("continuous archiving", err.Error()))
-	case failedLater:
-		results = append(results, fail("continuous archiving", fmt.Sprintf("the archiver is failing: %d failures, last on %s; see the PostgreSQL log", failed, deref(lastFailedWAL))))
+	case a.Failing:
+		results = append(results, fail("continuous archiving", fmt.Sprintf("the archiver is failing: %d failures, last on %s; see the PostgreSQL log", a.Failed, a.LastFailedWAL)))
 	default:
 		results = append(results, ok("continuous archiving"))
 	}
-	if err == nil && lastArchivedWAL != nil && store != nil {
-		results = append(results, st.checkArchivedWAL(cctx, srv, store, *lastArchivedWAL, *lastArchived))
+	if err == nil && a.LastArchivedWAL != "" && store != nil {
+		results = append(results, st.checkArchivedWAL(cctx, srv, store, a.LastArchivedWAL, a.LastArchivedTime))
 	}
 	return results
 }
@@ -345,7 +341,7 @@ func (st *state) checkArchiving(cctx context.Context, srv *config.Server, conn *
 // here, however it is written.
 func (st *state) checkArchivedWAL(ctx context.Context, srv *config.Server, store cloud.Storage, name string, when time.Time) checkResult {
 	const item = "WAL archive"
-	w, err := catalog.ParseWALName(name)
+	w, err := pg.ParseWALName(name)
 	if err != nil {
 		return checkResult{Name: item, Status: "OK"} // not a file Cellar stores
 	}
@@ -365,8 +361,8 @@ func (st *state) checkArchivedWAL(ctx context.Context, srv *config.Server, store
 func (st *state) checkSystemIdentifier(cctx context.Context, srv *config.Server, conn *pgx.Conn, store cloud.Storage) checkResult {
 	const name = "system identifier"
 	fail := func(hint string) checkResult { return checkResult{name, "FAILED", st.scrub(oneLine(hint))} }
-	var sysid uint64
-	if err := conn.QueryRow(cctx, "SELECT system_identifier FROM pg_control_system()").Scan(&sysid); err != nil {
+	sysid, err := pg.SystemIdentifier(cctx, conn)
+	if err != nil {
 		return fail(err.Error())
 	}
 	if store == nil {
@@ -398,13 +394,6 @@ func archiveCommandOK(cmd, server string) bool {
 		}
 	}
 	return false
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return "?"
-	}
-	return *s
 }
 
 // checkBackupAge checks that the newest finished backup is younger than
@@ -499,14 +488,14 @@ func (st *state) checkCatalog(ctx context.Context, srv *config.Server, store clo
 		segSize := inv.Input.WALSegmentSize
 		last := map[uint32]uint64{}
 		for _, w := range inv.Input.WAL { // in timeline and segment order
-			if w.Kind != catalog.Segment || w.Timeline < oldest.Timeline {
+			if w.Kind != pg.Segment || w.Timeline < oldest.Timeline {
 				continue
 			}
 			n := w.SegNo(segSize)
 			if prev, seen := last[w.Timeline]; seen && n > prev+1 {
-				to := catalog.SegmentNameOf(w.Timeline, n-1, segSize)
+				to := pg.SegmentNameOf(w.Timeline, n-1, segSize)
 				if to[8:] >= oldest.BeginWAL[8:] { // after the backup's begin, on any timeline
-					gaps = append(gaps, catalog.SegmentNameOf(w.Timeline, prev+1, segSize)+".."+to)
+					gaps = append(gaps, pg.SegmentNameOf(w.Timeline, prev+1, segSize)+".."+to)
 				}
 			}
 			last[w.Timeline] = n

@@ -9,9 +9,11 @@ import (
 const module = "github.com/cellar-backup/cellar"
 
 // layer returns the layer a package belongs to: cmd, a workflow, catalog,
-// cloud or a backend (a cloud subpackage). Dependencies flow
-// cmd -> workflows -> catalog -> cloud; workflows never import each other;
-// backends are imported only by cmd.
+// cloud, a backend (a cloud subpackage), pg (PostgreSQL's own formats and
+// protocol, a base layer beside cloud) or a test kit (internal/, which only
+// tests import). Dependencies flow cmd -> workflows -> catalog -> cloud,
+// and everything may use pg; workflows never import each other; backends
+// are imported only by cmd.
 func layer(pkg string) string {
 	rel := strings.TrimPrefix(strings.TrimPrefix(pkg, module), "/")
 	top, _, _ := strings.Cut(rel, "/")
@@ -22,6 +24,10 @@ func layer(pkg string) string {
 		return "workflow:" + top
 	case "catalog":
 		return "catalog"
+	case "pg":
+		return "pg"
+	case "internal":
+		return "testkit"
 	case "cloud":
 		if rel == "cloud" {
 			return "cloud"
@@ -37,14 +43,18 @@ func allowed(from, to string) bool {
 		return true
 	}
 	switch {
+	case to == "testkit":
+		return false // only tests import it, and they are not listed
 	case from == "cmd":
 		return true
 	case strings.HasPrefix(from, "workflow:"):
-		return to == "catalog" || to == "cloud"
+		return to == "catalog" || to == "cloud" || to == "pg"
 	case from == "catalog":
-		return to == "cloud"
+		return to == "cloud" || to == "pg"
 	case from == "backend":
 		return to == "cloud"
+	case from == "testkit":
+		return to == "pg" || to == "cloud" || to == "catalog"
 	}
 	return false
 }
@@ -60,7 +70,7 @@ func TestDependencyDirection(t *testing.T) {
 		pkg := fields[0]
 		from := layer(pkg)
 		if strings.HasPrefix(from, "other:") {
-			t.Errorf("package %s is outside the layout (cmd, cloud, catalog, wal, basebackup, restore, retention)", pkg)
+			t.Errorf("package %s is outside the layout (cmd, cloud, catalog, pg, wal, basebackup, restore, retention, internal)", pkg)
 		}
 		for _, imp := range fields[1:] {
 			if !strings.HasPrefix(imp, module) {
@@ -75,7 +85,7 @@ func TestDependencyDirection(t *testing.T) {
 				continue
 			}
 			if !allowed(from, to) {
-				t.Errorf("%s (%s) imports %s (%s): dependencies flow cmd -> workflows -> catalog -> cloud", pkg, from, imp, to)
+				t.Errorf("%s (%s) imports %s (%s): dependencies flow cmd -> workflows -> catalog -> cloud, with pg beside cloud", pkg, from, imp, to)
 			}
 		}
 	}
@@ -95,6 +105,13 @@ func TestLayerRules(t *testing.T) {
 		{module + "/wal", module + "/cloud/s3", false},
 		{module + "/wal", module + "/catalog", true},
 		{module + "/cmd/cellar", module + "/cloud/s3", true},
+		{module + "/wal", module + "/pg", true},
+		{module + "/catalog", module + "/pg", true},
+		{module + "/pg", module + "/catalog", false},
+		{module + "/pg", module + "/cloud", false},
+		{module + "/cloud", module + "/pg", false},
+		{module + "/wal", module + "/internal/pgtest", false},
+		{module + "/cmd/cellar", module + "/internal/pgtest", false},
 	} {
 		if got := allowed(layer(c.from), layer(c.to)); got != c.ok {
 			t.Errorf("%s -> %s allowed = %v, want %v", c.from, c.to, got, c.ok)

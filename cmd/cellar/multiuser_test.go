@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/internal/pgtest"
 )
 
 // multiUserHost is one PostgreSQL server archiving to a file:// repository

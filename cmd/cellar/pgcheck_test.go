@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/internal/pgtest"
 )
 
 // appendConf adds lines to the configuration file (whose last section is

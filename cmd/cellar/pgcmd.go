@@ -13,6 +13,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
 
@@ -21,15 +22,11 @@ func connect(ctx context.Context, srv *config.Server) (*pgx.Conn, error) {
 	if srv.Conninfo == "" {
 		return nil, fmt.Errorf("server %s has no conninfo: set conninfo = host=... user=... dbname=postgres", srv.Name)
 	}
-	cfg, err := pgx.ParseConfig(srv.Conninfo)
+	cfg, err := pg.ParseConninfo(srv.Conninfo)
 	if err != nil {
 		return nil, fmt.Errorf("conninfo of server %s: %v", srv.Name, config.RedactConninfo(err.Error()))
 	}
-	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 10*time.Second {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	cfg.RuntimeParams["application_name"] = "cellar"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := pg.Connect(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to PostgreSQL of server %s: %w", srv.Name, err)
 	}
@@ -59,15 +56,15 @@ func switchWALCommand(st *state) *cli.Command {
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
-			var name string
-			if err := conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&name); err != nil {
+			name, err := pg.SwitchWAL(ctx, conn)
+			if err != nil {
 				return fmt.Errorf("switching WAL on server %s: %w", srv.Name, err)
 			}
 			fmt.Fprintf(st.stdout, "The WAL file %s has been closed on server %s\n", name, srv.Name)
 			if !c.Bool("archive") {
 				return nil
 			}
-			w, err := catalog.ParseWALName(name)
+			w, err := pg.ParseWALName(name)
 			if err != nil {
 				return err
 			}

@@ -5,47 +5,20 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
-	"github.com/cellar-backup/cellar/catalog/pgrepl"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
 
-// replClient is one row of pg_stat_replication.
-type replClient struct {
-	PID         int       `json:"pid"`
-	Application string    `json:"application_name"`
-	User        string    `json:"user"`
-	ClientAddr  string    `json:"client_addr"`
-	State       string    `json:"state"`
-	SyncState   string    `json:"sync_state"`
-	SentLSN     string    `json:"sent_lsn"`
-	WriteLSN    string    `json:"write_lsn"`
-	FlushLSN    string    `json:"flush_lsn"`
-	ReplayLSN   string    `json:"replay_lsn"`
-	FlushLag    int64     `json:"flush_lag_bytes"`
-	Started     time.Time `json:"backend_start"`
-}
-
-// slotState is the replication slot as the server reports it.
-type slotState struct {
-	Name       string `json:"name"`
-	Exists     bool   `json:"exists"`
-	Active     bool   `json:"active"`
-	RestartLSN string `json:"restart_lsn,omitempty"`
-	LagBytes   int64  `json:"lag_bytes"`
-	WALStatus  string `json:"wal_status,omitempty"`
-}
-
 type replStatus struct {
-	Server     string       `json:"server"`
-	CurrentLSN string       `json:"current_lsn"`
-	Clients    []replClient `json:"clients"`
-	Slot       slotState    `json:"slot"`
+	Server     string          `json:"server"`
+	CurrentLSN string          `json:"current_lsn"`
+	Clients    []pg.ReplClient `json:"clients"`
+	Slot       pg.SlotState    `json:"slot"`
 	Repository struct {
 		Timeline    uint32 `json:"timeline"`
 		LastSegment string `json:"last_segment"`
@@ -68,18 +41,10 @@ func sqlConninfo(srv *config.Server) (*config.Server, error) {
 	return &s, nil
 }
 
-const replicationQuery = `
-WITH cur AS (SELECT CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) ELSE pg_current_wal_lsn() END AS lsn)
-SELECT pid, coalesce(application_name, ''), coalesce(usename::text, ''), coalesce(client_addr::text, 'local'),
-       coalesce(state, ''), coalesce(sync_state, ''), coalesce(sent_lsn::text, ''), coalesce(write_lsn::text, ''),
-       coalesce(flush_lsn::text, ''), coalesce(replay_lsn::text, ''),
-       coalesce(pg_wal_lsn_diff((SELECT lsn FROM cur), flush_lsn), 0)::bigint, backend_start
-FROM pg_stat_replication ORDER BY pid`
-
 // replicationStatus reads the streaming clients and the slot from the
 // server and where the repository ends.
 func (st *state) replicationStatus(ctx context.Context, srv *config.Server, store cloud.Storage) (replStatus, error) {
-	out := replStatus{Server: srv.Name, Clients: []replClient{}, Slot: slotState{Name: srv.SlotName}}
+	out := replStatus{Server: srv.Name, Clients: []pg.ReplClient{}, Slot: pg.SlotState{Name: srv.SlotName}}
 	s, err := sqlConninfo(srv)
 	if err != nil {
 		return out, err
@@ -89,31 +54,14 @@ func (st *state) replicationStatus(ctx context.Context, srv *config.Server, stor
 		return out, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := conn.QueryRow(ctx, `SELECT (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) ELSE pg_current_wal_lsn() END)::text`).Scan(&out.CurrentLSN); err != nil {
+	if out.CurrentLSN, err = pg.CurrentLSN(ctx, conn); err != nil {
 		return out, err
 	}
-	rows, err := conn.Query(ctx, replicationQuery)
-	if err != nil {
+	if out.Clients, err = pg.ReplClients(ctx, conn); err != nil {
 		return out, err
 	}
-	for rows.Next() {
-		var c replClient
-		if err := rows.Scan(&c.PID, &c.Application, &c.User, &c.ClientAddr, &c.State, &c.SyncState, &c.SentLSN, &c.WriteLSN, &c.FlushLSN, &c.ReplayLSN, &c.FlushLag, &c.Started); err != nil {
-			return out, err
-		}
-		out.Clients = append(out.Clients, c)
-	}
-	if err := rows.Err(); err != nil {
+	if out.Slot, err = pg.ReadSlotState(ctx, conn, srv.SlotName, out.CurrentLSN); err != nil {
 		return out, err
-	}
-	err = conn.QueryRow(ctx, `SELECT active, coalesce(restart_lsn::text, ''), coalesce(pg_wal_lsn_diff($2::pg_lsn, restart_lsn), 0)::bigint, coalesce(wal_status, '')
-		FROM pg_replication_slots WHERE slot_name = $1`, srv.SlotName, out.CurrentLSN).Scan(&out.Slot.Active, &out.Slot.RestartLSN, &out.Slot.LagBytes, &out.Slot.WALStatus)
-	switch {
-	case err == pgx.ErrNoRows:
-	case err != nil:
-		return out, err
-	default:
-		out.Slot.Exists = true
 	}
 	tls, err := wal.ListWAL(ctx, store, srv.Name)
 	if err != nil {
@@ -203,7 +151,7 @@ func (st *state) checkStreaming(ctx context.Context, srv *config.Server) []check
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgrepl.Dial(cctx, conninfo, "cellar")
+	conn, err := pg.DialReplication(cctx, conninfo, "cellar")
 	if err != nil {
 		return []checkResult{fail("streaming connection", err.Error())}
 	}
@@ -226,9 +174,13 @@ func (st *state) checkStreaming(ctx context.Context, srv *config.Server) []check
 	}
 	active := true
 	if srv.Conninfo != "" {
-		if pg, err := connect(cctx, srv); err == nil {
-			_ = pg.QueryRow(cctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", srv.SlotName).Scan(&active)
-			pg.Close(context.WithoutCancel(ctx))
+		if sql, err := connect(cctx, srv); err == nil {
+			if cur, err := pg.CurrentLSN(cctx, sql); err == nil {
+				if s, err := pg.ReadSlotState(cctx, sql, srv.SlotName, cur); err == nil && s.Exists {
+					active = s.Active
+				}
+			}
+			sql.Close(context.WithoutCancel(ctx))
 		}
 	}
 	if !active {

@@ -16,7 +16,8 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/restore"
 )
 
@@ -217,9 +218,9 @@ func TestVerifyFindsDamage(t *testing.T) {
 			}
 			// One WAL segment missing (before the last), found by
 			// --to-latest.
-			lw, _ := catalog.ParseWALName(last)
-			gap := catalog.SegmentNameOf(1, lw.SegNo(m.WALSegmentSize)-1, m.WALSegmentSize)
-			w, _ := catalog.ParseWALName(gap)
+			lw, _ := pg.ParseWALName(last)
+			gap := pg.SegmentNameOf(1, lw.SegNo(m.WALSegmentSize)-1, m.WALSegmentSize)
+			w, _ := pg.ParseWALName(gap)
 			if err := store.Delete(context.Background(), catalog.WALKey("main", w)); err != nil {
 				t.Fatal(err)
 			}
@@ -531,7 +532,7 @@ func TestRetentionEndToEnd(t *testing.T) {
 			}
 			appendConf(t, conf, "minimum_redundancy = 3\n")
 			last := listBackups(t, now, conf)[0]
-			w, _ := catalog.ParseWALName(last.EndWAL)
+			w, _ := pg.ParseWALName(last.EndWAL)
 			if err := store.Delete(context.Background(), catalog.WALKey("main", w)); err != nil {
 				t.Fatal(err)
 			}
@@ -572,7 +573,7 @@ func TestRetentionDeletesAcrossPages(t *testing.T) {
 				})
 			}
 			for n := range 3200 {
-				w, _ := catalog.ParseWALName(catalog.SegmentNameOf(1, uint64(n), segSize))
+				w, _ := pg.ParseWALName(pg.SegmentNameOf(1, uint64(n), segSize))
 				keys <- catalog.WALKey("main", w)
 			}
 			close(keys)
@@ -581,7 +582,7 @@ func TestRetentionDeletesAcrossPages(t *testing.T) {
 			for i, begin := range []uint64{0, 1000, 3000, 3100} {
 				id := catalog.NewBackupID(t0.Add(time.Duration(i) * 24 * time.Hour))
 				m := &catalog.Manifest{Version: catalog.ManifestVersion, ID: id, Server: "main", Status: catalog.StatusDone, Timeline: 1,
-					WALSegmentSize: segSize, BeginWAL: catalog.SegmentNameOf(1, begin, segSize), EndWAL: catalog.SegmentNameOf(1, begin+1, segSize),
+					WALSegmentSize: segSize, BeginWAL: pg.SegmentNameOf(1, begin, segSize), EndWAL: pg.SegmentNameOf(1, begin+1, segSize),
 					BeginTime: t0.Add(time.Duration(i) * 24 * time.Hour), EndTime: t0.Add(time.Duration(i)*24*time.Hour + time.Hour)}
 				store.Put(ctx, catalog.PartKey("main", id, 1, "zstd"), strings.NewReader("part"), 4)
 				if err := catalog.WriteManifest(ctx, store, m); err != nil {

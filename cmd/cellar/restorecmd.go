@@ -15,6 +15,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/restore"
 )
 
@@ -153,7 +154,7 @@ func (st *state) restoreCommand(c *cli.Context, srv *config.Server) string {
 type target struct {
 	kind     string // "", time, lsn, xid, name, immediate
 	time     time.Time
-	lsn      catalog.LSN
+	lsn      pg.LSN
 	text     string
 	settings [][2]string
 }
@@ -217,7 +218,7 @@ func parseTarget(c *cli.Context) (target, error) {
 		t.kind, t.time, t.text = "time", tm, tm.UTC().Format("2006-01-02 15:04:05.999999+00")
 		t.settings = append(t.settings, [2]string{"recovery_target_time", t.text})
 	case c.IsSet("target-lsn"):
-		l, err := catalog.ParseLSN(c.String("target-lsn"))
+		l, err := pg.ParseLSN(c.String("target-lsn"))
 		if err != nil {
 			return t, usagef("--target-lsn: %v", err)
 		}
@@ -345,11 +346,11 @@ func checkTarget(ctx context.Context, store cloud.Storage, srv *config.Server, m
 	if tgt.kind != "time" && tgt.kind != "lsn" {
 		return nil
 	}
-	var last catalog.WALName
+	var last pg.WALName
 	var lastTime time.Time
 	found := false
-	err := catalog.ListWALFiles(ctx, store, srv.Name, func(w catalog.WALName, o cloud.ObjectInfo) error {
-		if w.Kind != catalog.Segment || w.Timeline < m.Timeline {
+	err := catalog.ListWALFiles(ctx, store, srv.Name, func(w pg.WALName, o cloud.ObjectInfo) error {
+		if w.Kind != pg.Segment || w.Timeline < m.Timeline {
 			return nil
 		}
 		if !found || w.Name[8:] > last.Name[8:] || (w.Name[8:] == last.Name[8:] && w.Timeline > last.Timeline) {
@@ -363,7 +364,7 @@ func checkTarget(ctx context.Context, store cloud.Storage, srv *config.Server, m
 	if err != nil {
 		return err
 	}
-	endLSN, _ := catalog.ParseLSN(m.EndLSN)
+	endLSN, _ := pg.ParseLSN(m.EndLSN)
 	switch tgt.kind {
 	case "time":
 		rangeText := fmt.Sprintf("backup %s can recover from %s to %s", m.ID, m.EndTime.UTC().Format(time.RFC3339), lastTime.UTC().Format(time.RFC3339))
@@ -376,9 +377,9 @@ func checkTarget(ctx context.Context, store cloud.Storage, srv *config.Server, m
 				tgt.text, last.Name, lastTime.UTC().Format(time.RFC3339), rangeText)
 		}
 	case "lsn":
-		var lastEnd catalog.LSN
+		var lastEnd pg.LSN
 		if found {
-			lastEnd = catalog.LSN((last.SegNo(m.WALSegmentSize) + 1) * uint64(m.WALSegmentSize))
+			lastEnd = pg.LSN((last.SegNo(m.WALSegmentSize) + 1) * uint64(m.WALSegmentSize))
 		}
 		rangeText := fmt.Sprintf("backup %s can recover from LSN %s to %s", m.ID, m.EndLSN, lastEnd)
 		if tgt.lsn < endLSN {

@@ -16,6 +16,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/retention"
 	"github.com/cellar-backup/cellar/wal"
 )
@@ -117,12 +118,12 @@ func (st *state) orphanParts(ctx context.Context, srv *config.Server, store clou
 func staleChunks(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory, p retention.Plan) error {
 	whole := map[string]bool{}
 	for _, w := range inv.Input.WAL {
-		if w.Kind == catalog.Segment {
+		if w.Kind == pg.Segment {
 			whole[w.Name] = true
 		}
 	}
 	for _, name := range p.WAL {
-		if w, err := catalog.ParseWALName(name); err == nil && w.Kind != catalog.History {
+		if w, err := pg.ParseWALName(name); err == nil && w.Kind != pg.History {
 			whole[w.SegmentName()] = true
 		}
 	}

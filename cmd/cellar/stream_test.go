@@ -20,7 +20,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/internal/pgtest"
 )
 
 // receiver is a cellar receive-wal running in the background.

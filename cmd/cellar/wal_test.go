@@ -16,7 +16,7 @@ import (
 
 	"github.com/cellar-backup/cellar/cloud/storagetest"
 	"github.com/cellar-backup/cellar/cloud/storagetest/testservers"
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/internal/pgtest"
 )
 
 // repoKinds are the four repository kinds every end-to-end test runs on.

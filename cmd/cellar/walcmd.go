@@ -11,11 +11,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
 
@@ -62,7 +62,7 @@ func (st *state) serverStore(c *cli.Context, limit func(*config.Server) time.Dur
 // boundedError rewrites an error after a command's own time limit into a
 // line that says so and names the endpoint and the limit's setting.
 func (st *state) boundedError(ctx context.Context, err error, srv *config.Server, setting string, limit time.Duration) error {
-	return noAnswer(ctx, err, limit, repo.Endpoint(st.repoOptions(srv), st.getenv), setting)
+	return noAnswer(ctx, err, limit, repo.Endpoint(st.repoOptions(srv)), setting)
 }
 
 // noAnswer rewrites err, when ctx ran out of time, into a line that names
@@ -121,7 +121,7 @@ func walPushCommand(st *state) *cli.Command {
 				return usagef("wal-push takes SERVER and WAL_PATH (archive_command = 'cellar wal-push SERVER %%p')")
 			}
 			path := c.Args().Get(1)
-			if _, err := catalog.ParseWALName(filepath.Base(path)); err != nil {
+			if _, err := pg.ParseWALName(filepath.Base(path)); err != nil {
 				return usagef("wal-push: %v", err)
 			}
 			wal.ReadAhead(path)
@@ -168,7 +168,7 @@ func walFetchCommand(st *state) *cli.Command {
 				return usagef("wal-fetch takes SERVER, WAL_NAME and DEST_PATH (restore_command = 'cellar wal-fetch SERVER %%f %%p')")
 			}
 			name, dest := c.Args().Get(1), c.Args().Get(2)
-			if _, err := catalog.ParseWALName(name); err != nil {
+			if _, err := pg.ParseWALName(name); err != nil {
 				return usagef("wal-fetch: %v", err)
 			}
 			st.shortCall()
@@ -216,7 +216,7 @@ func walPrefetchCommand(st *state) *cli.Command {
 			}
 			names := c.Args().Slice()[2:]
 			for _, n := range names {
-				if w, err := catalog.ParseWALName(n); err != nil || w.Kind != catalog.Segment {
+				if w, err := pg.ParseWALName(n); err != nil || w.Kind != pg.Segment {
 					return usagef("wal-prefetch: %q is not a WAL segment name", n)
 				}
 			}

@@ -33,6 +33,8 @@ type Options struct {
 	S3ForcePathStyle bool
 
 	GCSEndpoint string
+	// GCSEmulatorHost is STORAGE_EMULATOR_HOST.
+	GCSEmulatorHost string
 
 	AzureAccount          string
 	AzureEndpoint         string
@@ -98,8 +100,9 @@ func Open(ctx context.Context, o Options) (cloud.Storage, error) {
 		bucket, prefix, _ := gcs.ParseURL(u)
 		return storage(gcs.New(ctx, gcs.Config{
 			Bucket: bucket, Prefix: prefix,
-			Endpoint:  o.GCSEndpoint,
-			ChunkSize: int(o.PartSize),
+			Endpoint:     o.GCSEndpoint,
+			EmulatorHost: o.GCSEmulatorHost,
+			ChunkSize:    int(o.PartSize),
 		}))
 	case "azure":
 		container, prefix, _ := azure.ParseURL(u)
@@ -124,7 +127,7 @@ func storage[T cloud.Storage](s T, err error) (cloud.Storage, error) {
 
 // Endpoint names where the repository's requests go and the setting that
 // says so, for messages such as "no answer from ...".
-func Endpoint(o Options, getenv func(string) string) string {
+func Endpoint(o Options) string {
 	u, err := Parse(o.URL)
 	if err != nil {
 		return o.URL
@@ -139,8 +142,8 @@ func Endpoint(o Options, getenv func(string) string) string {
 		if o.GCSEndpoint != "" {
 			return o.GCSEndpoint + " (gcs_endpoint)"
 		}
-		if h := getenv("STORAGE_EMULATOR_HOST"); h != "" {
-			return h + " (STORAGE_EMULATOR_HOST)"
+		if o.GCSEmulatorHost != "" {
+			return o.GCSEmulatorHost + " (STORAGE_EMULATOR_HOST)"
 		}
 		return "Google Cloud Storage"
 	case "azure":

@@ -42,6 +42,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/s3"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 const (
@@ -129,7 +130,7 @@ func main() {
 		return func() error { return store.Put(ctx, k, bytes.NewReader(body), int64(len(body))) }
 	}
 	for n := range *walCount {
-		w, err := catalog.ParseWALName(catalog.SegmentNameOf(1, uint64(n), segSize))
+		w, err := pg.ParseWALName(pg.SegmentNameOf(1, uint64(n), segSize))
 		if err != nil {
 			fail(1, err.Error())
 		}
@@ -305,8 +306,8 @@ func manifest(i int, id string, day time.Time) *catalog.Manifest {
 		Version: catalog.ManifestVersion, ID: id, Server: server, Status: catalog.StatusDone,
 		SystemIdentifier: 7340000000000000001, PGVersion: 150000, PGVersionString: "15.0",
 		PGData: "/var/lib/postgresql/15/main", Timeline: 1, WALSegmentSize: segSize,
-		BeginWAL:  catalog.SegmentNameOf(1, uint64(spacing*i), segSize),
-		EndWAL:    catalog.SegmentNameOf(1, uint64(spacing*i+1), segSize),
+		BeginWAL:  pg.SegmentNameOf(1, uint64(spacing*i), segSize),
+		EndWAL:    pg.SegmentNameOf(1, uint64(spacing*i+1), segSize),
 		BeginTime: day, EndTime: day.Add(10 * time.Minute),
 		Label: "retbench", Compression: string(codec.Zstd), CellarVersion: "retbench", Host: "retbench",
 	}
@@ -337,8 +338,8 @@ func count(ctx context.Context, store cloud.Storage) (inventory, error) {
 		case o.Key == catalog.IdentityKey(server):
 			inv.identity = true
 		case strings.HasPrefix(o.Key, catalog.WALPrefix(server)):
-			w, err := catalog.ParseWALName(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
-			if err == nil && w.Kind == catalog.Segment {
+			w, err := pg.ParseWALName(o.Key[strings.LastIndexByte(o.Key, '/')+1:])
+			if err == nil && w.Kind == pg.Segment {
 				inv.wal++
 				inv.minSeg = min(inv.minSeg, w.SegNo(segSize))
 			}

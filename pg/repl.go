@@ -1,10 +1,11 @@
-// Package pgrepl speaks PostgreSQL's physical replication protocol over a
-// pgconn connection: the commands receive-wal and the stream backup method
-// need (IDENTIFY_SYSTEM, SHOW, READ_REPLICATION_SLOT, slot creation,
+package pg
+
+// The physical replication protocol over a pgconn connection: the
+// commands receive-wal and the stream backup method need
+// (IDENTIFY_SYSTEM, SHOW, READ_REPLICATION_SLOT, slot creation,
 // TIMELINE_HISTORY, START_REPLICATION) and the CopyBoth messages of a WAL
-// stream. pgconn does the wire protocol; this package only gives the
+// stream. pgconn does the wire protocol; this file only gives the
 // replication messages their meaning.
-package pgrepl
 
 import (
 	"context"
@@ -18,13 +19,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/cellar-backup/cellar/catalog"
 )
 
-// Conn is a physical replication connection. Receive is for one goroutine;
+// ReplConn is a physical replication connection. Receive is for one goroutine;
 // SendStatus may be called from another at the same time.
-type Conn struct {
+type ReplConn struct {
 	pg  *pgconn.PgConn
 	wmu sync.Mutex // serialises writes to the connection
 }
@@ -32,7 +31,7 @@ type Conn struct {
 // Dial opens a physical replication connection with conninfo (a libpq
 // connection string), naming itself appName unless conninfo sets
 // application_name. Errors that have a known fix say it.
-func Dial(ctx context.Context, conninfo, appName string) (*Conn, error) {
+func DialReplication(ctx context.Context, conninfo, appName string) (*ReplConn, error) {
 	cfg, err := pgconn.ParseConfig(conninfo)
 	if err != nil {
 		return nil, fmt.Errorf("streaming_conninfo: %v", err)
@@ -48,7 +47,7 @@ func Dial(ctx context.Context, conninfo, appName string) (*Conn, error) {
 	if err != nil {
 		return nil, explainConnect(err, cfg.User)
 	}
-	return &Conn{pg: pg}, nil
+	return &ReplConn{pg: pg}, nil
 }
 
 // explainConnect turns the refusals of a replication connection into the
@@ -71,7 +70,7 @@ func explainConnect(err error, user string) error {
 }
 
 // Close closes the connection.
-func (c *Conn) Close() error {
+func (c *ReplConn) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return c.pg.Close(ctx)
@@ -79,10 +78,10 @@ func (c *Conn) Close() error {
 
 // Interrupt ends a Receive in progress in another goroutine: it closes
 // the network connection under it. Close still cleans up.
-func (c *Conn) Interrupt() { _ = c.pg.Conn().Close() }
+func (c *ReplConn) Interrupt() { _ = c.pg.Conn().Close() }
 
 // exec runs one replication command and returns its rows as text.
-func (c *Conn) exec(ctx context.Context, cmd string) ([][]string, error) {
+func (c *ReplConn) exec(ctx context.Context, cmd string) ([][]string, error) {
 	results, err := c.pg.Exec(ctx, cmd).ReadAll()
 	if err != nil {
 		return nil, err
@@ -104,11 +103,11 @@ func (c *Conn) exec(ctx context.Context, cmd string) ([][]string, error) {
 type System struct {
 	SystemIdentifier uint64
 	Timeline         uint32
-	Flush            catalog.LSN // the server's current WAL flush position
+	Flush            LSN // the server's current WAL flush position
 }
 
 // IdentifySystem runs IDENTIFY_SYSTEM.
-func (c *Conn) IdentifySystem(ctx context.Context) (System, error) {
+func (c *ReplConn) IdentifySystem(ctx context.Context) (System, error) {
 	rows, err := c.exec(ctx, "IDENTIFY_SYSTEM")
 	if err != nil {
 		return System{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
@@ -121,7 +120,7 @@ func (c *Conn) IdentifySystem(ctx context.Context) (System, error) {
 	s.SystemIdentifier, err1 = strconv.ParseUint(rows[0][0], 10, 64)
 	tl, err2 := strconv.ParseUint(rows[0][1], 10, 32)
 	s.Timeline = uint32(tl)
-	s.Flush, err3 = catalog.ParseLSN(rows[0][2])
+	s.Flush, err3 = ParseLSN(rows[0][2])
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return System{}, fmt.Errorf("IDENTIFY_SYSTEM: %v", err)
 	}
@@ -129,7 +128,7 @@ func (c *Conn) IdentifySystem(ctx context.Context) (System, error) {
 }
 
 // Show returns a server setting (SHOW works on a replication connection).
-func (c *Conn) Show(ctx context.Context, name string) (string, error) {
+func (c *ReplConn) Show(ctx context.Context, name string) (string, error) {
 	rows, err := c.exec(ctx, "SHOW "+name)
 	if err != nil {
 		return "", fmt.Errorf("SHOW %s: %w", name, err)
@@ -141,7 +140,7 @@ func (c *Conn) Show(ctx context.Context, name string) (string, error) {
 }
 
 // SegmentSize is the server's wal_segment_size in bytes.
-func (c *Conn) SegmentSize(ctx context.Context) (int64, error) {
+func (c *ReplConn) SegmentSize(ctx context.Context) (int64, error) {
 	v, err := c.Show(ctx, "wal_segment_size")
 	if err != nil {
 		return 0, err
@@ -171,12 +170,12 @@ func ParseSize(v string) (int64, error) {
 type Slot struct {
 	Exists     bool
 	Physical   bool
-	RestartLSN catalog.LSN // 0 when the slot has reserved no WAL yet
+	RestartLSN LSN // 0 when the slot has reserved no WAL yet
 	RestartTLI uint32
 }
 
 // ReadSlot runs READ_REPLICATION_SLOT (PostgreSQL 15 and later).
-func (c *Conn) ReadSlot(ctx context.Context, name string) (Slot, error) {
+func (c *ReplConn) ReadSlot(ctx context.Context, name string) (Slot, error) {
 	rows, err := c.exec(ctx, "READ_REPLICATION_SLOT "+quoteIdent(name))
 	if err != nil {
 		return Slot{}, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
@@ -186,7 +185,7 @@ func (c *Conn) ReadSlot(ctx context.Context, name string) (Slot, error) {
 	}
 	s := Slot{Exists: true, Physical: rows[0][0] == "physical"}
 	if rows[0][1] != "" {
-		if s.RestartLSN, err = catalog.ParseLSN(rows[0][1]); err != nil {
+		if s.RestartLSN, err = ParseLSN(rows[0][1]); err != nil {
 			return Slot{}, err
 		}
 	}
@@ -197,20 +196,20 @@ func (c *Conn) ReadSlot(ctx context.Context, name string) (Slot, error) {
 }
 
 // CreateSlot creates a physical slot that reserves WAL from now on.
-func (c *Conn) CreateSlot(ctx context.Context, name string) error {
+func (c *ReplConn) CreateSlot(ctx context.Context, name string) error {
 	_, err := c.exec(ctx, "CREATE_REPLICATION_SLOT "+quoteIdent(name)+" PHYSICAL RESERVE_WAL")
 	return err
 }
 
 // DropSlot drops a slot.
-func (c *Conn) DropSlot(ctx context.Context, name string) error {
+func (c *ReplConn) DropSlot(ctx context.Context, name string) error {
 	_, err := c.exec(ctx, "DROP_REPLICATION_SLOT "+quoteIdent(name))
 	return err
 }
 
 // TimelineHistory returns the history file of a timeline: its name and
 // content.
-func (c *Conn) TimelineHistory(ctx context.Context, tl uint32) (string, []byte, error) {
+func (c *ReplConn) TimelineHistory(ctx context.Context, tl uint32) (string, []byte, error) {
 	rows, err := c.exec(ctx, fmt.Sprintf("TIMELINE_HISTORY %d", tl))
 	if err != nil {
 		return "", nil, fmt.Errorf("TIMELINE_HISTORY %d: %w", tl, err)
@@ -225,7 +224,7 @@ func (c *Conn) TimelineHistory(ctx context.Context, tl uint32) (string, []byte, 
 // ended at Switch.
 type HistoryEntry struct {
 	Parent uint32
-	Switch catalog.LSN
+	Switch LSN
 }
 
 // ParseHistory reads a timeline history file's entries.
@@ -237,7 +236,7 @@ func ParseHistory(content []byte) []HistoryEntry {
 			continue
 		}
 		tl, err1 := strconv.ParseUint(f[0], 10, 32)
-		lsn, err2 := catalog.ParseLSN(f[1])
+		lsn, err2 := ParseLSN(f[1])
 		if err1 == nil && err2 == nil {
 			out = append(out, HistoryEntry{Parent: uint32(tl), Switch: lsn})
 		}
@@ -247,7 +246,7 @@ func ParseHistory(content []byte) []HistoryEntry {
 
 // TimelineAt is the timeline of a history (of timeline current) that holds
 // the WAL at pos: the first parent that ended after pos, else current.
-func TimelineAt(history []HistoryEntry, current uint32, pos catalog.LSN) uint32 {
+func TimelineAt(history []HistoryEntry, current uint32, pos LSN) uint32 {
 	for _, e := range history {
 		if pos < e.Switch {
 			return e.Parent
@@ -258,7 +257,7 @@ func TimelineAt(history []HistoryEntry, current uint32, pos catalog.LSN) uint32 
 
 // StartReplication starts streaming WAL from pos on timeline tl through
 // slot (none when empty). It returns once the server is streaming.
-func (c *Conn) StartReplication(ctx context.Context, slot string, pos catalog.LSN, tl uint32) error {
+func (c *ReplConn) StartReplication(ctx context.Context, slot string, pos LSN, tl uint32) error {
 	cmd := "START_REPLICATION"
 	if slot != "" {
 		cmd += " SLOT " + quoteIdent(slot)
@@ -292,7 +291,7 @@ func (c *Conn) StartReplication(ctx context.Context, slot string, pos catalog.LS
 }
 
 // drain reads up to ReadyForQuery.
-func (c *Conn) drain(ctx context.Context) {
+func (c *ReplConn) drain(ctx context.Context) {
 	for {
 		msg, err := c.pg.ReceiveMessage(ctx)
 		if err != nil {
@@ -307,10 +306,10 @@ func (c *Conn) drain(ctx context.Context) {
 // Message is one message of a WAL stream.
 type Message struct {
 	// Data is WAL that starts at Start (an XLogData message).
-	Start catalog.LSN
+	Start LSN
 	Data  []byte
 	// ServerEnd is the end of WAL on the server.
-	ServerEnd catalog.LSN
+	ServerEnd LSN
 	// ReplyRequested is set by a keepalive that wants a status update now.
 	ReplyRequested bool
 	// EndOfTimeline is set when the server ended the stream because the
@@ -318,12 +317,12 @@ type Message struct {
 	// then ready for another command.
 	EndOfTimeline bool
 	NextTimeline  uint32
-	NextStart     catalog.LSN
+	NextStart     LSN
 }
 
 // Receive waits for the next message of the stream. Data is valid until
 // the next call.
-func (c *Conn) Receive(ctx context.Context) (Message, error) {
+func (c *ReplConn) Receive(ctx context.Context) (Message, error) {
 	for {
 		msg, err := c.pg.ReceiveMessage(ctx)
 		if err != nil {
@@ -340,12 +339,12 @@ func (c *Conn) Receive(ctx context.Context) (Message, error) {
 				if len(d) < 25 {
 					return Message{}, errors.New("short XLogData message")
 				}
-				return Message{Start: catalog.LSN(binary.BigEndian.Uint64(d[1:])), ServerEnd: catalog.LSN(binary.BigEndian.Uint64(d[9:])), Data: d[25:]}, nil
+				return Message{Start: LSN(binary.BigEndian.Uint64(d[1:])), ServerEnd: LSN(binary.BigEndian.Uint64(d[9:])), Data: d[25:]}, nil
 			case 'k':
 				if len(d) < 18 {
 					return Message{}, errors.New("short keepalive message")
 				}
-				return Message{ServerEnd: catalog.LSN(binary.BigEndian.Uint64(d[1:])), ReplyRequested: d[17] != 0}, nil
+				return Message{ServerEnd: LSN(binary.BigEndian.Uint64(d[1:])), ReplyRequested: d[17] != 0}, nil
 			}
 		case *pgproto3.CopyDone:
 			return c.endOfTimeline(ctx)
@@ -360,7 +359,7 @@ func (c *Conn) Receive(ctx context.Context) (Message, error) {
 
 // endOfTimeline answers the server's CopyDone and reads the next timeline
 // it names, up to ReadyForQuery.
-func (c *Conn) endOfTimeline(ctx context.Context) (Message, error) {
+func (c *ReplConn) endOfTimeline(ctx context.Context) (Message, error) {
 	done, err := (&pgproto3.CopyDone{}).Encode(nil)
 	if err == nil {
 		err = c.send(done)
@@ -378,7 +377,7 @@ func (c *Conn) endOfTimeline(ctx context.Context) (Message, error) {
 		case *pgproto3.DataRow:
 			if len(m.Values) == 2 {
 				tl, err1 := strconv.ParseUint(string(m.Values[0]), 10, 32)
-				pos, err2 := catalog.ParseLSN(string(m.Values[1]))
+				pos, err2 := ParseLSN(string(m.Values[1]))
 				if err := errors.Join(err1, err2); err != nil {
 					return Message{}, fmt.Errorf("the next timeline the server named: %v", err)
 				}
@@ -401,7 +400,7 @@ var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 // SendStatus sends a standby status update: WAL up to write is received,
 // up to flush is durable (PostgreSQL's synchronous commit waits for
 // flush). It may run while another goroutine is in Receive.
-func (c *Conn) SendStatus(write, flush catalog.LSN, replyRequested bool) error {
+func (c *ReplConn) SendStatus(write, flush LSN, replyRequested bool) error {
 	var b [34]byte
 	b[0] = 'r'
 	binary.BigEndian.PutUint64(b[1:], uint64(write))
@@ -420,7 +419,7 @@ func (c *Conn) SendStatus(write, flush catalog.LSN, replyRequested bool) error {
 
 // send writes an encoded message straight to the connection, so that a
 // status update need not wait for Receive.
-func (c *Conn) send(msg []byte) error {
+func (c *ReplConn) send(msg []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_, werr := c.pg.Conn().Write(msg)

@@ -1,4 +1,4 @@
-package catalog
+package pg
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package pgrepl
+package pg
 
 import (
 	"bytes"
@@ -10,8 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/cellar-backup/cellar/catalog"
 )
 
 // BackupTablespace is one tablespace that BASE_BACKUP streams.
@@ -24,9 +22,9 @@ type BackupTablespace struct {
 // archives of the data directory and the tablespaces, one after another,
 // then PostgreSQL's backup_manifest.
 type BaseBackup struct {
-	c           *Conn
+	c           *ReplConn
 	ctx         context.Context
-	Start       catalog.LSN
+	Start       LSN
 	Timeline    uint32
 	Tablespaces []BackupTablespace
 
@@ -49,7 +47,7 @@ type Archive struct {
 // checksums (the cheapest for the server; Cellar computes SHA-256
 // itself). It returns once the start position and the tablespaces are
 // known; the archives are read with NextArchive and Read.
-func (c *Conn) StartBaseBackup(ctx context.Context, label string, fast bool) (*BaseBackup, error) {
+func (c *ReplConn) StartBaseBackup(ctx context.Context, label string, fast bool) (*BaseBackup, error) {
 	checkpoint := "spread"
 	if fast {
 		checkpoint = "fast"
@@ -77,7 +75,7 @@ func (c *Conn) StartBaseBackup(ctx context.Context, label string, fast bool) (*B
 				if len(m.Values) < 2 {
 					return nil, errors.New("BASE_BACKUP: short start row")
 				}
-				if b.Start, err = catalog.ParseLSN(string(m.Values[0])); err != nil {
+				if b.Start, err = ParseLSN(string(m.Values[0])); err != nil {
 					return nil, err
 				}
 				tl, err := strconv.ParseUint(string(m.Values[1]), 10, 32)
@@ -194,14 +192,14 @@ func (b *BaseBackup) Read(p []byte) (int, error) {
 
 // Finish reads the end of the backup, after the last archive: its end
 // position and timeline.
-func (b *BaseBackup) Finish() (catalog.LSN, uint32, error) {
+func (b *BaseBackup) Finish() (LSN, uint32, error) {
 	for b.copying {
 		b.pending, b.next = nil, nil
 		if _, err := b.receive(); err != nil {
 			return 0, 0, err
 		}
 	}
-	var end catalog.LSN
+	var end LSN
 	var tl uint32
 	for {
 		msg, err := b.c.pg.ReceiveMessage(b.ctx)
@@ -211,7 +209,7 @@ func (b *BaseBackup) Finish() (catalog.LSN, uint32, error) {
 		switch m := msg.(type) {
 		case *pgproto3.DataRow:
 			if len(m.Values) >= 2 {
-				if end, err = catalog.ParseLSN(string(m.Values[0])); err != nil {
+				if end, err = ParseLSN(string(m.Values[0])); err != nil {
 					return 0, 0, err
 				}
 				t, err := strconv.ParseUint(string(m.Values[1]), 10, 32)

@@ -1,9 +1,9 @@
-// Package catalog owns the repository's layout and formats: where each
-// object lives (keys), the envelope every object is stored in (codec,
-// checksum, version), the repository's identity, and the PostgreSQL names
-// and headers (WAL file names, timelines, LSNs) that the workflows share.
-// docs/FORMAT.md describes the same in prose.
-package catalog
+// Package pg is what is PostgreSQL's and not Cellar's: LSNs, WAL file
+// names and segment headers, the physical replication protocol (with
+// BASE_BACKUP), and the SQL that reads the server's state (the archiver,
+// WAL switches, replication). It is a base layer beside cloud: every other
+// package may use it, and it uses neither.
+package pg
 
 import (
 	"fmt"

@@ -1,9 +1,7 @@
-package pgrepl
+package pg
 
 import (
 	"testing"
-
-	"github.com/cellar-backup/cellar/catalog"
 )
 
 func TestParseSize(t *testing.T) {
@@ -25,7 +23,7 @@ func TestHistory(t *testing.T) {
 		t.Fatalf("ParseHistory = %+v", h)
 	}
 	for _, c := range []struct {
-		pos  catalog.LSN
+		pos  LSN
 		want uint32
 	}{{0x1000000, 1}, {0x2FFFFFF, 1}, {0x3000000, 2}, {0x5A0009F, 2}, {0x5A000A0, 3}, {0x9000000, 3}} {
 		if got := TimelineAt(h, 3, c.pos); got != c.want {
