@@ -5,16 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
+	"github.com/cellar-backup/cellar/cloud/storagetest"
 	"github.com/cellar-backup/cellar/pg"
 )
 
@@ -144,23 +143,6 @@ func TestListBackups(t *testing.T) {
 	}
 }
 
-// listCounter counts what a storage lists and reads.
-type listCounter struct {
-	cloud.Storage
-	lists, listed int
-	gets          atomic.Int64 // ListBackups reads in parallel
-}
-
-func (c *listCounter) List(ctx context.Context, prefix string, fn func(cloud.ObjectInfo) error) error {
-	c.lists++
-	return c.Storage.List(ctx, prefix, func(o cloud.ObjectInfo) error { c.listed++; return fn(o) })
-}
-
-func (c *listCounter) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	c.gets.Add(1)
-	return c.Storage.Get(ctx, key)
-}
-
 // TestListBackupsIsBounded: listing the catalog reads a few objects per
 // backup, however many parts and WAL files the repository holds.
 func TestListBackupsIsBounded(t *testing.T) {
@@ -183,12 +165,12 @@ func TestListBackupsIsBounded(t *testing.T) {
 		w, _ := pg.ParseWALName(pg.SegmentNameOf(1, uint64(i), 16<<20))
 		store.Put(ctx, WALKey("main", w), strings.NewReader("w"), 1)
 	}
-	c := &listCounter{Storage: store}
+	c := storagetest.NewCounting(store)
 	list, err := ListBackups(ctx, c, "main")
 	if err != nil || len(list) != backups {
 		t.Fatalf("ListBackups: %d, %v", len(list), err)
 	}
-	if c.lists != 1 || c.listed != backups || c.gets.Load() != backups {
-		t.Fatalf("listing %d backups among %d objects: %d list calls, %d objects listed, %d reads", backups, 6*300+3000, c.lists, c.listed, c.gets.Load())
+	if c.Lists() != 1 || c.Listed() != backups || c.TotalGets() != backups {
+		t.Fatalf("listing %d backups among %d objects: %d list calls, %d objects listed, %d reads", backups, 6*300+3000, c.Lists(), c.Listed(), c.TotalGets())
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
+	"github.com/cellar-backup/cellar/cloud/storagetest"
 	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
@@ -34,69 +35,22 @@ const (
 	server  = "main"
 )
 
-// counting is an in-memory repository that counts the calls made for
-// each key, and can slow its Gets down to show that they overlap.
-type counting struct {
-	*mem.Storage
-	getDelay time.Duration
+// counting is an in-memory repository whose calls are counted, the counts
+// asked for by WAL file name.
+type counting struct{ *storagetest.Counting }
 
-	mu                  sync.Mutex
-	creates, gets, stat map[string]int
-	inFlight, maxGets   int
-}
+func newCounting() *counting { return &counting{storagetest.NewCounting(mem.New(nil))} }
 
-func newCounting() *counting {
-	return &counting{Storage: mem.New(nil), creates: map[string]int{}, gets: map[string]int{}, stat: map[string]int{}}
-}
+func (c *counting) createsOf(name string) int { return c.Writes(walKey(name)) }
+func (c *counting) getsOf(name string) int    { return c.Gets(walKey(name)) }
+func (c *counting) statsOf(name string) int   { return c.Stats(walKey(name)) }
 
-func (c *counting) count(m map[string]int, key string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	m[key]++
-}
-
-func (c *counting) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	c.count(c.creates, key)
-	return c.Storage.Put(ctx, key, r, size)
-}
-
-func (c *counting) Create(ctx context.Context, key string, r io.Reader, size int64) error {
-	c.count(c.creates, key)
-	return c.Storage.Create(ctx, key, r, size)
-}
-
-func (c *counting) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {
-	c.count(c.stat, key)
-	return c.Storage.Stat(ctx, key)
-}
-
-func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	c.mu.Lock()
-	c.gets[key]++
-	c.inFlight++
-	c.maxGets = max(c.maxGets, c.inFlight)
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.inFlight--
-		c.mu.Unlock()
-	}()
-	time.Sleep(c.getDelay)
-	return c.Storage.Get(ctx, key)
-}
-
-func (c *counting) createsOf(name string) int { return c.counted(c.creates, name) }
-func (c *counting) getsOf(name string) int    { return c.counted(c.gets, name) }
-func (c *counting) statsOf(name string) int   { return c.counted(c.stat, name) }
-
-func (c *counting) counted(m map[string]int, name string) int {
+func walKey(name string) string {
 	w, err := pg.ParseWALName(name)
 	if err != nil {
 		panic(err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return m[catalog.WALKey(server, w)]
+	return catalog.WALKey(server, w)
 }
 
 // segName is the name of segment segNo of a timeline.
@@ -531,15 +485,15 @@ func (f *fetcher) spool() string { return filepath.Join(f.dir, "cellar", "prefet
 func TestPrefetch(t *testing.T) {
 	store := newCounting()
 	archive(t, store, 1, 1, 8)
-	store.getDelay = 20 * time.Millisecond
+	store.GetDelay = 20 * time.Millisecond
 	f := &fetcher{t: t, store: store, dir: pgWAL(t)}
 
 	res, err := f.fetch(1, 1)
 	if err != nil || res.FromSpool || !slices.Equal(res.Prefetched, []string{segName(1, 2), segName(1, 3), segName(1, 4)}) {
 		t.Fatalf("fetch 1: %+v, %v", res, err)
 	}
-	if store.maxGets < 2 {
-		t.Errorf("the prefetches did not run concurrently with the fetch (at most %d Gets at once)", store.maxGets)
+	if store.MaxGetsInFlight() < 2 {
+		t.Errorf("the prefetches did not run concurrently with the fetch (at most %d Gets at once)", store.MaxGetsInFlight())
 	}
 	if got := spooled(t, f.spool()); !slices.Equal(got, res.Prefetched) {
 		t.Fatalf("spool: %v", got)

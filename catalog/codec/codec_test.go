@@ -3,9 +3,9 @@ package codec
 import (
 	"bytes"
 	stdgzip "compress/gzip"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/cellar-backup/cellar/cloud/storagetest"
 	"io"
 	"math/rand/v2"
 	"runtime"
@@ -18,18 +18,6 @@ import (
 
 // compressing are the codecs with a framed stream format.
 var compressing = []Codec{Zstd, S2, Gzip}
-
-func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 99))
-	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
-	}
-	for i := n &^ 7; i < n; i++ {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // compress returns data compressed in one Write.
 func compress(tb testing.TB, c Codec, level int, data []byte) []byte {
@@ -193,7 +181,7 @@ func TestRoundTrip(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"1byte", []byte{0x5a}},
-		{"random1MiB", randomBytes(1<<20, 1)},
+		{"random1MiB", storagetest.Bytes(1, 1<<20)},
 		{"wal16MiB", walData(t)},
 	}
 	for _, c := range all {
@@ -302,10 +290,10 @@ func TestTruncated(t *testing.T) {
 	inputs := [][]byte{
 		nil,
 		[]byte("x"),
-		walLike(64<<10, 2),    // a couple of KiB compressed: every cut
-		walLike(3<<20, 3),     // several s2 chunks
-		walData(t),            // "cut in half" on the real thing
-		randomBytes(1<<20, 4), // incompressible
+		walLike(64<<10, 2),          // a couple of KiB compressed: every cut
+		walLike(3<<20, 3),           // several s2 chunks
+		walData(t),                  // "cut in half" on the real thing
+		storagetest.Bytes(4, 1<<20), // incompressible
 	}
 	for _, c := range compressing {
 		t.Run(string(c), func(t *testing.T) {
@@ -359,7 +347,7 @@ func TestTrailingGarbage(t *testing.T) {
 // hit a header field that does not describe the data (gzip's MTIME, the
 // zstd window size).
 func TestBitFlips(t *testing.T) {
-	data := append(walLike(48<<10, 6), randomBytes(2<<10, 6)...)
+	data := append(walLike(48<<10, 6), storagetest.Bytes(6, 2<<10)...)
 	for _, c := range compressing {
 		t.Run(string(c), func(t *testing.T) {
 			t.Parallel()

@@ -3,6 +3,7 @@ package codec
 import (
 	"bytes"
 	"errors"
+	"github.com/cellar-backup/cellar/cloud/storagetest"
 	"io"
 	"math/rand/v2"
 	"os/exec"
@@ -76,11 +77,7 @@ func TestParallelWriterStandardTool(t *testing.T) {
 // TestParallelWriterError returns the destination's error, from Write or
 // at the latest from Close.
 func TestParallelWriterError(t *testing.T) {
-	rng := rand.New(rand.NewPCG(3, 4))
-	src := make([]byte, 8*ParallelPiece)
-	for i := range src {
-		src[i] = byte(rng.IntN(256))
-	}
+	src := storagetest.Bytes(3, 8*ParallelPiece)
 	w, _ := NewParallelWriter(&failingWriter{limit: ParallelPiece}, Zstd, 0, NewLimiter(0), 2)
 	_, werr := w.Write(src)
 	cerr := w.Close()

@@ -40,257 +40,295 @@ type Options struct {
 func Run(t *testing.T, newStorage func(t *testing.T) cloud.Storage, opts Options) {
 	s := newStorage(t)
 	t.Cleanup(func() { _ = s.Close() })
+	for _, p := range Properties {
+		t.Run(p.Name, func(t *testing.T) { p.Check(t, s, opts) })
+	}
+}
 
-	t.Run("RoundTrip", func(t *testing.T) {
-		for _, n := range []int64{0, 1, 5<<20 + 1, 200 << 20} {
-			for _, sized := range []bool{false, true} {
-				t.Run(fmt.Sprintf("%d/sized=%v", n, sized), func(t *testing.T) {
-					ctx := context.Background()
-					key := fmt.Sprintf("roundtrip/%d-%v.bin", n, sized)
-					size := cloud.SizeUnknown
-					if sized {
-						size = n
-					}
-					if err := s.Put(ctx, key, Data(uint64(n), n), size); err != nil {
-						t.Fatalf("Put %d bytes: %v", n, err)
-					}
-					expectObject(t, s, key, n, Digest(uint64(n), n))
-					if err := s.Delete(ctx, key); err != nil {
-						t.Fatalf("Delete: %v", err)
-					}
-					expectMissing(t, s, key)
-				})
-			}
-		}
-	})
+// Properties are the suite's checks, one function each, in the order Run
+// runs them against one storage. A backend's test may run one alone.
+var Properties = []struct {
+	Name  string
+	Check func(t *testing.T, s cloud.Storage, opts Options)
+}{
+	{"RoundTrip", CheckRoundTrip},
+	{"Overwrite", CheckOverwrite},
+	{"Missing", CheckMissing},
+	{"DeleteAll", CheckDeleteAll},
+	{"ListEmpty", CheckListEmpty},
+	{"ListPaged", CheckListPaged},
+	{"Create", CheckCreate},
+	{"CreateRace", CheckCreateRace},
+	{"CancelledPut", CheckCancelledPut},
+	{"FailedReader", CheckFailedReader},
+	{"ConcurrentPuts", CheckConcurrentPuts},
+	{"GetCancelled", CheckGetCancelled},
+	{"BadKey", CheckBadKey},
+}
 
-	t.Run("Overwrite", func(t *testing.T) {
-		ctx := context.Background()
-		key := "overwrite/obj"
-		mustPut(t, s, key, []byte("first version, longer than the second"))
-		mustPut(t, s, key, []byte("second"))
-		if got := mustGet(t, s, key); string(got) != "second" {
-			t.Fatalf("after overwrite Get = %q, want %q", got, "second")
-		}
-		_ = s.Delete(ctx, key)
-	})
-
-	t.Run("Missing", func(t *testing.T) {
-		ctx := context.Background()
-		expectMissing(t, s, "missing/never-written")
-		if err := s.Delete(ctx, "missing/never-written"); err != nil {
-			t.Fatalf("Delete of a missing key = %v, want nil", err)
-		}
-		mustPut(t, s, "missing/gone", []byte("x"))
-		if err := s.Delete(ctx, "missing/gone"); err != nil {
-			t.Fatalf("Delete: %v", err)
-		}
-		expectMissing(t, s, "missing/gone")
-		if err := s.Delete(ctx, "missing/gone"); err != nil {
-			t.Fatalf("second Delete = %v, want nil", err)
-		}
-	})
-
-	t.Run("DeleteAll", func(t *testing.T) {
-		ctx := context.Background()
-		var keys []string
-		for i := range 1203 {
-			k := fmt.Sprintf("deleteall/%05d", i)
-			if i%2 == 0 { // half of them exist; the others are missing
-				if err := s.Put(ctx, k, strings.NewReader("x"), 1); err != nil {
-					t.Fatal(err)
+// CheckRoundTrip: objects of 0 bytes to 200 MiB, sized or not, come back whole and go.
+func CheckRoundTrip(t *testing.T, s cloud.Storage, opts Options) {
+	for _, n := range []int64{0, 1, 5<<20 + 1, 200 << 20} {
+		for _, sized := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%d/sized=%v", n, sized), func(t *testing.T) {
+				ctx := context.Background()
+				key := fmt.Sprintf("roundtrip/%d-%v.bin", n, sized)
+				size := cloud.SizeUnknown
+				if sized {
+					size = n
 				}
-			}
-			keys = append(keys, k)
-		}
-		if err := s.Put(ctx, "deleteall-not/kept", strings.NewReader("x"), 1); err != nil {
-			t.Fatal(err)
-		}
-		if err := cloud.DeleteAll(ctx, s, keys); err != nil {
-			t.Fatalf("DeleteAll: %v", err)
-		}
-		left := 0
-		if err := s.List(ctx, "deleteall", func(o cloud.ObjectInfo) error { left++; return nil }); err != nil {
-			t.Fatal(err)
-		}
-		if left != 1 {
-			t.Fatalf("%d objects left after DeleteAll, want only deleteall-not/kept", left)
-		}
-	})
-
-	t.Run("ListEmpty", func(t *testing.T) {
-		got := list(t, s, "nothing-here/")
-		if len(got) != 0 {
-			t.Fatalf("List of an empty prefix gave %d objects: %v", len(got), got)
-		}
-	})
-
-	t.Run("ListPaged", func(t *testing.T) {
-		ctx := context.Background()
-		const n = 2500
-		want := make([]string, n)
-		for i := range want {
-			want[i] = fmt.Sprintf("many/%02d/obj-%05d", i%7, i)
-		}
-		// Neighbours that share the textual prefix but are outside it.
-		mustPut(t, s, "many-not/obj", []byte("x"))
-		mustPut(t, s, "man/obj", []byte("x"))
-		parallel(t, 16, n, func(i int) error {
-			return s.Put(ctx, want[i], bytes.NewReader([]byte(want[i])), int64(len(want[i])))
-		})
-		sort.Strings(want)
-		var got []cloud.ObjectInfo
-		if err := s.List(ctx, "many/", func(o cloud.ObjectInfo) error {
-			got = append(got, o)
-			return nil
-		}); err != nil {
-			t.Fatalf("List: %v", err)
-		}
-		if len(got) != n {
-			t.Fatalf("List gave %d objects, want %d", len(got), n)
-		}
-		for i, o := range got {
-			if o.Key != want[i] {
-				t.Fatalf("List[%d] = %q, want %q (order or content wrong)", i, o.Key, want[i])
-			}
-			if o.Size != int64(len(want[i])) {
-				t.Fatalf("List[%d] %s size %d, want %d", i, o.Key, o.Size, len(want[i]))
-			}
-			if o.ModTime.IsZero() {
-				t.Fatalf("List[%d] %s has no modification time", i, o.Key)
-			}
-		}
-		// A sub-prefix lists only its own part.
-		sub := list(t, s, "many/03/")
-		if len(sub) != n/7+1 && len(sub) != n/7 {
-			t.Fatalf("List many/03/ gave %d objects, want about %d", len(sub), n/7)
-		}
-		// Stopping early returns the callback's error.
-		stop := errors.New("stop")
-		count := 0
-		err := s.List(ctx, "many/", func(cloud.ObjectInfo) error {
-			count++
-			if count == 10 {
-				return stop
-			}
-			return nil
-		})
-		if !errors.Is(err, stop) || count != 10 {
-			t.Fatalf("List stopped by callback: err=%v after %d calls, want %v after 10", err, count, stop)
-		}
-		parallel(t, 16, n, func(i int) error { return s.Delete(ctx, want[i]) })
-		_ = s.Delete(ctx, "many-not/obj")
-		_ = s.Delete(ctx, "man/obj")
-		if left := list(t, s, "many/"); len(left) != 0 {
-			t.Fatalf("%d objects left after deleting all", len(left))
-		}
-	})
-
-	t.Run("Create", func(t *testing.T) {
-		ctx := context.Background()
-		for _, n := range []int64{0, 1000, 3*opts.PartSize + 17} {
-			t.Run(fmt.Sprint(n), func(t *testing.T) {
-				key := fmt.Sprintf("create/%d", n)
-				if err := cloud.Create(ctx, s, key, Data(uint64(n), n), cloud.SizeUnknown); err != nil {
-					t.Fatalf("first Create: %v", err)
-				}
-				err := cloud.Create(ctx, s, key, Data(uint64(n)+1, n+5), cloud.SizeUnknown)
-				if !errors.Is(err, cloud.ErrExist) {
-					t.Fatalf("second Create = %v, want ErrExist", err)
+				if err := s.Put(ctx, key, Data(uint64(n), n), size); err != nil {
+					t.Fatalf("Put %d bytes: %v", n, err)
 				}
 				expectObject(t, s, key, n, Digest(uint64(n), n))
-				_ = s.Delete(ctx, key)
+				if err := s.Delete(ctx, key); err != nil {
+					t.Fatalf("Delete: %v", err)
+				}
+				expectMissing(t, s, key)
 			})
 		}
-	})
+	}
+}
 
-	t.Run("CreateRace", func(t *testing.T) {
-		RaceCreates(t, s, "race/obj", 8, 64<<10)
-		_ = s.Delete(context.Background(), "race/obj")
-	})
+// CheckOverwrite: Put replaces an object.
+func CheckOverwrite(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	key := "overwrite/obj"
+	mustPut(t, s, key, []byte("first version, longer than the second"))
+	mustPut(t, s, key, []byte("second"))
+	if got := mustGet(t, s, key); string(got) != "second" {
+		t.Fatalf("after overwrite Get = %q, want %q", got, "second")
+	}
+	_ = s.Delete(ctx, key)
+}
 
-	t.Run("CancelledPut", func(t *testing.T) {
-		for _, n := range []int64{100 << 10, 2*opts.PartSize + 1000} {
-			for _, create := range []bool{false, true} {
-				t.Run(fmt.Sprintf("%d/create=%v", n, create), func(t *testing.T) {
-					key := fmt.Sprintf("cancelled/%d-%v", n, create)
-					ctx, cancel := context.WithCancel(context.Background())
-					defer cancel()
-					r := &cutReader{r: Data(7, n*2), n: n, cut: cancel, err: context.Canceled}
-					var err error
-					if create {
-						err = cloud.Create(ctx, s, key, r, cloud.SizeUnknown)
-					} else {
-						err = s.Put(ctx, key, r, cloud.SizeUnknown)
-					}
-					if err == nil {
-						t.Fatalf("Put cancelled after %d bytes succeeded", n)
-					}
-					expectMissing(t, s, key)
-					if got := list(t, s, "cancelled/"); len(got) != 0 {
-						t.Fatalf("cancelled Put left %v visible", got)
-					}
-				})
+// CheckMissing: a missing object is ErrNotExist; deleting one is no error, twice neither.
+func CheckMissing(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	expectMissing(t, s, "missing/never-written")
+	if err := s.Delete(ctx, "missing/never-written"); err != nil {
+		t.Fatalf("Delete of a missing key = %v, want nil", err)
+	}
+	mustPut(t, s, "missing/gone", []byte("x"))
+	if err := s.Delete(ctx, "missing/gone"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	expectMissing(t, s, "missing/gone")
+	if err := s.Delete(ctx, "missing/gone"); err != nil {
+		t.Fatalf("second Delete = %v, want nil", err)
+	}
+}
+
+// CheckDeleteAll: cloud.DeleteAll removes many keys, present or not, and nothing beside them.
+func CheckDeleteAll(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	var keys []string
+	for i := range 1203 {
+		k := fmt.Sprintf("deleteall/%05d", i)
+		if i%2 == 0 { // half of them exist; the others are missing
+			if err := s.Put(ctx, k, strings.NewReader("x"), 1); err != nil {
+				t.Fatal(err)
 			}
 		}
-	})
+		keys = append(keys, k)
+	}
+	if err := s.Put(ctx, "deleteall-not/kept", strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := cloud.DeleteAll(ctx, s, keys); err != nil {
+		t.Fatalf("DeleteAll: %v", err)
+	}
+	left := 0
+	if err := s.List(ctx, "deleteall", func(o cloud.ObjectInfo) error { left++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if left != 1 {
+		t.Fatalf("%d objects left after DeleteAll, want only deleteall-not/kept", left)
+	}
+}
 
-	t.Run("FailedReader", func(t *testing.T) {
-		boom := errors.New("disk read error")
-		r := &cutReader{r: Data(8, 1<<20), n: 300 << 10, err: boom}
-		err := s.Put(context.Background(), "failed/obj", r, cloud.SizeUnknown)
-		if err == nil {
-			t.Fatal("Put from a failing reader succeeded")
+// CheckListEmpty: listing an empty prefix gives nothing.
+func CheckListEmpty(t *testing.T, s cloud.Storage, opts Options) {
+	got := list(t, s, "nothing-here/")
+	if len(got) != 0 {
+		t.Fatalf("List of an empty prefix gave %d objects: %v", len(got), got)
+	}
+}
+
+// CheckListPaged: List pages through thousands of objects in key order,
+// stays inside its prefix, and stops at the callback's error.
+func CheckListPaged(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	const n = 2500
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprintf("many/%02d/obj-%05d", i%7, i)
+	}
+	// Neighbours that share the textual prefix but are outside it.
+	mustPut(t, s, "many-not/obj", []byte("x"))
+	mustPut(t, s, "man/obj", []byte("x"))
+	parallel(t, 16, n, func(i int) error {
+		return s.Put(ctx, want[i], bytes.NewReader([]byte(want[i])), int64(len(want[i])))
+	})
+	sort.Strings(want)
+	var got []cloud.ObjectInfo
+	if err := s.List(ctx, "many/", func(o cloud.ObjectInfo) error {
+		got = append(got, o)
+		return nil
+	}); err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if len(got) != n {
+		t.Fatalf("List gave %d objects, want %d", len(got), n)
+	}
+	for i, o := range got {
+		if o.Key != want[i] {
+			t.Fatalf("List[%d] = %q, want %q (order or content wrong)", i, o.Key, want[i])
 		}
-		expectMissing(t, s, "failed/obj")
+		if o.Size != int64(len(want[i])) {
+			t.Fatalf("List[%d] %s size %d, want %d", i, o.Key, o.Size, len(want[i]))
+		}
+		if o.ModTime.IsZero() {
+			t.Fatalf("List[%d] %s has no modification time", i, o.Key)
+		}
+	}
+	// A sub-prefix lists only its own part.
+	sub := list(t, s, "many/03/")
+	if len(sub) != n/7+1 && len(sub) != n/7 {
+		t.Fatalf("List many/03/ gave %d objects, want about %d", len(sub), n/7)
+	}
+	// Stopping early returns the callback's error.
+	stop := errors.New("stop")
+	count := 0
+	err := s.List(ctx, "many/", func(cloud.ObjectInfo) error {
+		count++
+		if count == 10 {
+			return stop
+		}
+		return nil
 	})
+	if !errors.Is(err, stop) || count != 10 {
+		t.Fatalf("List stopped by callback: err=%v after %d calls, want %v after 10", err, count, stop)
+	}
+	parallel(t, 16, n, func(i int) error { return s.Delete(ctx, want[i]) })
+	_ = s.Delete(ctx, "many-not/obj")
+	_ = s.Delete(ctx, "man/obj")
+	if left := list(t, s, "many/"); len(left) != 0 {
+		t.Fatalf("%d objects left after deleting all", len(left))
+	}
+}
 
-	t.Run("ConcurrentPuts", func(t *testing.T) {
-		ctx := context.Background()
-		const n = 8
-		const size = 3<<20 + 5
-		parallel(t, n, n, func(i int) error {
-			return s.Put(ctx, fmt.Sprintf("concurrent/%d", i), Data(uint64(100+i), size), cloud.SizeUnknown)
-		})
-		for i := range n {
-			key := fmt.Sprintf("concurrent/%d", i)
-			expectObject(t, s, key, size, Digest(uint64(100+i), size))
+// CheckCreate: a conditional create stores once and then refuses with ErrExist.
+func CheckCreate(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	for _, n := range []int64{0, 1000, 3*opts.PartSize + 17} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			key := fmt.Sprintf("create/%d", n)
+			if err := cloud.Create(ctx, s, key, Data(uint64(n), n), cloud.SizeUnknown); err != nil {
+				t.Fatalf("first Create: %v", err)
+			}
+			err := cloud.Create(ctx, s, key, Data(uint64(n)+1, n+5), cloud.SizeUnknown)
+			if !errors.Is(err, cloud.ErrExist) {
+				t.Fatalf("second Create = %v, want ErrExist", err)
+			}
+			expectObject(t, s, key, n, Digest(uint64(n), n))
 			_ = s.Delete(ctx, key)
-		}
-	})
+		})
+	}
+}
 
-	t.Run("GetCancelled", func(t *testing.T) {
-		ctx := context.Background()
-		const size = 20 << 20
-		if err := s.Put(ctx, "getcancel/obj", Data(9, size), size); err != nil {
-			t.Fatal(err)
-		}
-		gctx, cancel := context.WithCancel(ctx)
-		rc, err := s.Get(gctx, "getcancel/obj")
-		if err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 1<<20)
-		if _, err := io.ReadFull(rc, buf); err != nil {
-			t.Fatal(err)
-		}
-		cancel()
-		_, err = io.Copy(io.Discard, rc)
-		_ = rc.Close()
-		if err == nil {
-			t.Fatal("reading a Get whose context was cancelled ran to the end without error")
-		}
-		_ = s.Delete(ctx, "getcancel/obj")
-	})
+// CheckCreateRace: of racing conditional creates, exactly one wins.
+func CheckCreateRace(t *testing.T, s cloud.Storage, opts Options) {
+	RaceCreates(t, s, "race/obj", 8, 64<<10)
+	_ = s.Delete(context.Background(), "race/obj")
+}
 
-	t.Run("BadKey", func(t *testing.T) {
-		ctx := context.Background()
-		for _, key := range []string{"", "/abs", "a/../b", "dir/"} {
-			if err := s.Put(ctx, key, bytes.NewReader(nil), 0); err == nil {
-				t.Errorf("Put(%q) accepted a malformed key", key)
-			}
+// CheckCancelledPut: a Put whose context is cancelled leaves no object.
+func CheckCancelledPut(t *testing.T, s cloud.Storage, opts Options) {
+	for _, n := range []int64{100 << 10, 2*opts.PartSize + 1000} {
+		for _, create := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%d/create=%v", n, create), func(t *testing.T) {
+				key := fmt.Sprintf("cancelled/%d-%v", n, create)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				r := &cutReader{r: Data(7, n*2), n: n, cut: cancel, err: context.Canceled}
+				var err error
+				if create {
+					err = cloud.Create(ctx, s, key, r, cloud.SizeUnknown)
+				} else {
+					err = s.Put(ctx, key, r, cloud.SizeUnknown)
+				}
+				if err == nil {
+					t.Fatalf("Put cancelled after %d bytes succeeded", n)
+				}
+				expectMissing(t, s, key)
+				if got := list(t, s, "cancelled/"); len(got) != 0 {
+					t.Fatalf("cancelled Put left %v visible", got)
+				}
+			})
 		}
+	}
+}
+
+// CheckFailedReader: a Put whose reader fails leaves no object.
+func CheckFailedReader(t *testing.T, s cloud.Storage, opts Options) {
+	boom := errors.New("disk read error")
+	r := &cutReader{r: Data(8, 1<<20), n: 300 << 10, err: boom}
+	err := s.Put(context.Background(), "failed/obj", r, cloud.SizeUnknown)
+	if err == nil {
+		t.Fatal("Put from a failing reader succeeded")
+	}
+	expectMissing(t, s, "failed/obj")
+}
+
+// CheckConcurrentPuts: Puts to many keys at once all land.
+func CheckConcurrentPuts(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	const n = 8
+	const size = 3<<20 + 5
+	parallel(t, n, n, func(i int) error {
+		return s.Put(ctx, fmt.Sprintf("concurrent/%d", i), Data(uint64(100+i), size), cloud.SizeUnknown)
 	})
+	for i := range n {
+		key := fmt.Sprintf("concurrent/%d", i)
+		expectObject(t, s, key, size, Digest(uint64(100+i), size))
+		_ = s.Delete(ctx, key)
+	}
+}
+
+// CheckGetCancelled: reading a Get whose context is cancelled stops with an error.
+func CheckGetCancelled(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	const size = 20 << 20
+	if err := s.Put(ctx, "getcancel/obj", Data(9, size), size); err != nil {
+		t.Fatal(err)
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	rc, err := s.Get(gctx, "getcancel/obj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	_, err = io.Copy(io.Discard, rc)
+	_ = rc.Close()
+	if err == nil {
+		t.Fatal("reading a Get whose context was cancelled ran to the end without error")
+	}
+	_ = s.Delete(ctx, "getcancel/obj")
+}
+
+// CheckBadKey: malformed keys are refused.
+func CheckBadKey(t *testing.T, s cloud.Storage, opts Options) {
+	ctx := context.Background()
+	for _, key := range []string{"", "/abs", "a/../b", "dir/"} {
+		if err := s.Put(ctx, key, bytes.NewReader(nil), 0); err == nil {
+			t.Errorf("Put(%q) accepted a malformed key", key)
+		}
+	}
 }
 
 // RunMemoryBound uploads 1 GiB from a stream of unknown length and asserts
