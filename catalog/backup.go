@@ -57,8 +57,11 @@ func KeepKey(server, id string) string { return BackupsPrefix(server) + id + ".k
 // StartedKey is the key of the marker of a backup that started.
 func StartedKey(server, id string) string { return BackupsPrefix(server) + id + ".started" }
 
+// BasePrefix is the prefix of every backup's parts.
+func BasePrefix(server string) string { return server + "/base/" }
+
 // PartsPrefix is the prefix of a backup's parts.
-func PartsPrefix(server, id string) string { return server + "/base/" + id + "/" }
+func PartsPrefix(server, id string) string { return BasePrefix(server) + id + "/" }
 
 // PartKey is the key of part n of a backup compressed with c.
 func PartKey(server, id string, n int, c codec.Codec) string {

@@ -201,3 +201,17 @@ func DeleteAll(ctx context.Context, s Storage, keys []string) error {
 	}
 	return first
 }
+
+// NoAnswer rewrites err, when ctx ran out of time, into a line that names
+// where the requests went (where), the limit and, if given, the setting
+// that sets it. Other errors come back as they are.
+func NoAnswer(ctx context.Context, err error, limit time.Duration, where, setting string) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return err
+	}
+	msg := fmt.Sprintf("no answer within %v from %s: check that setting, the network and the server", limit, where)
+	if setting != "" {
+		msg += " (the limit is " + setting + ")"
+	}
+	return fmt.Errorf("%s: %w", msg, err)
+}

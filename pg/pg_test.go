@@ -96,3 +96,29 @@ func TestSegmentHeader(t *testing.T) {
 		t.Fatal("a page without a long header was accepted")
 	}
 }
+
+func TestCompareWAL(t *testing.T) {
+	names := []string{"000000010000000100000000", "000000020000000000000005", "000000010000000000000006", "000000010000000000000005"}
+	var ws []WALName
+	for _, n := range names {
+		w, err := ParseWALName(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	for _, c := range []struct {
+		a, b int
+		want int
+	}{
+		{3, 1, -1}, // same place, the earlier timeline first
+		{1, 2, -1}, // timeline 2 at 5 before timeline 1 at 6
+		{2, 0, -1}, // the log counts before the segment
+		{0, 0, 0},
+		{0, 3, 1},
+	} {
+		if got := CompareWAL(ws[c.a], ws[c.b]); got != c.want {
+			t.Errorf("CompareWAL(%s, %s) = %d, want %d", names[c.a], names[c.b], got, c.want)
+		}
+	}
+}

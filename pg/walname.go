@@ -106,3 +106,27 @@ func SegmentNameOf(timeline uint32, segNo uint64, segSize int64) string {
 func (w WALName) Next(segSize int64) string {
 	return SegmentNameOf(w.Timeline, w.SegNo(segSize)+1, segSize)
 }
+
+// CompareWAL orders WAL files by their place in the WAL stream across
+// timelines: by log and segment, then by timeline (a segment of a later
+// timeline continues where the earlier one was switched away from). It
+// returns -1, 0 or +1.
+func CompareWAL(a, b WALName) int {
+	switch {
+	case a.Log != b.Log:
+		return cmpU32(a.Log, b.Log)
+	case a.Seg != b.Seg:
+		return cmpU32(a.Seg, b.Seg)
+	}
+	return cmpU32(a.Timeline, b.Timeline)
+}
+
+func cmpU32(a, b uint32) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -2,8 +2,10 @@ package retention
 
 import (
 	"context"
-	"errors"
+	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
@@ -27,50 +29,19 @@ type RemovedBackup struct {
 	Bytes  int64  `json:"bytes"`
 }
 
-// Inventory is a server's catalog and WAL listing as read once, for
-// callers that show it as well as decide on it.
-type Inventory struct {
-	// Backups is the catalog, oldest first; Input.Backups holds the same
-	// backups in the same order, as Decide sees them.
-	Backups  []catalog.BackupInfo
-	Input    Input
-	WALSizes map[string]int64 // stored size by WAL file name
-}
-
-// Gather reads what Decide needs from the repository: the catalog and the
-// WAL listing, with the WAL files' stored sizes.
-func Gather(ctx context.Context, store cloud.Storage, server string) (*Inventory, error) {
-	list, err := catalog.ListBackups(ctx, store, server)
-	if err != nil {
-		return nil, err
-	}
-	inv := &Inventory{Backups: list, WALSizes: map[string]int64{}}
-	in := &inv.Input
-	for _, b := range list {
-		rb := Backup{ID: b.ID(), Status: b.Status(), Keep: b.Keep}
-		if b.Started != nil {
-			rb.Host = b.Started.Host
+// InputOf is what Decide needs of a catalog read with its WAL: each
+// backup with its state, the WAL listing and the segment size. The caller
+// adds the policy and the clock.
+func InputOf(c *catalog.Catalog) Input {
+	in := Input{WAL: c.WALNames(), WALSegmentSize: c.WALSegmentSize}
+	for _, e := range c.Backups {
+		b := Backup{ID: e.ID, Status: e.Status, Keep: e.Keep, Host: e.Host}
+		if m := e.Manifest; m != nil {
+			b.EndTime, b.Timeline, b.BeginWAL, b.EndWAL = m.EndTime, m.Timeline, m.BeginWAL, m.EndWAL
 		}
-		if m := b.Manifest; m != nil {
-			rb.EndTime, rb.Timeline, rb.BeginWAL, rb.EndWAL = m.EndTime, m.Timeline, m.BeginWAL, m.EndWAL
-		}
-		in.Backups = append(in.Backups, rb)
+		in.Backups = append(in.Backups, b)
 	}
-	in.WALSegmentSize = 16 << 20
-	if id, err := catalog.ReadIdentity(ctx, store, server); err == nil {
-		in.WALSegmentSize = id.WALSegmentSize
-	} else if !errors.Is(err, cloud.ErrNotExist) {
-		return nil, err
-	}
-	err = catalog.ListWALFiles(ctx, store, server, func(w pg.WALName, o cloud.ObjectInfo) error {
-		in.WAL = append(in.WAL, w)
-		inv.WALSizes[w.Name] = o.Size
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return inv, nil
+	return in
 }
 
 // backupWorkers is how many backups Execute removes at once.
@@ -156,4 +127,51 @@ func removeBackup(ctx context.Context, store cloud.Storage, server, id, reason s
 		return rb, err
 	}
 	return rb, store.Delete(ctx, catalog.KeepKey(server, id))
+}
+
+// OrphanParts lists the backups that have parts in the repository but
+// neither manifest nor marker in cat (a backup killed before its marker
+// was written, or one whose removal was interrupted), whose newest part
+// was written before before.
+func OrphanParts(ctx context.Context, store cloud.Storage, cat *catalog.Catalog, before time.Time) ([]string, error) {
+	known := map[string]bool{}
+	for _, b := range cat.Backups {
+		known[b.ID] = true
+	}
+	newest := map[string]time.Time{}
+	prefix := catalog.BasePrefix(cat.Server)
+	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
+		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/")
+		if ok && catalog.ValidBackupID(id) && !known[id] && o.ModTime.After(newest[id]) {
+			newest[id] = o.ModTime
+		}
+		return nil
+	})
+	var out []string
+	for id, t := range newest {
+		if t.Before(before) {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out, err
+}
+
+// StaleChunks removes the streamed chunks (receive-wal's, synchronous) of
+// segments that cat holds whole (a receive-wal that stopped before it
+// cleaned them up, with archive_command pushing the segment), and of those
+// whose WAL the plan p removes.
+func StaleChunks(ctx context.Context, store cloud.Storage, cat *catalog.Catalog, p Plan) error {
+	whole := map[string]bool{}
+	for _, w := range cat.WAL {
+		if w.Kind == pg.Segment {
+			whole[w.Name] = true
+		}
+	}
+	for _, name := range p.WAL {
+		if w, err := pg.ParseWALName(name); err == nil && w.Kind != pg.History {
+			whole[w.SegmentName()] = true
+		}
+	}
+	return catalog.DeleteChunks(ctx, store, cat.Server, func(seg string) bool { return whole[seg] })
 }

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"runtime/debug"
-	"sort"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,8 +16,6 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
-	"github.com/cellar-backup/cellar/pg"
-	"github.com/cellar-backup/cellar/retention"
 )
 
 func backupCommand(st *state) *cli.Command {
@@ -206,29 +202,16 @@ func backupSummary(m *catalog.Manifest) backupRow {
 	}
 }
 
-// catalogRows lists a server's backups, newest first, with their WAL
-// sizes and retention status.
-func (st *state) catalogRows(srv *config.Server, inv *retention.Inventory, toEnd bool) []backupRow {
-	var rows []backupRow
-	for i, b := range inv.Backups {
-		if b.Manifest != nil {
-			r := backupSummary(b.Manifest)
-			r.Keep = b.Keep
-			rows = append(rows, r)
-			continue
-		}
-		s := b.Started
-		r := backupRow{ID: s.ID, Server: srv.Name, Status: s.Status, BeginTime: s.BeginTime, EndTime: s.EndTime, Error: s.Error, Host: s.Host}
-		if r.Status == catalog.StatusStarted && inv.Input.Backups[i].Status == catalog.StatusFailed {
-			r.Status, r.Error = catalog.StatusFailed, "the backup process ended without finishing (killed?)"
-		}
-		rows = append(rows, r)
-	}
-	segs := archivedSegments(inv)
-	// rows are oldest first here.
+// catalogRows are a server's backups, newest first, with the WAL archived
+// from each to the next (to the end of the archive with toEnd) and their
+// retention status.
+func (st *state) catalogRows(srv *config.Server, cat *catalog.Catalog, toEnd bool) []backupRow {
+	st.markObsolete(srv, cat)
+	rows := make([]backupRow, 0, len(cat.Backups))
 	var done []int
-	for i, r := range rows {
-		if r.Status == catalog.StatusDone {
+	for i, e := range cat.Backups { // oldest first
+		rows = append(rows, backupRowOf(srv, e))
+		if e.Status == catalog.StatusDone {
 			done = append(done, i)
 		}
 	}
@@ -243,52 +226,31 @@ func (st *state) catalogRows(srv *config.Server, inv *retention.Inventory, toEnd
 		if k > 0 {
 			rows[i].Previous = rows[done[k-1]].ID
 		}
-		rows[i].WALFiles, rows[i].WALSize, rows[i].LastWAL = walBetween(segs, rows[i].BeginWAL, until)
+		rows[i].WALFiles, rows[i].WALSize, rows[i].LastWAL = cat.WALBetween(rows[i].BeginWAL, until)
 	}
-	st.markRetention(srv, inv, rows)
-	sort.SliceStable(rows, func(i, j int) bool { return rows[i].ID > rows[j].ID })
+	slices.Reverse(rows)
 	return rows
 }
 
-type walSeg struct {
-	name string
-	key  string // timeline-independent order: segment number, then timeline
-	size int64
-}
-
-// archivedSegments lists the archived segments, in segment order across
-// timelines.
-func archivedSegments(inv *retention.Inventory) []walSeg {
-	var segs []walSeg
-	for _, w := range inv.Input.WAL {
-		if w.Kind == pg.Segment {
-			segs = append(segs, walSeg{name: w.Name, key: w.Name[8:] + w.Name[:8], size: inv.WALSizes[w.Name]})
+// backupRowOf is one catalog entry as list-backups and show-backup print
+// it.
+func backupRowOf(srv *config.Server, e catalog.Entry) backupRow {
+	if e.Manifest == nil {
+		return backupRow{ID: e.ID, Server: srv.Name, Status: e.Status, BeginTime: e.BeginTime, EndTime: e.EndTime, Error: e.Error, Host: e.Host}
+	}
+	r := backupSummary(e.Manifest)
+	r.Status, r.Keep = e.Status, e.Keep
+	if e.Status == catalog.StatusDone {
+		switch {
+		case e.Keep:
+			r.Retention = "KEEP:STANDALONE"
+		case e.Obsolete:
+			r.Retention = "OBSOLETE"
+		default:
+			r.Retention = "VALID"
 		}
 	}
-	sort.Slice(segs, func(i, j int) bool { return segs[i].key < segs[j].key })
-	return segs
-}
-
-// walBetween counts the segments from the one named from (inclusive) to
-// the one named until (exclusive; "" for no end), on any timeline.
-func walBetween(segs []walSeg, from, until string) (n int, size int64, last string) {
-	if len(from) != 24 {
-		return 0, 0, ""
-	}
-	lo := from[8:] + from[:8]
-	hi := ""
-	if len(until) == 24 {
-		hi = until[8:] + until[:8]
-	}
-	for _, s := range segs {
-		if s.key < lo || (hi != "" && s.key >= hi) {
-			continue
-		}
-		n++
-		size += s.size
-		last = s.name
-	}
-	return n, size, last
+	return r
 }
 
 func listBackupsCommand(st *state) *cli.Command {
@@ -298,11 +260,11 @@ func listBackupsCommand(st *state) *cli.Command {
 		ArgsUsage: "SERVER",
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 1, "list-backups takes exactly one SERVER argument", func(srv *config.Server, store cloud.Storage) error {
-				inv, err := st.gather(c.Context, srv, store)
+				cat, err := st.readCatalog(c.Context, srv, store, true)
 				if err != nil {
 					return err
 				}
-				rows := st.catalogRows(srv, inv, false)
+				rows := st.catalogRows(srv, cat, false)
 				if st.format == "json" {
 					if rows == nil {
 						rows = []backupRow{}
@@ -339,9 +301,15 @@ func showBackupCommand(st *state) *cli.Command {
 		ArgsUsage: "SERVER BACKUP_ID",
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "show-backup takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
-				_, _, r, err := st.pickBackup(c.Context, srv, store, c.Args().Get(1), true)
+				cat, e, err := st.findBackup(c.Context, srv, store, c.Args().Get(1), true)
 				if err != nil {
 					return err
+				}
+				var r backupRow
+				for _, row := range st.catalogRows(srv, cat, true) {
+					if row.ID == e.ID {
+						r = row
+					}
 				}
 				if st.format == "json" {
 					return st.printJSON(r)
@@ -353,52 +321,18 @@ func showBackupCommand(st *state) *cli.Command {
 	}
 }
 
-// pickBackup reads the catalog (see catalogRows) and picks the backup id
-// names (see pickRow): the inventory and rows for what the caller does
-// next.
-func (st *state) pickBackup(ctx context.Context, srv *config.Server, store cloud.Storage, id string, toEnd bool) (*retention.Inventory, []backupRow, backupRow, error) {
-	inv, err := st.gather(ctx, srv, store)
+// findBackup reads the catalog (see readCatalog) and finds the backup
+// name means (see catalog.Catalog.Find).
+func (st *state) findBackup(ctx context.Context, srv *config.Server, store cloud.Storage, name string, wal bool) (*catalog.Catalog, catalog.Entry, error) {
+	cat, err := st.readCatalog(ctx, srv, store, wal)
 	if err != nil {
-		return nil, nil, backupRow{}, err
+		return nil, catalog.Entry{}, err
 	}
-	rows := st.catalogRows(srv, inv, toEnd)
-	r, err := pickRow(rows, id)
+	e, err := cat.Find(name)
 	if err != nil {
-		return nil, nil, backupRow{}, fmt.Errorf("server %s: %w", srv.Name, err)
+		return nil, catalog.Entry{}, fmt.Errorf("server %s: %w (see list-backups)", srv.Name, err)
 	}
-	return inv, rows, r, nil
-}
-
-// pickRow finds a backup by id or by latest/last, oldest/first (which name
-// DONE backups only); rows are newest first.
-func pickRow(rows []backupRow, id string) (backupRow, error) {
-	var done []backupRow
-	for _, r := range rows {
-		if r.Status == catalog.StatusDone {
-			done = append(done, r)
-		}
-	}
-	switch strings.ToLower(id) {
-	case "latest", "last":
-		if len(done) > 0 {
-			return done[0], nil
-		}
-		return backupRow{}, errors.New("there is no finished backup (see list-backups)")
-	case "oldest", "first":
-		if len(done) > 0 {
-			return done[len(done)-1], nil
-		}
-		return backupRow{}, errors.New("there is no finished backup (see list-backups)")
-	}
-	for _, r := range rows {
-		if r.ID == id {
-			return r, nil
-		}
-	}
-	if !catalog.ValidBackupID(id) {
-		return backupRow{}, fmt.Errorf("%q is not a backup id: use an id such as 20260101T120000 (see list-backups), latest or oldest", id)
-	}
-	return backupRow{}, fmt.Errorf("no backup %s (see list-backups)", id)
+	return cat, e, nil
 }
 
 func printBackup(st *state, r backupRow) {
@@ -454,24 +388,10 @@ func orDash(s string) string {
 	return s
 }
 
-// markRetention sets each finished backup's retention status from the
-// server's policy (none: every backup is VALID).
-func (st *state) markRetention(srv *config.Server, inv *retention.Inventory, rows []backupRow) {
-	obsolete := map[string]bool{}
+// markObsolete marks the backups the server's retention policy no longer
+// needs (none without a policy).
+func (st *state) markObsolete(srv *config.Server, cat *catalog.Catalog) {
 	if pol, err := policyOf(srv); err == nil && srv.RetentionPolicy != "" {
-		for _, id := range st.decide(inv, pol).Obsolete {
-			obsolete[id] = true
-		}
-	}
-	for i := range rows {
-		switch {
-		case rows[i].Status != catalog.StatusDone:
-		case rows[i].Keep:
-			rows[i].Retention = "KEEP:STANDALONE"
-		case obsolete[rows[i].ID]:
-			rows[i].Retention = "OBSOLETE"
-		default:
-			rows[i].Retention = "VALID"
-		}
+		cat.MarkObsolete(st.decide(cat, pol).Obsolete)
 	}
 }

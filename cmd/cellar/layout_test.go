@@ -8,7 +8,9 @@ import (
 
 const module = "github.com/cellar-backup/cellar"
 
-// layer returns the layer a package belongs to: cmd, a workflow, catalog,
+// layer returns the layer a package belongs to: cmd, health (the checks
+// of every workflow's preconditions, between cmd and the workflows), a
+// workflow, catalog,
 // cloud, a backend (a cloud subpackage), pg (PostgreSQL's own formats and
 // protocol, a base layer beside cloud) or a test kit (internal/, which only
 // tests import). Dependencies flow cmd -> workflows -> catalog -> cloud,
@@ -20,6 +22,8 @@ func layer(pkg string) string {
 	switch top {
 	case "cmd":
 		return "cmd"
+	case "health":
+		return "health"
 	case "wal", "basebackup", "restore", "retention":
 		return "workflow:" + top
 	case "catalog":
@@ -47,6 +51,8 @@ func allowed(from, to string) bool {
 		return false // only tests import it, and they are not listed
 	case from == "cmd":
 		return true
+	case from == "health":
+		return strings.HasPrefix(to, "workflow:") || to == "catalog" || to == "cloud" || to == "pg"
 	case strings.HasPrefix(from, "workflow:"):
 		return to == "catalog" || to == "cloud" || to == "pg"
 	case from == "catalog":
@@ -70,7 +76,7 @@ func TestDependencyDirection(t *testing.T) {
 		pkg := fields[0]
 		from := layer(pkg)
 		if strings.HasPrefix(from, "other:") {
-			t.Errorf("package %s is outside the layout (cmd, cloud, catalog, pg, wal, basebackup, restore, retention, internal)", pkg)
+			t.Errorf("package %s is outside the layout (cmd, health, cloud, catalog, pg, wal, basebackup, restore, retention, internal)", pkg)
 		}
 		for _, imp := range fields[1:] {
 			if !strings.HasPrefix(imp, module) {
@@ -106,6 +112,9 @@ func TestLayerRules(t *testing.T) {
 		{module + "/wal", module + "/catalog", true},
 		{module + "/cmd/cellar", module + "/cloud/s3", true},
 		{module + "/wal", module + "/pg", true},
+		{module + "/health", module + "/retention", true},
+		{module + "/health", module + "/cloud/s3", false},
+		{module + "/retention", module + "/health", false},
 		{module + "/catalog", module + "/pg", true},
 		{module + "/pg", module + "/catalog", false},
 		{module + "/pg", module + "/cloud", false},

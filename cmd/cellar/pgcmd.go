@@ -13,6 +13,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/health"
 	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
@@ -145,16 +146,4 @@ func listWALCommand(st *state) *cli.Command {
 }
 
 // humanSize prints a byte count with one decimal in binary units.
-func humanSize(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", n)
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
-}
+var humanSize = health.HumanSize

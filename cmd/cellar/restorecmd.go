@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -15,7 +14,6 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
-	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/restore"
 )
 
@@ -76,18 +74,18 @@ func restoreCommand(st *state) *cli.Command {
 				return err
 			}
 			defer store.Close()
-			m, err := chooseBackup(ctx, st, srv, store, id, tgt)
+			cat, m, err := chooseBackup(ctx, st, srv, store, id, tgt)
 			if err != nil {
 				return err
 			}
-			if err := checkTarget(ctx, store, srv, m, tgt); err != nil {
+			if err := checkTarget(cat, srv, m, tgt); err != nil {
 				return err
 			}
 			rec := restore.Recovery{Settings: [][2]string{{"restore_command", st.restoreCommand(c, srv)}}, Signal: "recovery"}
 			if c.Bool("standby") {
 				rec.Signal = "standby"
 			}
-			rec.Settings = append(rec.Settings, tgt.settings...)
+			rec.Settings = append(rec.Settings, tgt.Settings...)
 			prog := st.newProgress("restore " + srv.Name)
 			began := time.Now()
 			res, err := restore.Run(ctx, restore.Options{
@@ -114,7 +112,7 @@ func restoreCommand(st *state) *cli.Command {
 			if !st.quiet {
 				fmt.Fprintf(st.stdout, "Restored backup %s of server %s to %s: %d files (%d fetched, %d kept, %d removed), %s in %s\n",
 					m.ID, srv.Name, dest, res.Files, res.Fetched, res.Kept, res.Removed, humanSize(res.Bytes), time.Since(began).Round(time.Second))
-				fmt.Fprintf(st.stdout, "Start PostgreSQL on it to recover%s; it fetches WAL with: %s\n", tgt.describe(), rec.Settings[0][1])
+				fmt.Fprintf(st.stdout, "Start PostgreSQL on it to recover%s; it fetches WAL with: %s\n", tgt.Describe(), rec.Settings[0][1])
 			}
 			return nil
 		},
@@ -150,126 +148,39 @@ func (st *state) restoreCommand(c *cli.Context, srv *config.Server) string {
 	return cmd + " wal-fetch " + srv.Name + " %f %p"
 }
 
-// target is a parsed recovery target.
-type target struct {
-	kind     string // "", time, lsn, xid, name, immediate
-	time     time.Time
-	lsn      pg.LSN
-	text     string
-	settings [][2]string
-}
+// targetFlags are the restore flags that name a target, with the field of
+// restore.TargetSpec (and restore.TargetError) each fills.
+var targetFlags = map[string]string{"target-time": "time", "target-lsn": "lsn", "target-xid": "xid", "target-name": "name", "target-immediate": "immediate"}
 
-func (t target) describe() string {
-	switch t.kind {
-	case "":
-		return " to the end of the archived WAL"
-	case "immediate":
-		return " until the backup is consistent"
-	}
-	return " to " + t.kind + " " + t.text
-}
-
-// timeLayouts are the forms --target-time accepts; without a zone, the
-// time is local.
-var timeLayouts = []string{
-	time.RFC3339Nano,
-	"2006-01-02 15:04:05.999999999Z07:00",
-	"2006-01-02 15:04:05.999999999Z07",
-	"2006-01-02 15:04:05.999999999 Z07:00",
-	"2006-01-02 15:04:05.999999999 MST",
-	"2006-01-02T15:04:05.999999999",
-	"2006-01-02 15:04:05.999999999",
-}
-
-func parseTargetTime(s string) (time.Time, error) {
-	s = strings.TrimSpace(s)
-	for _, l := range timeLayouts {
-		var t time.Time
-		var err error
-		if strings.Contains(l, "07") || strings.Contains(l, "MST") {
-			t, err = time.Parse(l, s)
-		} else {
-			t, err = time.ParseInLocation(l, s, time.Local)
-		}
-		if err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("--target-time %q is not a time: write e.g. '2026-12-01 10:00:00+00' or 2026-12-01T10:00:00Z", s)
-}
-
-func parseTarget(c *cli.Context) (target, error) {
-	var t target
+// parseTarget reads the target flags (see restore.ParseTarget); its errors
+// name the flag.
+func parseTarget(c *cli.Context) (restore.Target, error) {
 	n := 0
-	for _, name := range []string{"target-time", "target-lsn", "target-xid", "target-name", "target-immediate"} {
+	for name := range targetFlags {
 		if c.IsSet(name) {
 			n++
 		}
 	}
 	if n > 1 {
-		return t, usagef("give at most one of --target-time, --target-lsn, --target-xid, --target-name and --target-immediate")
+		return restore.Target{}, usagef("give at most one of --target-time, --target-lsn, --target-xid, --target-name and --target-immediate")
 	}
+	if c.IsSet("target-name") && c.String("target-name") == "" {
+		return restore.Target{}, usagef("--target-name is empty: name a restore point made with pg_create_restore_point")
+	}
+	t, err := restore.ParseTarget(restore.TargetSpec{
+		Time: c.String("target-time"), LSN: c.String("target-lsn"), XID: c.String("target-xid"), Name: c.String("target-name"),
+		Immediate: c.Bool("target-immediate"), Timeline: c.String("target-timeline"), Action: c.String("target-action"), Exclusive: c.Bool("exclusive"),
+	})
+	var te *restore.TargetError
 	switch {
-	case c.IsSet("target-time"):
-		tm, err := parseTargetTime(c.String("target-time"))
-		if err != nil {
-			return t, usagef("%v", err)
-		}
-		t.kind, t.time, t.text = "time", tm, tm.UTC().Format("2006-01-02 15:04:05.999999+00")
-		t.settings = append(t.settings, [2]string{"recovery_target_time", t.text})
-	case c.IsSet("target-lsn"):
-		l, err := pg.ParseLSN(c.String("target-lsn"))
-		if err != nil {
-			return t, usagef("--target-lsn: %v", err)
-		}
-		t.kind, t.lsn, t.text = "lsn", l, l.String()
-		t.settings = append(t.settings, [2]string{"recovery_target_lsn", t.text})
-	case c.IsSet("target-xid"):
-		x := strings.TrimSpace(c.String("target-xid"))
-		if _, err := strconv.ParseUint(x, 10, 64); err != nil {
-			return t, usagef("--target-xid %q is not a transaction id (a whole number)", x)
-		}
-		t.kind, t.text = "xid", x
-		t.settings = append(t.settings, [2]string{"recovery_target_xid", x})
-	case c.IsSet("target-name"):
-		name := c.String("target-name")
-		if name == "" {
-			return t, usagef("--target-name is empty: name a restore point made with pg_create_restore_point")
-		}
-		t.kind, t.text = "name", name
-		t.settings = append(t.settings, [2]string{"recovery_target_name", name})
-	case c.Bool("target-immediate"):
-		t.kind = "immediate"
-		t.settings = append(t.settings, [2]string{"recovery_target", "immediate"})
-	}
-	tl := strings.ToLower(strings.TrimSpace(c.String("target-timeline")))
-	if tl != "latest" && tl != "current" {
-		if n, err := strconv.ParseUint(tl, 10, 32); err != nil || n == 0 {
-			return t, usagef("--target-timeline %q: use latest, current or a timeline number", c.String("target-timeline"))
-		}
-	}
-	t.settings = append(t.settings, [2]string{"recovery_target_timeline", tl})
-	action := strings.ToLower(c.String("target-action"))
-	switch action {
-	case "":
-		if t.kind != "" {
-			action = "promote"
-		}
-	case "pause", "promote", "shutdown":
-		if t.kind == "" {
-			return t, usagef("--target-action needs a target (--target-time, --target-lsn, --target-xid, --target-name or --target-immediate)")
-		}
-	default:
-		return t, usagef("--target-action %q: use pause, promote or shutdown", action)
-	}
-	if action != "" {
-		t.settings = append(t.settings, [2]string{"recovery_target_action", action})
-	}
-	if c.Bool("exclusive") {
-		if t.kind == "" || t.kind == "immediate" || t.kind == "name" {
-			return t, usagef("--exclusive needs --target-time, --target-lsn or --target-xid")
-		}
-		t.settings = append(t.settings, [2]string{"recovery_target_inclusive", "off"})
+	case errors.As(err, &te) && te.Field == "action" && te.Msg == "needs a target":
+		return t, usagef("--target-action needs a target (--target-time, --target-lsn, --target-xid, --target-name or --target-immediate)")
+	case errors.As(err, &te) && te.Field == "exclusive":
+		return t, usagef("--exclusive needs --target-time, --target-lsn or --target-xid")
+	case errors.As(err, &te) && te.Field != "":
+		return t, usagef("--target-%s %s", te.Field, te.Msg)
+	case err != nil:
+		return t, usagef("%v", err)
 	}
 	return t, nil
 }
@@ -286,107 +197,65 @@ func parseTablespaces(specs []string) (map[string]string, error) {
 	return out, nil
 }
 
-// chooseBackup reads the manifest of the backup named by id: an id,
-// latest/last, oldest/first, or auto (the newest that ended before the
-// target time).
-func chooseBackup(ctx context.Context, st *state, srv *config.Server, store cloud.Storage, id string, tgt target) (*catalog.Manifest, error) {
-	list, err := catalog.ListBackups(ctx, store, srv.Name)
+// chooseBackup reads the catalog and the manifest of the backup named by
+// id: an id, latest/last, oldest/first, or auto (the newest that ended
+// before the target time).
+func chooseBackup(ctx context.Context, st *state, srv *config.Server, store cloud.Storage, id string, tgt restore.Target) (*catalog.Catalog, *catalog.Manifest, error) {
+	// The WAL is listed only for a target it must be checked against:
+	// a plain restore in the bad hour spends no time on it.
+	cat, err := st.readCatalog(ctx, srv, store, tgt.Kind == "time" || tgt.Kind == "lsn")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var done []*catalog.Manifest
-	for _, b := range list {
-		if b.Manifest != nil && b.Manifest.Status == catalog.StatusDone {
-			done = append(done, b.Manifest)
-		}
-	}
+	done := cat.Done()
 	if len(done) == 0 {
-		return nil, fmt.Errorf("server %s has no finished backup to restore (see list-backups)", srv.Name)
+		return nil, nil, fmt.Errorf("server %s has no finished backup to restore (see list-backups)", srv.Name)
 	}
-	pick := ""
-	switch strings.ToLower(id) {
-	case "auto":
-		if tgt.kind != "time" {
-			return nil, usagef("BACKUP_ID auto needs --target-time")
+	var e catalog.Entry
+	if strings.EqualFold(id, "auto") {
+		if tgt.Kind != "time" {
+			return nil, nil, usagef("BACKUP_ID auto needs --target-time")
 		}
-		for _, m := range done {
-			if !m.EndTime.After(tgt.time) {
-				pick = m.ID
-			}
+		if e, err = cat.NewestBefore(tgt.Time); err != nil {
+			return nil, nil, fmt.Errorf("no backup of server %s ended before %s: the oldest ended at %s, so the recoverable range starts there",
+				srv.Name, tgt.Text, done[0].EndTime.UTC().Format(time.RFC3339))
 		}
-		if pick == "" {
-			return nil, fmt.Errorf("no backup of server %s ended before %s: the oldest ended at %s, so the recoverable range starts there",
-				srv.Name, tgt.text, done[0].EndTime.UTC().Format(time.RFC3339))
+	} else if e, err = cat.FindDone(id); err != nil {
+		if errors.Is(err, catalog.ErrNotFinished) {
+			return nil, nil, fmt.Errorf("backup %s of server %s is %s, not a finished backup: choose another (see list-backups)", e.ID, srv.Name, e.Status)
 		}
-	default:
-		rows := make([]backupRow, 0, len(list))
-		for i := len(list) - 1; i >= 0; i-- {
-			b := list[i]
-			if b.Manifest != nil {
-				rows = append(rows, backupRow{ID: b.Manifest.ID, Status: b.Manifest.Status})
-			} else {
-				rows = append(rows, backupRow{ID: b.Started.ID, Status: b.Started.Status})
-			}
-		}
-		r, err := pickRow(rows, id)
-		if err != nil {
-			return nil, fmt.Errorf("server %s: %w", srv.Name, err)
-		}
-		if r.Status != catalog.StatusDone {
-			return nil, fmt.Errorf("backup %s of server %s is %s, not a finished backup: choose another (see list-backups)", r.ID, srv.Name, r.Status)
-		}
-		pick = r.ID
+		return nil, nil, fmt.Errorf("server %s: %w (see list-backups)", srv.Name, err)
 	}
-	return catalog.ReadManifest(ctx, store, srv.Name, pick)
+	m, err := catalog.ReadManifest(ctx, store, srv.Name, e.ID)
+	return cat, m, err
 }
 
 // checkTarget refuses a target before the backup's end or after the last
 // archived WAL, giving the range that is recoverable.
-func checkTarget(ctx context.Context, store cloud.Storage, srv *config.Server, m *catalog.Manifest, tgt target) error {
-	if tgt.kind != "time" && tgt.kind != "lsn" {
+func checkTarget(cat *catalog.Catalog, srv *config.Server, m *catalog.Manifest, tgt restore.Target) error {
+	if tgt.Kind != "time" && tgt.Kind != "lsn" {
 		return nil
 	}
-	var last pg.WALName
-	var lastTime time.Time
-	found := false
-	err := catalog.ListWALFiles(ctx, store, srv.Name, func(w pg.WALName, o cloud.ObjectInfo) error {
-		if w.Kind != pg.Segment || w.Timeline < m.Timeline {
-			return nil
-		}
-		if !found || w.Name[8:] > last.Name[8:] || (w.Name[8:] == last.Name[8:] && w.Timeline > last.Timeline) {
-			last, found = w, true
-		}
-		if o.ModTime.After(lastTime) {
-			lastTime = o.ModTime
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	endLSN, _ := pg.ParseLSN(m.EndLSN)
-	switch tgt.kind {
+	r, err := cat.Recoverable(m)
+	found := err == nil
+	switch tgt.Kind {
 	case "time":
-		rangeText := fmt.Sprintf("backup %s can recover from %s to %s", m.ID, m.EndTime.UTC().Format(time.RFC3339), lastTime.UTC().Format(time.RFC3339))
-		if tgt.time.Before(m.EndTime) {
+		rangeText := fmt.Sprintf("backup %s can recover from %s to %s", m.ID, r.FromTime.UTC().Format(time.RFC3339), r.ToTime.UTC().Format(time.RFC3339))
+		if tgt.Time.Before(m.EndTime) {
 			return fmt.Errorf("--target-time %s is before the end of backup %s (%s): choose an older backup, or a later target (%s)",
-				tgt.text, m.ID, m.EndTime.UTC().Format(time.RFC3339), rangeText)
+				tgt.Text, m.ID, m.EndTime.UTC().Format(time.RFC3339), rangeText)
 		}
-		if found && tgt.time.After(lastTime) {
+		if found && tgt.Time.After(r.ToTime) {
 			return fmt.Errorf("--target-time %s is after the last archived WAL (%s, archived at %s): %s",
-				tgt.text, last.Name, lastTime.UTC().Format(time.RFC3339), rangeText)
+				tgt.Text, r.LastWAL.Name, r.ToTime.UTC().Format(time.RFC3339), rangeText)
 		}
 	case "lsn":
-		var lastEnd pg.LSN
-		if found {
-			lastEnd = pg.LSN((last.SegNo(m.WALSegmentSize) + 1) * uint64(m.WALSegmentSize))
+		rangeText := fmt.Sprintf("backup %s can recover from LSN %s to %s", m.ID, m.EndLSN, r.ToLSN)
+		if tgt.LSN < r.FromLSN {
+			return fmt.Errorf("--target-lsn %s is before the end of backup %s (%s): %s", tgt.Text, m.ID, m.EndLSN, rangeText)
 		}
-		rangeText := fmt.Sprintf("backup %s can recover from LSN %s to %s", m.ID, m.EndLSN, lastEnd)
-		if tgt.lsn < endLSN {
-			return fmt.Errorf("--target-lsn %s is before the end of backup %s (%s): %s", tgt.text, m.ID, m.EndLSN, rangeText)
-		}
-		if found && tgt.lsn > lastEnd {
-			return fmt.Errorf("--target-lsn %s is after the last archived WAL (%s): %s", tgt.text, last.Name, rangeText)
+		if found && tgt.LSN > r.ToLSN {
+			return fmt.Errorf("--target-lsn %s is after the last archived WAL (%s): %s", tgt.Text, r.LastWAL.Name, rangeText)
 		}
 	}
 	if !found {
@@ -405,7 +274,7 @@ func verifyCommand(st *state) *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "verify takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
-				m, err := chooseBackup(c.Context, st, srv, store, c.Args().Get(1), target{})
+				_, m, err := chooseBackup(c.Context, st, srv, store, c.Args().Get(1), restore.Target{})
 				if err != nil {
 					return err
 				}

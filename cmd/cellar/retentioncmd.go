@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -16,7 +14,6 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
-	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/retention"
 	"github.com/cellar-backup/cellar/wal"
 )
@@ -46,30 +43,21 @@ func policyOf(srv *config.Server) (retention.Policy, error) {
 	return p, nil
 }
 
-// gather reads a server's catalog and WAL listing once. A backup still
-// marked STARTED that no process here runs was killed if it ran here, or
-// if it began more than orphan_age ago: it counts as FAILED, in listings
-// and for retention alike.
-func (st *state) gather(ctx context.Context, srv *config.Server, store cloud.Storage) (*retention.Inventory, error) {
-	inv, err := retention.Gather(ctx, store, srv.Name)
-	if err != nil {
-		return nil, err
-	}
-	running := runningBackup(srv)
+// readCatalog reads a server's catalog once, and with wal its WAL listing
+// (see catalog.Read), judging unfinished backups by this host's locks,
+// the clock and orphan_age.
+func (st *state) readCatalog(ctx context.Context, srv *config.Server, store cloud.Storage, wal bool) (*catalog.Catalog, error) {
 	host, _ := os.Hostname()
-	now := st.now()
-	for i, b := range inv.Input.Backups {
-		began, err := time.Parse(catalog.BackupIDLayout, b.ID)
-		if b.Status == catalog.StatusStarted && b.ID != running && (b.Host == host || err == nil && now.Sub(began) > orphanAge(srv)) {
-			inv.Input.Backups[i].Status = catalog.StatusFailed
-		}
-	}
-	return inv, nil
+	running := runningBackup(srv)
+	return catalog.Read(ctx, store, srv.Name, catalog.ReadOptions{
+		WAL: wal, Now: st.now(), Host: host, OrphanAge: orphanAge(srv),
+		Running: func(id string) bool { return id == running },
+	})
 }
 
-// decide is what retention does to inv under pol, now.
-func (st *state) decide(inv *retention.Inventory, pol retention.Policy) retention.Plan {
-	in := inv.Input
+// decide is what retention does to the catalog under pol, now.
+func (st *state) decide(cat *catalog.Catalog, pol retention.Policy) retention.Plan {
+	in := retention.InputOf(cat)
 	in.Policy, in.Now = pol, st.now()
 	return retention.Decide(in)
 }
@@ -83,51 +71,6 @@ func orphanAge(srv *config.Server) time.Duration {
 		return 24 * time.Hour
 	}
 	return d
-}
-
-// orphanParts lists the backups that have parts in the repository but no
-// manifest and no marker, whose newest part is older than orphanAge.
-func (st *state) orphanParts(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory) ([]string, error) {
-	known := map[string]bool{}
-	for _, b := range inv.Backups {
-		known[b.ID()] = true
-	}
-	newest := map[string]time.Time{}
-	prefix := srv.Name + "/base/"
-	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
-		id, _, ok := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/")
-		if ok && catalog.ValidBackupID(id) && !known[id] && o.ModTime.After(newest[id]) {
-			newest[id] = o.ModTime
-		}
-		return nil
-	})
-	var out []string
-	for id, t := range newest {
-		if st.now().Sub(t) > orphanAge(srv) {
-			out = append(out, id)
-		}
-	}
-	sort.Strings(out)
-	return out, err
-}
-
-// staleChunks removes the streamed chunks (receive-wal's, synchronous)
-// of segments that are stored whole now (a receive-wal that stopped
-// before it cleaned them up, with archive_command pushing the segment),
-// and of those whose WAL retention removes (p).
-func staleChunks(ctx context.Context, srv *config.Server, store cloud.Storage, inv *retention.Inventory, p retention.Plan) error {
-	whole := map[string]bool{}
-	for _, w := range inv.Input.WAL {
-		if w.Kind == pg.Segment {
-			whole[w.Name] = true
-		}
-	}
-	for _, name := range p.WAL {
-		if w, err := pg.ParseWALName(name); err == nil && w.Kind != pg.History {
-			whole[w.SegmentName()] = true
-		}
-	}
-	return catalog.DeleteChunks(ctx, store, srv.Name, func(seg string) bool { return whole[seg] })
 }
 
 func cronCommand(st *state) *cli.Command {
@@ -183,24 +126,24 @@ func (st *state) cronServer(ctx context.Context, srv *config.Server) error {
 		return err
 	}
 	defer store.Close()
-	inv, err := st.gather(ctx, srv, store)
+	cat, err := st.readCatalog(ctx, srv, store, true)
 	if err != nil {
 		return err
 	}
-	p := st.decide(inv, pol)
+	p := st.decide(cat, pol)
 	if srv.RetentionPolicy == "" {
 		// Without a policy, only failed backups go.
 		p.Obsolete, p.WAL = nil, nil
 	}
-	res, err := retention.Execute(ctx, store, srv.Name, p, inv.WALSizes, false)
+	res, err := retention.Execute(ctx, store, srv.Name, p, cat.WALSizes(), false)
 	if err != nil {
 		return err
 	}
-	orphans, err := st.orphanParts(ctx, srv, store, inv)
+	orphans, err := retention.OrphanParts(ctx, store, cat, st.now().Add(-orphanAge(srv)))
 	if err != nil {
 		return err
 	}
-	if err := staleChunks(ctx, srv, store, inv, p); err != nil {
+	if err := retention.StaleChunks(ctx, store, cat, p); err != nil {
 		return err
 	}
 	// A killed process's half-written files on a file:// repository.
@@ -250,13 +193,13 @@ func retentionCommand(st *state) *cli.Command {
 					return err
 				}
 				defer lock.release()
-				inv, err := st.gather(c.Context, srv, store)
+				cat, err := st.readCatalog(c.Context, srv, store, true)
 				if err != nil {
 					return err
 				}
-				p := st.decide(inv, pol)
+				p := st.decide(cat, pol)
 				dry := c.Bool("dry-run")
-				res, err := retention.Execute(c.Context, store, srv.Name, p, inv.WALSizes, dry)
+				res, err := retention.Execute(c.Context, store, srv.Name, p, cat.WALSizes(), dry)
 				if err != nil {
 					return err
 				}
@@ -298,19 +241,14 @@ func deleteCommand(st *state) *cli.Command {
 					return err
 				}
 				defer lock.release()
-				inv, rows, r, err := st.pickBackup(ctx, srv, store, c.Args().Get(1), false)
+				cat, r, err := st.findBackup(ctx, srv, store, c.Args().Get(1), true)
 				if err != nil {
 					return err
 				}
 				if r.Keep {
 					return fmt.Errorf("backup %s of server %s is kept: release it first with cellar keep %s %s --release", r.ID, srv.Name, srv.Name, r.ID)
 				}
-				done := 0
-				for _, x := range rows {
-					if x.Status == catalog.StatusDone {
-						done++
-					}
-				}
+				done := len(cat.Done())
 				if r.Status == catalog.StatusDone && done-1 < srv.MinimumRedundancy {
 					return fmt.Errorf("deleting backup %s would leave %d backups of server %s, below minimum_redundancy = %d", r.ID, done-1, srv.Name, srv.MinimumRedundancy)
 				}
@@ -319,10 +257,10 @@ func deleteCommand(st *state) *cli.Command {
 					return err
 				}
 				// The WAL before the oldest backup left is of no use.
-				inv.Input.Backups = slices.DeleteFunc(inv.Input.Backups, func(b retention.Backup) bool { return b.ID == r.ID })
-				p := st.decide(inv, retention.Policy{})
+				cat.Backups = slices.DeleteFunc(cat.Backups, func(b catalog.Entry) bool { return b.ID == r.ID })
+				p := st.decide(cat, retention.Policy{})
 				p.Obsolete, p.Failed = nil, nil
-				res, err := retention.Execute(ctx, store, srv.Name, p, inv.WALSizes, false)
+				res, err := retention.Execute(ctx, store, srv.Name, p, cat.WALSizes(), false)
 				if err != nil {
 					return err
 				}
@@ -344,7 +282,7 @@ func keepCommand(st *state) *cli.Command {
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "release", Usage: "unpin it"}},
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "keep takes SERVER and BACKUP_ID", func(srv *config.Server, store cloud.Storage) error {
-				_, _, r, err := st.pickBackup(c.Context, srv, store, c.Args().Get(1), false)
+				_, r, err := st.findBackup(c.Context, srv, store, c.Args().Get(1), false)
 				if err != nil {
 					return err
 				}
@@ -361,7 +299,7 @@ func keepCommand(st *state) *cli.Command {
 				if err := catalog.WriteKeep(c.Context, store, srv.Name, catalog.Keep{ID: r.ID, Target: "standalone", Since: st.now().UTC()}); err != nil {
 					return err
 				}
-				fmt.Fprintf(st.stdout, "Backup %s of server %s is kept (standalone: with the WAL from %s to %s)\n", r.ID, srv.Name, r.BeginWAL, r.EndWAL)
+				fmt.Fprintf(st.stdout, "Backup %s of server %s is kept (standalone: with the WAL from %s to %s)\n", r.ID, srv.Name, r.Manifest.BeginWAL, r.Manifest.EndWAL)
 				return nil
 			})
 		},

@@ -62,21 +62,7 @@ func (st *state) serverStore(c *cli.Context, limit func(*config.Server) time.Dur
 // boundedError rewrites an error after a command's own time limit into a
 // line that says so and names the endpoint and the limit's setting.
 func (st *state) boundedError(ctx context.Context, err error, srv *config.Server, setting string, limit time.Duration) error {
-	return noAnswer(ctx, err, limit, repo.Endpoint(st.repoOptions(srv)), setting)
-}
-
-// noAnswer rewrites err, when ctx ran out of time, into a line that names
-// where the requests went, the limit and, if given, the setting that sets
-// it.
-func noAnswer(ctx context.Context, err error, limit time.Duration, where, setting string) error {
-	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return err
-	}
-	msg := fmt.Sprintf("no answer within %v from %s: check that setting, the network and the server", limit, where)
-	if setting != "" {
-		msg += " (the limit is " + setting + ")"
-	}
-	return fmt.Errorf("%s: %w", msg, err)
+	return cloud.NoAnswer(ctx, err, limit, repo.Endpoint(st.repoOptions(srv)), setting)
 }
 
 // spoolDir is the directory of a WAL spool (kind "pushed" or "prefetch")
