@@ -136,6 +136,24 @@ func TestCatalogQueries(t *testing.T) {
 		t.Errorf("MarkObsolete: %+v", c.Backups[:2])
 	}
 
+	rows := c.Summaries(false)
+	if len(rows) != 5 || rows[0].ID != running || rows[1].Status != catalog.StatusFailed || rows[2].ID != ids[2] {
+		t.Fatalf("Summaries order: %+v", rows)
+	}
+	first, second, third := rows[4], rows[3], rows[2]
+	if first.Retention != "KEEP:STANDALONE" || second.Retention != "OBSOLETE" || third.Retention != "VALID" ||
+		first.Next != second.ID || second.Previous != first.ID || second.Next != third.ID || third.Next != "" {
+		t.Errorf("Summaries marks and neighbours: %+v %+v %+v", first, second, third)
+	}
+	// WAL from each backup to the next: 2..4 (3 segments), 5..7, then 9..
+	// to the end (5 across both timelines).
+	if first.WALFiles != 3 || second.WALFiles != 3 || third.WALFiles != 5 || third.LastWAL != pg.SegmentNameOf(2, 12, seg) {
+		t.Errorf("Summaries WAL: %d, %d, %d up to %s", first.WALFiles, second.WALFiles, third.WALFiles, third.LastWAL)
+	}
+	if rows := c.Summaries(true); rows[3].WALFiles != 3+5 {
+		t.Errorf("Summaries to the end: the second backup has %d WAL files", rows[3].WALFiles)
+	}
+
 	if err := catalog.CheckCluster(ctx, store, "main", 42); err != nil {
 		t.Errorf("CheckCluster of the repository's cluster = %v", err)
 	}

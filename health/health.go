@@ -433,7 +433,7 @@ func Streaming(ctx context.Context, o Options) []Result {
 	}
 	if max := o.StreamingLagMax; max > 0 && slot.RestartLSN != 0 {
 		if lag := int64(sys.Flush) - int64(slot.RestartLSN); lag > max {
-			out = append(out, fail("streaming lag", fmt.Sprintf("the slot is %s behind the server, above streaming_lag_max = %s", HumanSize(lag), HumanSize(max))))
+			out = append(out, fail("streaming lag", fmt.Sprintf("the slot is %s behind the server, above streaming_lag_max = %s", catalog.HumanSize(lag), catalog.HumanSize(max))))
 		} else {
 			out = append(out, ok("streaming lag"))
 		}
@@ -525,19 +525,4 @@ func Failures(results []Result) int {
 		}
 	}
 	return n
-}
-
-// HumanSize prints a byte count with one decimal in binary units.
-func HumanSize(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", n)
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
 }

@@ -29,6 +29,14 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 )
 
+// Errors of a restore's preconditions; the errors returned wrap them.
+var (
+	ErrNoSuchTablespace = errors.New("has no such tablespace")
+	ErrServerRunning    = errors.New("a PostgreSQL server is running")
+	ErrTablespaceInside = errors.New("is inside the data directory")
+	ErrNotEmpty         = errors.New("is not empty")
+)
+
 // IncompleteMarker is the file a restore leaves in the data directory
 // until it is done. While it is there, global/pg_control is missing too,
 // so PostgreSQL refuses to start on a half-restored directory.
@@ -145,16 +153,16 @@ func (r *restorer) plan() error {
 			if len(names) > 0 {
 				have = strings.Join(names, ", ")
 			}
-			return fmt.Errorf("--tablespace %s: backup %s has no such tablespace (it has: %s)", name, r.m.ID, have)
+			return fmt.Errorf("tablespace mapping %s: backup %s %w (it has: %s)", name, r.m.ID, ErrNoSuchTablespace, have)
 		}
 	}
 	if pid, running := runningServer(r.dest); running {
-		return fmt.Errorf("a PostgreSQL server (pid %d) is running on %s: stop it before restoring there", pid, r.dest)
+		return fmt.Errorf("%w (pid %d) on %s: stop it before restoring there", ErrServerRunning, pid, r.dest)
 	}
 	dirs := []string{r.dest}
 	for _, loc := range r.spc {
 		if loc == r.dest || strings.HasPrefix(loc, r.dest+"/") {
-			return fmt.Errorf("tablespace location %s is inside the data directory %s: map it elsewhere with --tablespace NAME:PATH", loc, r.dest)
+			return fmt.Errorf("tablespace location %s %w %s: map the tablespace elsewhere", loc, ErrTablespaceInside, r.dest)
 		}
 		dirs = append(dirs, loc)
 	}
@@ -174,7 +182,7 @@ func (r *restorer) plan() error {
 			if d != r.dest {
 				what = "the tablespace location"
 			}
-			return fmt.Errorf("%s %s is not empty: restore into an empty directory, or use --delta to re-sync it (--tablespace NAME:PATH moves a tablespace)", what, d)
+			return fmt.Errorf("%s %s %w", what, d, ErrNotEmpty)
 		}
 	}
 	return nil

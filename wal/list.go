@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"time"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
@@ -98,4 +99,28 @@ func ListWAL(ctx context.Context, store cloud.Storage, server string) ([]Timelin
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Timeline < out[j].Timeline })
 	return out, nil
+}
+
+// WaitArchived waits until the WAL file name is in the repository, looking
+// twice a second, or until ctx ends (its error then).
+func WaitArchived(ctx context.Context, store cloud.Storage, server, name string) error {
+	w, err := pg.ParseWALName(name)
+	if err != nil {
+		return err
+	}
+	key := catalog.WALKey(server, w)
+	for {
+		_, err := store.Stat(ctx, key)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, cloud.ErrNotExist) && ctx.Err() == nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

@@ -29,6 +29,10 @@ var (
 	ErrWrongCluster = errors.New("WAL from another cluster")
 	// ErrNotFound: the repository has no such WAL file.
 	ErrNotFound = errors.New("WAL file not found in the repository")
+	// ErrNoSlot and ErrLogicalSlot are receive-wal's: the replication
+	// slot is missing, or not a physical one.
+	ErrNoSlot      = errors.New("does not exist")
+	ErrLogicalSlot = errors.New("is a logical slot")
 )
 
 // PushOptions say what to archive where.

@@ -158,10 +158,10 @@ func receiveOnce(ctx context.Context, o ReceiveOptions, log *slog.Logger, starte
 		return err
 	}
 	if !slot.Exists {
-		return fmt.Errorf("replication slot %q does not exist on the server of %s: create it with cellar receive-wal %s --create-slot", o.Slot, o.Server, o.Server)
+		return fmt.Errorf("replication slot %q %w on the server of %s", o.Slot, ErrNoSlot, o.Server)
 	}
 	if !slot.Physical {
-		return fmt.Errorf("replication slot %q is a logical slot: set slot_name to a physical slot, or create one with cellar receive-wal %s --create-slot", o.Slot, o.Server)
+		return fmt.Errorf("replication slot %q %w: set slot_name to a physical slot", o.Slot, ErrLogicalSlot)
 	}
 	ssn, err := conn.Show(ctx, "synchronous_standby_names")
 	if err != nil {

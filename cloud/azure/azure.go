@@ -366,9 +366,6 @@ func (s *Storage) Create(ctx context.Context, key string, r io.Reader, size int6
 }
 
 func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size int64, create bool) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError(op, key, err)
-	}
 	blockSize := s.blockSize
 	if size > maxBlocks*blockSize {
 		// A known size picks a block large enough to fit the block
@@ -462,9 +459,6 @@ func (c *checkedReader) Read(p []byte) (int, error) {
 // resumed where it stopped, on the same version of the blob (If-Match on its
 // ETag).
 func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return nil, cloud.OpError("get", key, err)
-	}
 	resp, err := s.blockBlob(key).DownloadStream(ctx, nil)
 	if err != nil {
 		return nil, s.fail("get", key, err)
@@ -475,9 +469,6 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 
 // Stat describes the blob.
 func (s *Storage) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.ObjectInfo{}, cloud.OpError("stat", key, err)
-	}
 	props, err := s.blockBlob(key).GetProperties(ctx, nil)
 	if err != nil {
 		return cloud.ObjectInfo{}, s.fail("stat", key, err)
@@ -532,9 +523,6 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(cloud.ObjectI
 // Delete removes the blob and its snapshots. A missing blob is not an
 // error.
 func (s *Storage) Delete(ctx context.Context, key string) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError("delete", key, err)
-	}
 	_, err := s.blockBlob(key).Delete(ctx, &blob.DeleteOptions{
 		DeleteSnapshots: to.Ptr(blob.DeleteSnapshotsOptionTypeInclude),
 	})

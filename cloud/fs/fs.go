@@ -90,6 +90,9 @@ var (
 	_ cloud.Creator = (*Storage)(nil)
 )
 
+// path is the file of key. The key is validated here too, beside
+// cloud.Checked: a key that could name a file outside the root (../) is
+// never opened, whoever calls.
 func (s *Storage) path(key string) (string, error) {
 	if err := cloud.ValidKey(key); err != nil {
 		return "", err

@@ -317,9 +317,6 @@ func (s *Storage) Create(ctx context.Context, key string, r io.Reader, size int6
 }
 
 func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size int64, create bool) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError(op, key, err)
-	}
 	obj := s.bucket.Object(s.name(key))
 	if create {
 		obj = obj.If(storage.Conditions{DoesNotExist: true})
@@ -366,9 +363,6 @@ func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size 
 
 // Get opens the object for reading.
 func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return nil, cloud.OpError("get", key, err)
-	}
 	r, err := s.bucket.Object(s.name(key)).NewReader(ctx)
 	if err != nil {
 		return nil, s.translateMissing(ctx, "get", key, err)
@@ -378,9 +372,6 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 
 // Stat describes the object.
 func (s *Storage) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.ObjectInfo{}, cloud.OpError("stat", key, err)
-	}
 	attrs, err := s.bucket.Object(s.name(key)).Attrs(ctx)
 	if err != nil {
 		return cloud.ObjectInfo{}, s.translateMissing(ctx, "stat", key, err)
@@ -418,9 +409,6 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(cloud.ObjectI
 
 // Delete removes the object; a missing object is not an error.
 func (s *Storage) Delete(ctx context.Context, key string) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError("delete", key, err)
-	}
 	err := s.bucket.Object(s.name(key)).Delete(ctx)
 	if err == nil {
 		return nil

@@ -42,9 +42,6 @@ var (
 )
 
 func (s *Storage) read(ctx context.Context, op, key string, r io.Reader, size int64) ([]byte, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return nil, cloud.OpError(op, key, err)
-	}
 	var buf bytes.Buffer
 	n, err := io.Copy(&buf, r)
 	if err == nil {
@@ -84,9 +81,6 @@ func (s *Storage) Create(ctx context.Context, key string, r io.Reader, size int6
 }
 
 func (s *Storage) lookup(op, key string) (object, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return object{}, cloud.OpError(op, key, err)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o, ok := s.objects[key]
@@ -138,9 +132,6 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(cloud.ObjectI
 
 // Delete removes the object.
 func (s *Storage) Delete(_ context.Context, key string) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError("delete", key, err)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.objects, key)

@@ -349,9 +349,6 @@ func (s *Storage) Create(ctx context.Context, key string, r io.Reader, size int6
 }
 
 func (s *Storage) upload(ctx context.Context, op, key string, r io.Reader, size int64, create bool) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError(op, key, err)
-	}
 	if size < 0 && size != cloud.SizeUnknown {
 		return cloud.OpError(op, key, fmt.Errorf("invalid size %d", size))
 	}
@@ -484,9 +481,6 @@ func (s *Storage) resolveConflict(ctx context.Context, key string, err error) er
 // Get opens the object for reading. The body streams from the server; a
 // cancelled context makes further reads fail.
 func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return nil, cloud.OpError("get", key, err)
-	}
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
 		Bucket: aws.String(s.bucket),
 		Key:    aws.String(s.name(key)),
@@ -499,9 +493,6 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 
 // Stat describes the object with a HEAD request.
 func (s *Storage) Stat(ctx context.Context, key string) (cloud.ObjectInfo, error) {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.ObjectInfo{}, cloud.OpError("stat", key, err)
-	}
 	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{
 		Bucket: aws.String(s.bucket),
 		Key:    aws.String(s.name(key)),
@@ -581,9 +572,6 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(cloud.ObjectI
 
 // Delete removes the object; a missing object is not an error.
 func (s *Storage) Delete(ctx context.Context, key string) error {
-	if err := cloud.ValidKey(key); err != nil {
-		return cloud.OpError("delete", key, err)
-	}
 	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{
 		Bucket: aws.String(s.bucket),
 		Key:    aws.String(s.name(key)),
@@ -607,9 +595,6 @@ func (s *Storage) DeleteBatch(ctx context.Context, keys []string) error {
 	}
 	ids := make([]types.ObjectIdentifier, 0, len(keys))
 	for _, k := range keys {
-		if err := cloud.ValidKey(k); err != nil {
-			return cloud.OpError("delete", k, err)
-		}
 		ids = append(ids, types.ObjectIdentifier{Key: aws.String(s.name(k))})
 	}
 	out, err := s.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{

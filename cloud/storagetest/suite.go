@@ -38,7 +38,9 @@ type Options struct {
 // Run runs the conformance suite. newStorage returns a storage rooted at an
 // empty location (a fresh prefix or bucket) that the test may fill.
 func Run(t *testing.T, newStorage func(t *testing.T) cloud.Storage, opts Options) {
-	s := newStorage(t)
+	// Backends run behind the wrapper that validates keys for all of
+	// them, as they do in cellar.
+	s := cloud.Checked(newStorage(t))
 	t.Cleanup(func() { _ = s.Close() })
 	for _, p := range Properties {
 		t.Run(p.Name, func(t *testing.T) { p.Check(t, s, opts) })

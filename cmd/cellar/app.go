@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/progress"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 )
 
@@ -149,31 +150,7 @@ func (st *state) server(c *cli.Context) (*config.Server, error) {
 // repoOptions maps a server's settings, and the providers' own environment
 // variables for Azure, to the storage registry's options.
 func (st *state) repoOptions(s *config.Server) repo.Options {
-	o := repo.Options{
-		URL:                   s.Repository,
-		PartSize:              int64(s.UploadPartSize),
-		Concurrency:           s.UploadConcurrency,
-		S3Endpoint:            s.S3Endpoint,
-		S3Region:              s.S3Region,
-		S3ForcePathStyle:      s.S3ForcePathStyle,
-		GCSEndpoint:           s.GCSEndpoint,
-		GCSEmulatorHost:       st.getenv("STORAGE_EMULATOR_HOST"),
-		AzureAccount:          s.AzureAccount,
-		AzureEndpoint:         s.AzureEndpoint,
-		AzureKey:              s.AzureKey,
-		AzureSASToken:         s.AzureSASToken,
-		AzureConnectionString: st.getenv("AZURE_STORAGE_CONNECTION_STRING"),
-	}
-	if o.AzureAccount == "" {
-		o.AzureAccount = st.getenv("AZURE_STORAGE_ACCOUNT")
-	}
-	if o.AzureKey == "" {
-		o.AzureKey = st.getenv("AZURE_STORAGE_KEY")
-	}
-	if o.AzureSASToken == "" {
-		o.AzureSASToken = st.getenv("AZURE_STORAGE_SAS_TOKEN")
-	}
-	o.FileOwner = repositoryOwner(s)
+	o := s.RepoOptions(st.getenv)
 	st.secrets = append(st.secrets, o.AzureKey, o.AzureSASToken, o.AzureConnectionString,
 		st.getenv("AWS_SECRET_ACCESS_KEY"), st.getenv("AWS_SESSION_TOKEN"))
 	return o
@@ -194,4 +171,9 @@ func (st *state) printJSON(v any) error {
 	enc := json.NewEncoder(st.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// newProgress returns the renderer for a command's progress on stderr.
+func (st *state) newProgress(what string) *progress.Bar {
+	return progress.New(st.stderr, st.log, what, st.quiet)
 }

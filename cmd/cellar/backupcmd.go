@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -81,7 +80,7 @@ func backupCommand(st *state) *cli.Command {
 				fast = c.Bool("fast")
 			}
 			if !fast {
-				prog.say("checkpoint", "waiting for PostgreSQL's checkpoint (spread; --fast or immediate_checkpoint = on for an immediate one)")
+				prog.Say("checkpoint", "waiting for PostgreSQL's checkpoint (spread; --fast or immediate_checkpoint = on for an immediate one)")
 			}
 			o := basebackup.Options{
 				Store: store, Server: srv.Name, Conn: conn, PGData: srv.PGData,
@@ -105,7 +104,7 @@ func backupCommand(st *state) *cli.Command {
 				}
 			}
 			if st.format == "json" {
-				return st.printJSON(backupSummary(m))
+				return st.printJSON(catalog.SummaryOf(m))
 			}
 			if !st.quiet {
 				fmt.Fprintf(st.stdout, "Backup %s of server %s done: %s in %s (stored %s, ratio %.1f), WAL %s to %s\n",
@@ -151,106 +150,13 @@ func switchPrimaryWAL(ctx context.Context, srv *config.Server) error {
 }
 
 // backupRow is one backup as list-backups and show-backup print it.
-type backupRow struct {
-	ID               string               `json:"id"`
-	Server           string               `json:"server"`
-	Status           string               `json:"status"`
-	BeginTime        time.Time            `json:"begin_time"`
-	EndTime          time.Time            `json:"end_time,omitzero"`
-	Duration         float64              `json:"duration_seconds,omitempty"`
-	PGVersion        int                  `json:"pg_version,omitempty"`
-	PGVersionString  string               `json:"pg_version_string,omitempty"`
-	PGData           string               `json:"pgdata,omitempty"`
-	SystemIdentifier string               `json:"system_identifier,omitempty"`
-	Standby          bool                 `json:"standby"`
-	Timeline         uint32               `json:"timeline,omitempty"`
-	BeginWAL         string               `json:"begin_wal,omitempty"`
-	EndWAL           string               `json:"end_wal,omitempty"`
-	BeginLSN         string               `json:"begin_lsn,omitempty"`
-	EndLSN           string               `json:"end_lsn,omitempty"`
-	DataSize         int64                `json:"data_size"`
-	StoredSize       int64                `json:"stored_size"`
-	Ratio            float64              `json:"compression_ratio,omitempty"`
-	Compression      string               `json:"compression,omitempty"`
-	Files            int                  `json:"files"`
-	Parts            int                  `json:"parts"`
-	Tablespaces      []catalog.Tablespace `json:"tablespaces,omitempty"`
-	// WAL archived from the backup's begin WAL up to the next backup's
-	// (list-backups), or to the last archived segment (show-backup).
-	WALFiles int    `json:"wal_files"`
-	WALSize  int64  `json:"wal_size"`
-	LastWAL  string `json:"last_wal,omitempty"`
-	Previous string `json:"previous_backup,omitempty"`
-	Next     string `json:"next_backup,omitempty"`
-	Error    string `json:"error,omitempty"`
-	Keep     bool   `json:"keep"`
-	// Retention is the policy's verdict on a finished backup: VALID,
-	// OBSOLETE or KEEP:STANDALONE.
-	Retention string `json:"retention_status,omitempty"`
-	Host      string `json:"host,omitempty"`
-	CellarVer string `json:"cellar_version,omitempty"`
-}
+type backupRow = catalog.Summary
 
-func backupSummary(m *catalog.Manifest) backupRow {
-	return backupRow{
-		ID: m.ID, Server: m.Server, Status: m.Status, BeginTime: m.BeginTime, EndTime: m.EndTime,
-		Duration: m.EndTime.Sub(m.BeginTime).Seconds(), PGVersion: m.PGVersion, PGVersionString: m.PGVersionString,
-		PGData: m.PGData, SystemIdentifier: fmt.Sprint(m.SystemIdentifier), Standby: m.Standby, Timeline: m.Timeline,
-		BeginWAL: m.BeginWAL, EndWAL: m.EndWAL, BeginLSN: m.BeginLSN, EndLSN: m.EndLSN,
-		DataSize: m.DataSize, StoredSize: m.StoredSize, Ratio: m.Ratio(), Compression: m.Compression,
-		Files: m.FileCount, Parts: len(m.Parts), Tablespaces: m.Tablespaces, Host: m.Host, CellarVer: m.CellarVersion,
-	}
-}
-
-// catalogRows are a server's backups, newest first, with the WAL archived
-// from each to the next (to the end of the archive with toEnd) and their
-// retention status.
+// catalogRows are a server's backups, newest first (see
+// catalog.Catalog.Summaries), with the retention policy's verdict.
 func (st *state) catalogRows(srv *config.Server, cat *catalog.Catalog, toEnd bool) []backupRow {
 	st.markObsolete(srv, cat)
-	rows := make([]backupRow, 0, len(cat.Backups))
-	var done []int
-	for i, e := range cat.Backups { // oldest first
-		rows = append(rows, backupRowOf(srv, e))
-		if e.Status == catalog.StatusDone {
-			done = append(done, i)
-		}
-	}
-	for k, i := range done {
-		until := ""
-		if k+1 < len(done) {
-			rows[i].Next = rows[done[k+1]].ID
-			if !toEnd {
-				until = rows[done[k+1]].BeginWAL
-			}
-		}
-		if k > 0 {
-			rows[i].Previous = rows[done[k-1]].ID
-		}
-		rows[i].WALFiles, rows[i].WALSize, rows[i].LastWAL = cat.WALBetween(rows[i].BeginWAL, until)
-	}
-	slices.Reverse(rows)
-	return rows
-}
-
-// backupRowOf is one catalog entry as list-backups and show-backup print
-// it.
-func backupRowOf(srv *config.Server, e catalog.Entry) backupRow {
-	if e.Manifest == nil {
-		return backupRow{ID: e.ID, Server: srv.Name, Status: e.Status, BeginTime: e.BeginTime, EndTime: e.EndTime, Error: e.Error, Host: e.Host}
-	}
-	r := backupSummary(e.Manifest)
-	r.Status, r.Keep = e.Status, e.Keep
-	if e.Status == catalog.StatusDone {
-		switch {
-		case e.Keep:
-			r.Retention = "KEEP:STANDALONE"
-		case e.Obsolete:
-			r.Retention = "OBSOLETE"
-		default:
-			r.Retention = "VALID"
-		}
-	}
-	return r
+	return cat.Summaries(toEnd)
 }
 
 func listBackupsCommand(st *state) *cli.Command {

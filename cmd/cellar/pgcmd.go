@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
-	"github.com/cellar-backup/cellar/health"
 	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/wal"
 )
@@ -65,10 +63,6 @@ func switchWALCommand(st *state) *cli.Command {
 			if !c.Bool("archive") {
 				return nil
 			}
-			w, err := pg.ParseWALName(name)
-			if err != nil {
-				return err
-			}
 			store, err := st.openStore(ctx, srv)
 			if err != nil {
 				return err
@@ -77,22 +71,14 @@ func switchWALCommand(st *state) *cli.Command {
 			limit := c.Duration("archive-timeout")
 			wctx, cancel := context.WithTimeout(ctx, limit)
 			defer cancel()
-			key := catalog.WALKey(srv.Name, w)
-			for {
-				_, err := store.Stat(wctx, key)
-				if err == nil {
-					fmt.Fprintf(st.stdout, "The WAL file %s has been archived\n", name)
-					return nil
-				}
-				if !errors.Is(err, cloud.ErrNotExist) && wctx.Err() == nil {
-					return err
-				}
-				select {
-				case <-wctx.Done():
+			if err := wal.WaitArchived(wctx, store, srv.Name, name); err != nil {
+				if wctx.Err() != nil {
 					return fmt.Errorf("the WAL file %s was not archived within %v: check archive_command and `cellar check %s`", name, limit, srv.Name)
-				case <-time.After(500 * time.Millisecond):
 				}
+				return err
 			}
+			fmt.Fprintf(st.stdout, "The WAL file %s has been archived\n", name)
+			return nil
 		},
 	}
 }
@@ -146,4 +132,4 @@ func listWALCommand(st *state) *cli.Command {
 }
 
 // humanSize prints a byte count with one decimal in binary units.
-var humanSize = health.HumanSize
+var humanSize = catalog.HumanSize

@@ -10,21 +10,14 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/lockfile"
-	"github.com/cellar-backup/cellar/pg"
-	"github.com/cellar-backup/cellar/wal"
+	"github.com/cellar-backup/cellar/health"
 )
 
+// replStatus is what replication-status prints: health.Replication and
+// the receive-wal that runs on this host, if one does.
 type replStatus struct {
-	Server     string          `json:"server"`
-	CurrentLSN string          `json:"current_lsn"`
-	Clients    []pg.ReplClient `json:"clients"`
-	Slot       pg.SlotState    `json:"slot"`
-	Repository struct {
-		Timeline    uint32 `json:"timeline"`
-		LastSegment string `json:"last_segment"`
-		Partial     int    `json:"partial_segments"`
-	} `json:"repository"`
-	ReceiveWAL *lockfile.Holder `json:"receive_wal,omitempty"` // the process on this host, when one runs
+	health.Replication
+	ReceiveWAL *lockfile.Holder `json:"receive_wal,omitempty"`
 }
 
 // sqlConninfo is how replication-status reaches the server with SQL:
@@ -44,7 +37,7 @@ func sqlConninfo(srv *config.Server) (*config.Server, error) {
 // replicationStatus reads the streaming clients and the slot from the
 // server and where the repository ends.
 func (st *state) replicationStatus(ctx context.Context, srv *config.Server, store cloud.Storage) (replStatus, error) {
-	out := replStatus{Server: srv.Name, Clients: []pg.ReplClient{}, Slot: pg.SlotState{Name: srv.SlotName}}
+	var out replStatus
 	s, err := sqlConninfo(srv)
 	if err != nil {
 		return out, err
@@ -54,22 +47,8 @@ func (st *state) replicationStatus(ctx context.Context, srv *config.Server, stor
 		return out, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if out.CurrentLSN, err = pg.CurrentLSN(ctx, conn); err != nil {
+	if out.Replication, err = health.ReadReplication(ctx, conn, store, srv.Name, srv.SlotName); err != nil {
 		return out, err
-	}
-	if out.Clients, err = pg.ReplClients(ctx, conn); err != nil {
-		return out, err
-	}
-	if out.Slot, err = pg.ReadSlotState(ctx, conn, srv.SlotName, out.CurrentLSN); err != nil {
-		return out, err
-	}
-	tls, err := wal.ListWAL(ctx, store, srv.Name)
-	if err != nil {
-		return out, err
-	}
-	if len(tls) > 0 {
-		t := tls[len(tls)-1]
-		out.Repository.Timeline, out.Repository.LastSegment, out.Repository.Partial = t.Timeline, t.Last, t.Partial
 	}
 	if h, ok := lockHolderOf(srv, "receive-wal"); ok {
 		out.ReceiveWAL = h

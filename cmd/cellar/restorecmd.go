@@ -14,6 +14,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 	"github.com/cellar-backup/cellar/restore"
 )
 
@@ -97,9 +98,15 @@ func restoreCommand(st *state) *cli.Command {
 				if _, statErr := os.Stat(filepath.Join(dest, restore.IncompleteMarker)); statErr == nil {
 					return fmt.Errorf("restore of backup %s to %s failed, and the directory is marked incomplete (run the restore again with --delta to finish it): %w", m.ID, dest, err)
 				}
+				switch {
+				case errors.Is(err, restore.ErrNotEmpty):
+					return fmt.Errorf("%w: restore into an empty directory, or use --delta to re-sync it (--tablespace NAME:PATH moves a tablespace)", err)
+				case errors.Is(err, restore.ErrTablespaceInside):
+					return fmt.Errorf("%w with --tablespace NAME:PATH", err)
+				}
 				return err
 			}
-			if os.Geteuid() == 0 && ownerOf(dest) == nil {
+			if os.Geteuid() == 0 && repo.OwnerOf(dest) == nil {
 				// Root restored into a directory of root's: the files
 				// were not given to anybody else.
 				st.log.Warn("the restored files belong to root, and PostgreSQL refuses to run as root: give them to PostgreSQL's user (chown -R postgres: " + dest + ") before starting it, or restore into a directory that user owns")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -82,7 +83,7 @@ func receiveWALCommand(st *state) *cli.Command {
 			if err != nil {
 				return err
 			}
-			return wal.Receive(ctx, wal.ReceiveOptions{
+			err = wal.Receive(ctx, wal.ReceiveOptions{
 				Store: store, Server: srv.Name, Conninfo: conninfo, Slot: srv.SlotName, AppName: srv.StreamingArchiverName,
 				Codec: cod, Level: srv.CompressionLevel, Version: version,
 				UploadInterval: time.Duration(srv.StreamingUploadInterval), SyncInterval: time.Duration(srv.StreamingSyncInterval),
@@ -95,6 +96,10 @@ func receiveWALCommand(st *state) *cli.Command {
 					st.say("Streaming WAL of server %s from %s on timeline %d (%s)\n", srv.Name, s.Start, s.Timeline, mode)
 				},
 			})
+			if errors.Is(err, wal.ErrNoSlot) || errors.Is(err, wal.ErrLogicalSlot) {
+				return fmt.Errorf("%w: create one with cellar receive-wal %s --create-slot", err, srv.Name)
+			}
+			return err
 		},
 	}
 }

@@ -122,7 +122,7 @@ func storage[T cloud.Storage](s T, err error) (cloud.Storage, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return cloud.Checked(s), nil
 }
 
 // Endpoint names where the repository's requests go and the setting that

@@ -1,6 +1,6 @@
 //go:build unix
 
-package main
+package repo
 
 import (
 	"net/url"
@@ -9,10 +9,9 @@ import (
 	"syscall"
 
 	"github.com/cellar-backup/cellar/cloud/fs"
-	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 )
 
-// repositoryOwner returns, for cellar running as root against a file://
+// FileOwner returns, for cellar running as root against a file://
 // repository, the user and group that what root creates there (the
 // identity, a backup, WAL from a cron-started receive-wal) is given to, so
 // that the users who share the repository can go on reading and writing
@@ -20,25 +19,25 @@ import (
 // exist or belongs to root, the owner of the server's data directory (the
 // user archive_command runs as). Otherwise nil: files belong to whoever
 // runs cellar.
-func repositoryOwner(s *config.Server) *fs.Owner {
-	if os.Geteuid() != 0 || !strings.HasPrefix(s.Repository, "file:") {
+func FileOwner(repository, pgdata string) *fs.Owner {
+	if os.Geteuid() != 0 || !strings.HasPrefix(repository, "file:") {
 		return nil
 	}
-	if u, err := url.Parse(s.Repository); err == nil {
+	if u, err := url.Parse(repository); err == nil {
 		if root, err := fs.ParseURL(u); err == nil {
-			if o := ownerOf(root); o != nil {
+			if o := OwnerOf(root); o != nil {
 				return o
 			}
 		}
 	}
-	if s.PGData == "" {
+	if pgdata == "" {
 		return nil
 	}
-	return ownerOf(s.PGData)
+	return OwnerOf(pgdata)
 }
 
-// ownerOf returns the owner of path, nil when it is root or unknown.
-func ownerOf(path string) *fs.Owner {
+// OwnerOf returns the owner of path, nil when it is root or unknown.
+func OwnerOf(path string) *fs.Owner {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil

@@ -1,4 +1,8 @@
-package main
+// Package progress renders a workflow's catalog.Progress for a person: a
+// bar with bytes, rate and ETA on a terminal, a log line every interval
+// otherwise, nothing when quiet; and the stages worth a word (a spread
+// checkpoint that is silent for minutes) as a log line and a spinner.
+package progress
 
 import (
 	"fmt"
@@ -10,12 +14,14 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/cellar-backup/cellar/catalog"
 )
 
-// progress renders a workflow's progress: a bar with bytes, rate and ETA
+// Bar renders a workflow's progress: a bar with bytes, rate and ETA
 // on a terminal, a log line every interval otherwise, nothing with
 // --quiet.
-type progress struct {
+type Bar struct {
 	mu       sync.Mutex
 	bar      *progressbar.ProgressBar
 	log      *slog.Logger
@@ -36,24 +42,25 @@ type progress struct {
 	waited chan struct{}
 }
 
-// newProgress returns the renderer for a command's progress on stderr.
-func (st *state) newProgress(what string) *progress {
-	p := &progress{log: st.log, what: what, interval: 10 * time.Second, w: st.stderr, quiet: st.quiet}
-	if f, ok := st.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+// New returns the renderer of the progress of what (e.g. "backup main")
+// on w (a bar when w is a terminal), logging to log.
+func New(w io.Writer, log *slog.Logger, what string, quiet bool) *Bar {
+	p := &Bar{log: log, what: what, interval: 10 * time.Second, w: w, quiet: quiet}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p.tty = true
 	}
 	return p
 }
 
-// say makes stage one worth telling about, with text.
-func (p *progress) say(stage, text string) {
+// Say makes stage one worth telling about, with text.
+func (p *Bar) Say(stage, text string) {
 	if p.says == nil {
 		p.says = map[string]string{}
 	}
 	p.says[stage] = text
 }
 
-func (p *progress) Start(total int64) {
+func (p *Bar) Start(total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.endWait()
@@ -73,7 +80,7 @@ func (p *progress) Start(total int64) {
 	)
 }
 
-func (p *progress) Add(n int64) {
+func (p *Bar) Add(n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.done += n
@@ -87,7 +94,7 @@ func (p *progress) Add(n int64) {
 	p.last = time.Now()
 	secs := time.Since(p.began).Seconds()
 	rate := float64(p.done) / secs
-	attrs := []any{"done", humanSize(p.done), "total", humanSize(p.total), "rate", humanSize(int64(rate)) + "/s"}
+	attrs := []any{"done", catalog.HumanSize(p.done), "total", catalog.HumanSize(p.total), "rate", catalog.HumanSize(int64(rate)) + "/s"}
 	if rate > 0 && p.total > p.done {
 		attrs = append(attrs, "eta", (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second))
 	}
@@ -97,7 +104,7 @@ func (p *progress) Add(n int64) {
 	p.log.Info(p.what, attrs...)
 }
 
-func (p *progress) Stage(name string) {
+func (p *Bar) Stage(name string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.endWait()
@@ -142,7 +149,7 @@ func (p *progress) Stage(name string) {
 }
 
 // endWait ends the spinner or reminders of the stage waited for.
-func (p *progress) endWait() {
+func (p *Bar) endWait() {
 	if p.waited != nil {
 		close(p.waited)
 		p.waited = nil
@@ -153,7 +160,7 @@ func (p *progress) endWait() {
 	}
 }
 
-func (p *progress) Done() {
+func (p *Bar) Done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.endWait()

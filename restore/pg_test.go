@@ -1,0 +1,127 @@
+package restore_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cellar-backup/cellar/basebackup"
+	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud/mem"
+	"github.com/cellar-backup/cellar/internal/pgtest"
+	"github.com/cellar-backup/cellar/restore"
+	"github.com/cellar-backup/cellar/wal"
+)
+
+// archiver pushes what PostgreSQL's archive_command copied into dir into
+// the repository, as wal-push would, until stopped.
+func archiver(t *testing.T, store *mem.Storage, dir string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		done := map[string]bool{}
+		for ctx.Err() == nil {
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				if e.IsDir() || done[e.Name()] || strings.HasPrefix(e.Name(), ".") {
+					continue
+				}
+				if _, err := wal.Push(ctx, wal.PushOptions{Store: store, Server: "main", Path: filepath.Join(dir, e.Name()), Codec: codec.Zstd, Version: "test"}); err != nil {
+					if ctx.Err() == nil {
+						t.Errorf("pushing %s: %v", e.Name(), err)
+					}
+					continue
+				}
+				done[e.Name()] = true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	return func() { cancel(); wg.Wait() }
+}
+
+// TestBackupAndRestoreWithPostgreSQL: a backup of a real server taken by
+// basebackup and restored by restore starts as a server that recovers to
+// the end of the archived WAL, rows written after the backup included, and
+// its files are the backup's to the byte.
+func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
+	ctx := context.Background()
+	src := pgtest.New(t, pgtest.Options{Conf: map[string]string{"archive_mode": "on"}})
+	archive := src.MakeDir("archive")
+	// Copied under a hidden name and renamed, so the archiver never
+	// reads a half-copied segment.
+	src.SetConf(t, "archive_command", "cp %p "+archive+"/.%f && mv "+archive+"/.%f "+archive+"/%f")
+	store := mem.New(nil)
+	stop := archiver(t, store, archive)
+	defer stop()
+
+	src.Exec(t, "CREATE TABLE t (id int primary key, v text)")
+	src.Exec(t, "INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g")
+	conn, err := pgx.Connect(ctx, src.ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	m, err := basebackup.Run(ctx, basebackup.Options{
+		Store: store, Server: "main", Conn: conn, PGData: src.DataDir(), Codec: codec.Zstd,
+		Parallel: 2, PartSize: 4 << 20, Fast: true, WALTimeout: 2 * time.Minute, CellarVersion: "test",
+	})
+	if err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+	if m.Status != catalog.StatusDone || len(m.Parts) < 2 || m.FileCount == 0 {
+		t.Fatalf("backup manifest: status %s, %d parts, %d files", m.Status, len(m.Parts), m.FileCount)
+	}
+	src.Exec(t, "INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 20100) g")
+	last := src.SwitchWAL(t)
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := wal.WaitArchived(wctx, store, "main", last); err != nil {
+		t.Fatalf("waiting for %s: %v", last, err)
+	}
+
+	full, err := catalog.ReadManifest(ctx, store, "main", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(src.MakeDir("restored"), "data")
+	res, err := restore.Run(ctx, restore.Options{
+		Store: store, Manifest: full, Dest: dest, Parallel: 2,
+		Recovery: restore.Recovery{Settings: [][2]string{{"restore_command", "cp " + archive + "/%f %p"}}, Signal: "recovery"},
+	})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if res.Files != full.FileCount || res.Parts != len(full.Parts) {
+		t.Errorf("restore: %d files from %d parts, the backup has %d in %d", res.Files, res.Parts, full.FileCount, len(full.Parts))
+	}
+	// Every regular file is the backup's, by its SHA-256, but the
+	// configuration restore adds the recovery settings to.
+	for _, f := range full.Files {
+		if f.Type != catalog.TypeFile || f.Path == "postgresql.auto.conf" {
+			continue
+		}
+		r, err := os.Open(filepath.Join(dest, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sum, err := catalog.Digest(r)
+		r.Close()
+		if err != nil || sum != f.SHA256 {
+			t.Fatalf("restored %s differs from the backup (%v)", f.Path, err)
+		}
+	}
+
+	restored := pgtest.Restore(t, dest, "", pgtest.Options{})
+	restored.WaitPromoted(t, 2*time.Minute)
+	if n := restored.QueryInt64(t, "SELECT count(*) FROM t"); n != 20100 {
+		t.Fatalf("the restored server has %d rows, want 20100 (20000 before the backup, 100 after)", n)
+	}
+}
