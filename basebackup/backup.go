@@ -406,7 +406,7 @@ func (b *backup) waitWAL(ctx context.Context, srv *Server, timeline uint32, star
 			if srv.Standby && o.SwitchPrimaryWAL == nil {
 				hint = "a backup from a standby needs the primary to close the segment: set primary_conninfo so Cellar can, or run pg_switch_wal() on the primary"
 			}
-			return fmt.Errorf("the WAL segment %s, which the backup needs, was not archived within %v (backup_wal_timeout): %s", name, o.WALTimeout, hint)
+			return fmt.Errorf("the WAL segment %s, which the backup needs, %w within %v (backup_wal_timeout): %s", name, ErrWALNotArchived, o.WALTimeout, hint)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}

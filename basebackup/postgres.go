@@ -16,6 +16,17 @@ import (
 	"github.com/cellar-backup/cellar/pg"
 )
 
+// Errors of a backup's preconditions; the errors returned wrap them.
+var (
+	ErrUnsupportedVersion = errors.New("is not supported")
+	ErrNoPrivileges       = errors.New("may not run backups")
+	ErrNotDataDirectory   = errors.New("is not a PostgreSQL data directory")
+	ErrWrongDataDirectory = errors.New("is not the data directory of the server")
+	// ErrWALNotArchived: the WAL the backup needs did not reach the
+	// repository in time.
+	ErrWALNotArchived = errors.New("was not archived")
+)
+
 // MinVersion is the oldest PostgreSQL Cellar backs up: the first with the
 // non-exclusive backup API taking the arguments Cellar passes, and with
 // recovery configured in postgresql.conf.
@@ -90,7 +101,7 @@ func inspect(ctx context.Context, conn *pgx.Conn, pgdata string, backupFunctions
 // CheckVersion checks that Cellar backs up this version of PostgreSQL.
 func CheckVersion(num int, text string) error {
 	if num < MinVersion {
-		return fmt.Errorf("PostgreSQL %s is not supported: Cellar backs up PostgreSQL 12 and later", text)
+		return fmt.Errorf("PostgreSQL %s %w: Cellar backs up PostgreSQL 12 and later", text, ErrUnsupportedVersion)
 	}
 	return nil
 }
@@ -112,15 +123,15 @@ func CheckPrivileges(ctx context.Context, conn *pgx.Conn, version int) error {
 	if super || (canStart && canStop) {
 		return nil
 	}
-	return fmt.Errorf("the PostgreSQL user %s may not run backups: connect as a superuser, or GRANT EXECUTE ON FUNCTION %s, %s TO %s (and pg_read_all_settings)",
-		user, start, stop, user)
+	return fmt.Errorf("the PostgreSQL user %s %w: connect as a superuser, or GRANT EXECUTE ON FUNCTION %s, %s TO %s (and pg_read_all_settings)",
+		user, ErrNoPrivileges, start, stop, user)
 }
 
 // CheckDataDirectory checks that pgdata is the data directory the server
 // runs on, dataDirectory.
 func CheckDataDirectory(pgdata, dataDirectory string) error {
 	if _, err := os.Stat(filepath.Join(pgdata, "PG_VERSION")); err != nil {
-		return fmt.Errorf("pgdata %s is not a PostgreSQL data directory (no readable PG_VERSION): set pgdata to the server's data directory, %s", pgdata, dataDirectory)
+		return fmt.Errorf("pgdata %s %w (no readable PG_VERSION): set pgdata to the server's data directory, %s", pgdata, ErrNotDataDirectory, dataDirectory)
 	}
 	a, err1 := filepath.EvalSymlinks(pgdata)
 	b, err2 := filepath.EvalSymlinks(dataDirectory)
@@ -128,7 +139,7 @@ func CheckDataDirectory(pgdata, dataDirectory string) error {
 		ia, erra := os.Stat(pgdata)
 		ib, errb := os.Stat(dataDirectory)
 		if erra != nil || errb != nil || !os.SameFile(ia, ib) {
-			return fmt.Errorf("pgdata %s is not the data directory of the server, which runs on %s: set pgdata = %s", pgdata, dataDirectory, dataDirectory)
+			return fmt.Errorf("pgdata %s %w, which runs on %s: set pgdata = %s", pgdata, ErrWrongDataDirectory, dataDirectory, dataDirectory)
 		}
 	}
 	return nil

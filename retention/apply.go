@@ -2,6 +2,8 @@ package retention
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -174,4 +176,23 @@ func StaleChunks(ctx context.Context, store cloud.Storage, cat *catalog.Catalog,
 		}
 	}
 	return catalog.DeleteChunks(ctx, store, cat.Server, func(seg string) bool { return whole[seg] })
+}
+
+// Why a backup may not be deleted by hand.
+var (
+	ErrKept            = errors.New("the backup is kept")
+	ErrBelowRedundancy = errors.New("below the minimum redundancy")
+)
+
+// CheckDelete says whether the backup e of cat may be deleted by hand: not
+// when it is kept, nor when a finished backup's going would leave fewer
+// than minimumRedundancy finished backups.
+func CheckDelete(cat *catalog.Catalog, e catalog.Entry, minimumRedundancy int) error {
+	if e.Keep {
+		return ErrKept
+	}
+	if left := len(cat.Done()) - 1; e.Status == catalog.StatusDone && left < minimumRedundancy {
+		return fmt.Errorf("deleting backup %s would leave %d backups, %w of %d", e.ID, left, ErrBelowRedundancy, minimumRedundancy)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package retention
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -215,5 +216,26 @@ func TestDecideProperty(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestCheckDelete(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	entry := func(i int, keep bool) catalog.Entry {
+		return catalog.Entry{ID: catalog.NewBackupID(t0.Add(time.Duration(i) * time.Hour)), Status: catalog.StatusDone, Keep: keep}
+	}
+	cat := &catalog.Catalog{Backups: []catalog.Entry{entry(0, true), entry(1, false), entry(2, false)}}
+	if err := CheckDelete(cat, cat.Backups[0], 0); !errors.Is(err, ErrKept) {
+		t.Errorf("deleting a kept backup = %v", err)
+	}
+	if err := CheckDelete(cat, cat.Backups[1], 3); !errors.Is(err, ErrBelowRedundancy) {
+		t.Errorf("deleting below minimum redundancy = %v", err)
+	}
+	if err := CheckDelete(cat, cat.Backups[1], 2); err != nil {
+		t.Errorf("deleting one of three with a minimum of two = %v", err)
+	}
+	failed := catalog.Entry{ID: catalog.NewBackupID(t0.Add(5 * time.Hour)), Status: catalog.StatusFailed}
+	if err := CheckDelete(cat, failed, 10); err != nil {
+		t.Errorf("deleting a failed backup = %v", err)
 	}
 }

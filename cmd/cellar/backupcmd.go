@@ -6,7 +6,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/cellar-backup/cellar/basebackup"
@@ -15,6 +14,7 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 func backupCommand(st *state) *cli.Command {
@@ -135,17 +135,16 @@ const longRunMemory = 100 << 20
 // switchPrimaryWAL closes the current WAL segment on the primary that
 // primary_conninfo names.
 func switchPrimaryWAL(ctx context.Context, srv *config.Server) error {
-	cfg, err := pgx.ParseConfig(srv.PrimaryConninfo)
+	cfg, err := pg.ParseConninfo(srv.PrimaryConninfo)
 	if err != nil {
 		return fmt.Errorf("primary_conninfo of server %s: %v", srv.Name, config.RedactConninfo(err.Error()))
 	}
-	cfg.ConnectTimeout = 10 * time.Second
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := pg.Connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, "SELECT pg_switch_wal()")
+	_, err = pg.SwitchWAL(ctx, conn)
 	return err
 }
 

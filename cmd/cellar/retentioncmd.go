@@ -245,12 +245,13 @@ func deleteCommand(st *state) *cli.Command {
 				if err != nil {
 					return err
 				}
-				if r.Keep {
+				switch err := retention.CheckDelete(cat, r, srv.MinimumRedundancy); {
+				case errors.Is(err, retention.ErrKept):
 					return fmt.Errorf("backup %s of server %s is kept: release it first with cellar keep %s %s --release", r.ID, srv.Name, srv.Name, r.ID)
-				}
-				done := len(cat.Done())
-				if r.Status == catalog.StatusDone && done-1 < srv.MinimumRedundancy {
-					return fmt.Errorf("deleting backup %s would leave %d backups of server %s, below minimum_redundancy = %d", r.ID, done-1, srv.Name, srv.MinimumRedundancy)
+				case errors.Is(err, retention.ErrBelowRedundancy):
+					return fmt.Errorf("deleting backup %s would leave %d backups of server %s, below minimum_redundancy = %d", r.ID, len(cat.Done())-1, srv.Name, srv.MinimumRedundancy)
+				case err != nil:
+					return err
 				}
 				rb, err := retention.RemoveBackup(ctx, store, srv.Name, r.ID, "deleted")
 				if err != nil {
