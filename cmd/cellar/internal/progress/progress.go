@@ -127,6 +127,7 @@ func (p *Bar) Stage(name string) {
 			progressbar.OptionSetDescription(p.what+": "+text),
 			progressbar.OptionSpinnerType(14),
 			progressbar.OptionSetElapsedTime(true),
+			progressbar.OptionSetRenderBlankState(true),
 			progressbar.OptionClearOnFinish(),
 		)
 		return
