@@ -298,7 +298,9 @@ type Range struct {
 	FromTime time.Time
 	FromLSN  pg.LSN
 	// LastWAL is the last archived segment; ToTime is when it was
-	// archived and ToLSN where it ends. Zero when nothing is archived.
+	// archived, rounded up to the second (stores keep modification times
+	// to the second), and ToLSN where it ends. Zero when nothing is
+	// archived.
 	LastWAL pg.WALName
 	ToTime  time.Time
 	ToLSN   pg.LSN
@@ -329,6 +331,7 @@ func (c *Catalog) Recoverable(m *Manifest) (Range, error) {
 		segSize = c.WALSegmentSize
 	}
 	r.ToLSN = pg.LSN((r.LastWAL.SegNo(segSize) + 1) * uint64(segSize))
+	r.ToTime = r.ToTime.Truncate(time.Second).Add(time.Second)
 	return r, nil
 }
 

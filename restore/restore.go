@@ -32,10 +32,22 @@ import (
 // Errors of a restore's preconditions; the errors returned wrap them.
 var (
 	ErrNoSuchTablespace = errors.New("has no such tablespace")
-	ErrServerRunning    = errors.New("a PostgreSQL server is running")
+	ErrServerRunning    = errors.New("a PostgreSQL server is running on the destination")
 	ErrTablespaceInside = errors.New("is inside the data directory")
 	ErrNotEmpty         = errors.New("is not empty")
 )
+
+// runningError is ErrServerRunning with the server's pid and directory.
+type runningError struct {
+	pid int
+	dir string
+}
+
+func (e *runningError) Error() string {
+	return fmt.Sprintf("a PostgreSQL server (pid %d) is running on %s: stop it before restoring there", e.pid, e.dir)
+}
+
+func (e *runningError) Is(target error) bool { return target == ErrServerRunning }
 
 // IncompleteMarker is the file a restore leaves in the data directory
 // until it is done. While it is there, global/pg_control is missing too,
@@ -157,7 +169,7 @@ func (r *restorer) plan() error {
 		}
 	}
 	if pid, running := runningServer(r.dest); running {
-		return fmt.Errorf("%w (pid %d) on %s: stop it before restoring there", ErrServerRunning, pid, r.dest)
+		return &runningError{pid: pid, dir: r.dest}
 	}
 	dirs := []string{r.dest}
 	for _, loc := range r.spc {
