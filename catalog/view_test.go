@@ -130,6 +130,13 @@ func TestCatalogQueries(t *testing.T) {
 	if err != nil || r.LastWAL.Name != pg.SegmentNameOf(2, 12, seg) || r.ToLSN != pg.LSN(13*uint64(seg)) || !r.FromTime.Equal(c.Backups[2].EndTime) {
 		t.Errorf("Recoverable = %+v, %v", r, err)
 	}
+	// Stores keep modification times to the second: the end is rounded
+	// up, so a target in the last segment's second is in range.
+	for _, w := range c.WAL {
+		if w.ModTime.After(r.ToTime) || r.ToTime.Nanosecond() != 0 {
+			t.Errorf("Recoverable ends at %v, before %s was archived at %v", r.ToTime, w.Name, w.ModTime)
+		}
+	}
 
 	c.MarkObsolete([]string{ids[1]})
 	if !c.Backups[1].Obsolete || c.Backups[0].Obsolete {
