@@ -64,9 +64,11 @@ type Catalog struct {
 	// WAL is the archived WAL in timeline and segment order, history
 	// files last (empty unless ReadOptions.WAL).
 	WAL []WALFile
-	// WALSegmentSize is the cluster's, from its identity (16 MiB when
-	// nothing was archived yet).
+	// WALSegmentSize is the cluster's, from its identity, read with the
+	// WAL listing (16 MiB when nothing was archived yet).
 	WALSegmentSize int64
+	// segs are the segments of WAL in WAL order, sorted once.
+	segs []WALFile
 }
 
 // ReadOptions say what Read reads and how it judges an unfinished backup.
@@ -114,12 +116,12 @@ func Read(ctx context.Context, store cloud.Storage, server string, o ReadOptions
 		}
 		c.Backups = append(c.Backups, e)
 	}
-	if id, err := ReadIdentity(ctx, store, server); err == nil {
-		c.WALSegmentSize = id.WALSegmentSize
-	} else if !errors.Is(err, cloud.ErrNotExist) {
-		return nil, err
-	}
 	if o.WAL {
+		if id, err := ReadIdentity(ctx, store, server); err == nil {
+			c.WALSegmentSize = id.WALSegmentSize
+		} else if !errors.Is(err, cloud.ErrNotExist) {
+			return nil, err
+		}
 		err = ListWALFiles(ctx, store, server, func(w pg.WALName, obj cloud.ObjectInfo) error {
 			c.WAL = append(c.WAL, WALFile{WALName: w, Size: obj.Size, ModTime: obj.ModTime})
 			return nil
@@ -219,16 +221,19 @@ func (c *Catalog) WALSizes() map[string]int64 {
 	return out
 }
 
-// segments returns the archived segments in WAL order across timelines.
+// segments returns the archived segments in WAL order across timelines,
+// sorted on the first call only: a listing asks once per backup.
 func (c *Catalog) segments() []WALFile {
-	var segs []WALFile
-	for _, w := range c.WAL {
-		if w.Kind == pg.Segment {
-			segs = append(segs, w)
+	if c.segs == nil {
+		c.segs = []WALFile{}
+		for _, w := range c.WAL {
+			if w.Kind == pg.Segment {
+				c.segs = append(c.segs, w)
+			}
 		}
+		sort.SliceStable(c.segs, func(i, j int) bool { return pg.CompareWAL(c.segs[i].WALName, c.segs[j].WALName) < 0 })
 	}
-	sort.SliceStable(segs, func(i, j int) bool { return pg.CompareWAL(segs[i].WALName, segs[j].WALName) < 0 })
-	return segs
+	return c.segs
 }
 
 // WALBetween counts the archived segments from the one named from
