@@ -124,7 +124,7 @@ type Lock struct {
 // the holder, or a *DirError when dir cannot hold locks.
 func Take(dir, name string, h Holder) (*Lock, error) {
 	path := filepath.Join(dir, name)
-	f, writable, err := openShared(path, os.O_RDWR)
+	f, writable, err := OpenShared(path, os.O_RDWR)
 	if err != nil {
 		if d := dirProblem(dir); d != nil {
 			return nil, d
@@ -241,11 +241,7 @@ func readHolder(f *os.File) (Holder, error) {
 // creating it by the rule of the package: without O_CREAT when it exists,
 // else with O_EXCL and the mode its directory allows. It falls back to
 // read-only when the file exists but may not be written.
-func OpenShared(path string, flag int) (f *os.File, writable bool, err error) {
-	return openShared(path, flag)
-}
-
-func openShared(path string, flag int) (*os.File, bool, error) {
+func OpenShared(path string, flag int) (*os.File, bool, error) {
 	flag |= unix.O_NOFOLLOW | unix.O_CLOEXEC
 	for range 3 {
 		f, err := os.OpenFile(path, flag, 0)
