@@ -9,11 +9,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -73,7 +73,11 @@ type backup struct {
 	id    string
 	lim   codec.Limiter
 	mu    sync.Mutex
-	parts int
+	parts int // the number of the last part begun
+	// Totals of what was stored, for the manifest.
+	dataSize  int64
+	fileCount int
+	spcSize   map[string]int64 // by tablespace oid
 }
 
 func (b *backup) progress(n int64) { b.o.Progress.Add(n) }
@@ -218,18 +222,15 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 			cancel()
 		}
 	}()
-	ents, err := scan(o.PGData, srv.Tablespaces)
-	if err != nil {
-		return nil, err
-	}
-	files, others := plan(ents)
+	// A first walk sizes the backup for the progress display: a second
+	// lstat of each file costs far less than reading it.
 	var total int64
-	for _, f := range files {
-		total += f.Size
+	if err := walk(o.PGData, srv.Tablespaces, func(e entry) error { total += e.Size; return nil }); err != nil {
+		return nil, err
 	}
 	o.Progress.Stage("copying")
 	o.Progress.Start(total)
-	records, parts, err := b.writeParts(ctx, files)
+	parts, err := b.writeParts(ctx, func(emit func(entry) error) error { return walk(o.PGData, srv.Tablespaces, emit) })
 	if err != nil {
 		return nil, err
 	}
@@ -239,13 +240,13 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 	if err != nil {
 		return nil, err
 	}
-	meta, metaRecords, err := b.writeMeta(ctx, others, []smallFile{{"backup_label", []byte(sp.Label)}, {"tablespace_map", []byte(sp.TablespaceMap)}})
+	meta, err := b.writeMeta(ctx, []smallFile{{name: "backup_label", data: []byte(sp.Label)}, {name: "tablespace_map", data: []byte(sp.TablespaceMap)}})
 	if err != nil {
 		return nil, err
 	}
 	o.Progress.Done()
 	return b.record(ctx, srv, taken{
-		method: "local", label: label, begin: begin, records: append(records, metaRecords...), parts: append(parts, meta),
+		method: "local", label: label, begin: begin, parts: append(parts, meta),
 		startLSN: st.LSN, endLSN: sp.LSN, backupLabel: sp.Label, tablespaceMap: sp.TablespaceMap,
 	})
 }
@@ -254,7 +255,6 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 type taken struct {
 	method, label    string
 	begin            time.Time
-	records          []catalog.File
 	parts            []catalog.Part
 	startLSN, endLSN pg.LSN
 	// endTimeline is the timeline the backup ended on, when PostgreSQL
@@ -296,72 +296,72 @@ func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Man
 	if m.Tablespaces == nil {
 		m.Tablespaces = []catalog.Tablespace{}
 	}
-	records, parts := t.records, t.parts
-	sort.Slice(records, func(i, j int) bool { return records[i].Path < records[j].Path })
+	parts := t.parts
 	sort.Slice(parts, func(i, j int) bool { return parts[i].Number < parts[j].Number })
-	m.Files, m.Parts = records, parts
-	for _, f := range records {
-		m.DataSize += f.Size
-		if f.Type == catalog.TypeFile {
-			m.FileCount++
+	for i, p := range parts {
+		if p.Number != i+1 {
+			return nil, fmt.Errorf("internal error: part %d is missing", i+1)
 		}
-		for i := range m.Tablespaces {
-			if strings.HasPrefix(f.Path, "pg_tblspc/"+strconv.FormatUint(uint64(m.Tablespaces[i].OID), 10)+"/") {
-				m.Tablespaces[i].Size += f.Size
-			}
-		}
-	}
-	for _, p := range parts {
 		m.StoredSize += p.Size
 	}
+	m.DataSize, m.FileCount, m.PartCount = b.dataSize, b.fileCount, len(parts)
+	for i := range m.Tablespaces {
+		m.Tablespaces[i].Size = b.spcSize[strconv.FormatUint(uint64(m.Tablespaces[i].OID), 10)]
+	}
+	index, err := catalog.WriteIndex(ctx, o.Store, o.Server, b.id, parts)
+	if err != nil {
+		return nil, fmt.Errorf("writing the index of parts: %w", err)
+	}
+	m.Index = &index
 	if err := catalog.WriteManifest(ctx, o.Store, m); err != nil {
 		return nil, fmt.Errorf("writing the manifest: %w", err)
 	}
 	if err := o.Store.Delete(ctx, catalog.StartedKey(o.Server, b.id)); err != nil {
 		o.Log.Warn("could not remove the backup's start marker", "backup", b.id, "error", err)
 	}
-	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "method", t.method, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", len(m.Parts))
+	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "method", t.method, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", m.PartCount)
 	return m, nil
 }
 
-// smallFile is a file held in memory.
+// smallFile is a file of the last part: held in memory, or spooled to a
+// temporary file.
 type smallFile struct {
-	name string
-	data []byte
+	name  string
+	data  []byte
+	spool *os.File
 }
 
-// writeMeta writes the last part: every directory and symlink, and the
-// backup_label and tablespace_map that PostgreSQL returned (and the other
-// small files given), so that the parts extracted with tar make a data
-// directory ready for recovery. Empty files given are left out.
-func (b *backup) writeMeta(ctx context.Context, others []entry, small []smallFile) (catalog.Part, []catalog.File, error) {
-	p, err := b.openPart(ctx, b.nextPart())
+// writeMeta writes the last part: the backup_label and tablespace_map
+// that PostgreSQL returned (and the other small files given), so that the
+// parts extracted with tar make a data directory ready for recovery.
+// Empty files given are left out.
+func (b *backup) writeMeta(ctx context.Context, small []smallFile) (catalog.Part, error) {
+	n := b.nextPart()
+	p, err := b.openPart(ctx, n)
 	if err != nil {
-		return catalog.Part{}, nil, err
-	}
-	var records []catalog.File
-	for _, e := range others {
-		rec, _, err := p.add(e, nil, b.progress)
-		if err != nil {
-			p.abort(err)
-			return catalog.Part{}, nil, err
-		}
-		records = append(records, rec)
+		return catalog.Part{}, err
 	}
 	now := b.o.Now().UTC()
 	for _, f := range small {
-		if len(f.data) == 0 {
+		var rec catalog.File
+		switch {
+		case f.spool != nil:
+			rec, err = p.addSpool(f.name, f.spool, now)
+		case len(f.data) == 0:
 			continue
+		default:
+			rec, err = p.addBytes(f.name, f.data, now)
 		}
-		rec, err := p.addBytes(f.name, f.data, now)
+		if err == nil {
+			err = p.record(rec)
+		}
 		if err != nil {
 			p.abort(err)
-			return catalog.Part{}, nil, err
+			return catalog.Part{}, err
 		}
-		records = append(records, rec)
+		b.tally(rec)
 	}
-	part, err := p.finish()
-	return part, records, err
+	return p.finish(ctx, b.o.Store, catalog.FileListKey(b.o.Server, b.id, n))
 }
 
 // waitWAL waits until the WAL from the start to the stop segment is in the
@@ -411,6 +411,25 @@ func (b *backup) waitWAL(ctx context.Context, srv *Server, timeline uint32, star
 		}
 	}
 	return nil
+}
+
+// addSpool writes a file spooled to a temporary file.
+func (p *partWriter) addSpool(name string, f *os.File, mtime time.Time) (catalog.File, error) {
+	size, err := f.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		return catalog.File{}, err
+	}
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, ModTime: mtime, Typeflag: tar.TypeReg}
+	if err := p.tw.WriteHeader(hdr); err != nil {
+		return catalog.File{}, err
+	}
+	rec := catalog.File{Path: name, Type: catalog.TypeFile, Size: size, Mode: 0o600, MTime: mtime, Part: p.number, Offset: p.raw.n}
+	rec.SHA256, err = p.copyBody(rec, f, make([]byte, 256<<10), func(int64) {}, false)
+	p.files++
+	return rec, err
 }
 
 // addBytes writes a small file held in memory.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/cellar-backup/cellar/catalog"
@@ -31,6 +32,7 @@ type partWriter struct {
 	stored *counter // the compressed stream, as uploaded
 	put    chan error
 	files  int
+	list   *catalog.LinesWriter // the part's entries, in tar order
 }
 
 // counter counts (and optionally hashes) what passes through it.
@@ -52,7 +54,7 @@ func (c *counter) Write(p []byte) (int, error) {
 func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) {
 	key := catalog.PartKey(b.o.Server, b.id, number, b.o.Codec)
 	pr, pw := io.Pipe()
-	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1)}
+	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), list: catalog.NewFileList(key)}
 	p.stored = &counter{w: pw, sum: sha256.New()}
 	zw, err := codec.NewParallelWriter(p.stored, b.o.Codec, b.o.Level, b.lim, 4)
 	if err != nil {
@@ -75,9 +77,16 @@ func (p *partWriter) abort(err error) {
 	<-p.put
 }
 
-// finish closes the tar and the compressed stream and waits until the
-// part is durable.
-func (p *partWriter) finish() (catalog.Part, error) {
+// record adds an entry written to the part's file list; the list does not
+// repeat the part's number.
+func (p *partWriter) record(f catalog.File) error {
+	f.Part = 0
+	return p.list.Add(f)
+}
+
+// finish closes the tar and the compressed stream, waits until the part
+// is durable and then stores its file list under listKey.
+func (p *partWriter) finish(ctx context.Context, store cloud.Storage, listKey string) (catalog.Part, error) {
 	err := p.tw.Close()
 	if err == nil {
 		err = p.zw.Close()
@@ -90,7 +99,13 @@ func (p *partWriter) finish() (catalog.Part, error) {
 	if err := <-p.put; err != nil {
 		return catalog.Part{}, fmt.Errorf("uploading %s: %w", p.key, err)
 	}
-	return catalog.Part{Number: p.number, Key: p.key, Size: p.stored.n, SHA256: hex.EncodeToString(p.stored.sum.Sum(nil)), DataSize: p.raw.n, Files: p.files}, nil
+	part := catalog.Part{Number: p.number, Key: p.key, Size: p.stored.n, SHA256: hex.EncodeToString(p.stored.sum.Sum(nil)), DataSize: p.raw.n, Files: p.files}
+	ref, err := p.list.Store(ctx, store, listKey)
+	if err != nil {
+		return part, fmt.Errorf("storing the file list %s: %w", listKey, err)
+	}
+	part.List = &ref
+	return part, nil
 }
 
 // add writes one entry to the part and returns its record, or ok false
@@ -169,90 +184,141 @@ func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress 
 	return hex.EncodeToString(sum.Sum(nil)), nil
 }
 
-// writeParts writes the regular files into parts with parallel workers,
-// each filling a part up to the part size and then starting the next one.
-// It returns the files' records and the parts.
-func (b *backup) writeParts(ctx context.Context, files []entry) ([]catalog.File, []catalog.Part, error) {
+// Parts are cut from the walk in path order, so that each part's file
+// list is in path order and follows the previous part's: a reader can
+// merge a backup's lists with a walk of a directory without holding
+// either. A part is cut before the entry that would take it past the
+// batch size (a larger file makes a part of its own) or at maxPartEntries.
+const (
+	firstBatchSize = 32 << 20
+	maxPartEntries = 20_000
+)
+
+// batch is a run of entries, in path order, that becomes one part.
+type batch struct {
+	number int
+	ents   []entry
+	bytes  int64
+}
+
+// batchSize is the tar size at which part n is cut: small parts first, so
+// that a small cluster keeps every worker busy, doubling with each round
+// of Parallel parts up to PartSize.
+func (b *backup) batchSize(n int) int64 {
+	return min(int64(firstBatchSize)<<min((n-1)/b.o.Parallel, 20), b.o.PartSize)
+}
+
+// writeParts writes what walk emits into parts: the walk cuts batches, and
+// parallel workers each write a batch as one part, then its file list. It
+// returns the parts. What it holds is a few batches of entries and each
+// part's file list, compressed, whatever the number of files.
+func (b *backup) writeParts(ctx context.Context, walk func(emit func(entry) error) error) ([]catalog.Part, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	queue := make(chan entry)
+	queue := make(chan batch)
 	go func() {
 		defer close(queue)
-		for _, e := range files {
+		cur := batch{number: b.nextPart()}
+		send := func() error {
 			select {
-			case queue <- e:
+			case queue <- cur:
 			case <-ctx.Done():
-				return
+				return context.Cause(ctx)
 			}
+			cur = batch{number: b.nextPart()}
+			return nil
 		}
-	}()
-	var (
-		mu      sync.Mutex
-		records []catalog.File
-		parts   []catalog.Part
-		wg      sync.WaitGroup
-	)
-	finish := func(p *partWriter) error {
-		part, err := p.finish()
+		err := walk(func(e entry) error {
+			if len(cur.ents) > 0 && (cur.bytes+e.Size > b.batchSize(cur.number) || len(cur.ents) >= maxPartEntries) {
+				if err := send(); err != nil {
+					return err
+				}
+			}
+			cur.ents = append(cur.ents, e)
+			cur.bytes += e.Size
+			return nil
+		})
+		if err == nil && len(cur.ents) > 0 {
+			err = send()
+		}
 		if err != nil {
 			cancel(err)
-			return err
 		}
-		mu.Lock()
-		parts = append(parts, part)
-		mu.Unlock()
-		return nil
-	}
+		b.mu.Lock()
+		b.parts-- // the batch begun last holds nothing
+		b.mu.Unlock()
+	}()
+	var (
+		mu    sync.Mutex
+		parts []catalog.Part
+		wg    sync.WaitGroup
+	)
 	for range b.o.Parallel {
 		wg.Go(func() {
 			buf := make([]byte, 256<<10)
-			var p *partWriter
-			fail := func(err error) {
-				if p != nil {
-					p.abort(err)
-				}
-				cancel(err)
-			}
-			for e := range queue {
-				if p == nil {
-					var err error
-					if p, err = b.openPart(ctx, b.nextPart()); err != nil {
-						fail(err)
-						return
-					}
-				}
-				rec, ok, err := p.add(e, buf, b.progress)
+			for bt := range queue {
+				part, err := b.writeBatch(ctx, bt, buf)
 				if err != nil {
-					fail(err)
-					return
+					cancel(err)
+					continue // drain the queue
 				}
-				if ok {
-					mu.Lock()
-					records = append(records, rec)
-					mu.Unlock()
-				}
-				if p.raw.n >= b.o.PartSize {
-					err := finish(p)
-					p = nil
-					if err != nil {
-						return
-					}
-				}
-			}
-			if p != nil {
-				if ctx.Err() != nil {
-					p.abort(context.Cause(ctx))
-					return
-				}
-				_ = finish(p)
+				mu.Lock()
+				parts = append(parts, part)
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
-		return nil, parts, err
+		return parts, err
 	}
-	return records, parts, nil
+	return parts, nil
+}
+
+// writeBatch writes one batch as a part and stores its file list.
+func (b *backup) writeBatch(ctx context.Context, bt batch, buf []byte) (catalog.Part, error) {
+	if err := context.Cause(ctx); err != nil {
+		return catalog.Part{}, err
+	}
+	p, err := b.openPart(ctx, bt.number)
+	if err != nil {
+		return catalog.Part{}, err
+	}
+	for _, e := range bt.ents {
+		rec, ok, err := p.add(e, buf, b.progress)
+		if err == nil && ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		if err != nil {
+			p.abort(err)
+			return catalog.Part{}, err
+		}
+		if ok {
+			if err := p.record(rec); err != nil {
+				p.abort(err)
+				return catalog.Part{}, err
+			}
+			b.tally(rec)
+		}
+	}
+	return p.finish(ctx, b.o.Store, catalog.FileListKey(b.o.Server, b.id, bt.number))
+}
+
+// tally adds an entry stored to the backup's totals.
+func (b *backup) tally(f catalog.File) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dataSize += f.Size
+	if f.Type == catalog.TypeFile {
+		b.fileCount++
+	}
+	if rest, ok := strings.CutPrefix(f.Path, "pg_tblspc/"); ok {
+		oid, _, _ := strings.Cut(rest, "/")
+		if b.spcSize == nil {
+			b.spcSize = map[string]int64{}
+		}
+		b.spcSize[oid] += f.Size
+	}
 }
 
 func (b *backup) nextPart() int {

@@ -2,7 +2,9 @@ package basebackup
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -10,8 +12,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/bits"
+	"os"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,9 +46,18 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 	}
 	o.Progress.Stage("copying")
 	o.Progress.Start(0)
-	sw := &streamWriter{b: b, ctx: ctx, sem: make(chan struct{}, 2), crcs: map[string]string{}}
-	var others []entry
-	var label0, tmap, pgManifest []byte
+	sw, err := newStreamWriter(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	defer sw.seen.Close()
+	var label0, tmap []byte
+	var pgManifest *os.File
+	defer func() {
+		if pgManifest != nil {
+			pgManifest.Close()
+		}
+	}()
 	for {
 		arc, err := bb.NextArchive()
 		if err == io.EOF {
@@ -55,8 +67,10 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 			return nil, sw.abort(err)
 		}
 		if arc.Manifest {
-			if pgManifest, err = io.ReadAll(io.LimitReader(bb, 1<<30)); err != nil {
-				return nil, sw.abort(err)
+			// Spooled to an unlinked file: it is read twice, and has a
+			// line for every file.
+			if pgManifest, err = spool(io.LimitReader(bb, 1<<30)); err != nil {
+				return nil, sw.abort(fmt.Errorf("PostgreSQL's backup_manifest: %w", err))
 			}
 			continue
 		}
@@ -67,7 +81,9 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 				return nil, sw.abort(fmt.Errorf("BASE_BACKUP sent an archive for %s, which is no tablespace it announced", arc.Location))
 			}
 			prefix = "pg_tblspc/" + strconv.FormatUint(uint64(oid), 10)
-			others = append(others, entry{File: catalog.File{Path: prefix, Type: catalog.TypeDir, Mode: 0o700, MTime: begin}})
+			if err := sw.addEntry(catalog.File{Path: prefix, Type: catalog.TypeDir, Mode: 0o700, MTime: begin}); err != nil {
+				return nil, sw.abort(err)
+			}
 			prefix += "/"
 		}
 		tr := tar.NewReader(bb)
@@ -84,17 +100,17 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 			switch hdr.Typeflag {
 			case tar.TypeDir:
 				f.Type = catalog.TypeDir
-				others = append(others, entry{File: f})
+				err = sw.addEntry(f)
 			case tar.TypeSymlink:
 				f.Type, f.Link = catalog.TypeSymlink, hdr.Linkname
-				others = append(others, entry{File: f})
+				err = sw.addEntry(f)
 			case tar.TypeReg:
 				f.Type, f.Size = catalog.TypeFile, hdr.Size
 				if name == "backup_label" || name == "tablespace_map" {
 					// Kept for the last part, as a local backup has them.
-					data, err := io.ReadAll(tr)
-					if err != nil {
-						return nil, sw.abort(err)
+					data, rerr := io.ReadAll(tr)
+					if rerr != nil {
+						return nil, sw.abort(rerr)
 					}
 					if name == "backup_label" {
 						label0 = data
@@ -103,13 +119,14 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 					}
 					continue
 				}
-				if err := sw.add(f, tr, o.CorruptInTransit == name); err != nil {
-					return nil, sw.abort(err)
-				}
+				err = sw.add(f, tr, o.CorruptInTransit == name)
+			}
+			if err != nil {
+				return nil, sw.abort(err)
 			}
 		}
 	}
-	records, parts, err := sw.close()
+	parts, err := sw.close()
 	if err != nil {
 		return nil, err
 	}
@@ -120,19 +137,28 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 	if len(label0) == 0 {
 		return nil, errors.New("BASE_BACKUP sent no backup_label")
 	}
-	small := []smallFile{{"backup_label", label0}, {"tablespace_map", tmap}, {"backup_manifest", pgManifest}}
-	if err := checkPGManifest(pgManifest, records, sw.crcs, small[:2]); err != nil {
+	if pgManifest == nil {
+		return nil, errors.New("BASE_BACKUP sent no backup_manifest")
+	}
+	received := []smallFile{{name: "backup_label", data: label0}, {name: "tablespace_map", data: tmap}}
+	for _, f := range received {
+		if f.data != nil { // received (maybe empty: the tablespace_map of a cluster without tablespaces)
+			if err := sw.seenFile(f.name, int64(len(f.data)), sha256Hex(f.data), crcHex(crc32.Checksum(f.data, castagnoli))); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := sw.checkPGManifest(pgManifest); err != nil {
 		return nil, err
 	}
 	o.Progress.Stage("stopping")
-	sort.SliceStable(others, func(i, j int) bool { return others[i].Path < others[j].Path })
-	meta, metaRecords, err := b.writeMeta(ctx, others, small)
+	meta, err := b.writeMeta(ctx, append(received, smallFile{name: "backup_manifest", spool: pgManifest}))
 	if err != nil {
 		return nil, err
 	}
 	o.Progress.Done()
 	return b.record(ctx, srv, taken{
-		method: "stream", label: label, begin: begin, records: append(records, metaRecords...), parts: append(parts, meta),
+		method: "stream", label: label, begin: begin, parts: append(parts, meta),
 		startLSN: bb.Start, endLSN: end, endTimeline: endTL, backupLabel: string(label0), tablespaceMap: string(tmap),
 	})
 }
@@ -146,8 +172,10 @@ func tablespaceOID(ts []pg.BackupTablespace, location string) (uint32, bool) {
 	return 0, false
 }
 
-// streamWriter writes the files of a stream into parts, one after
-// another: the next part fills while the previous one's upload ends.
+// streamWriter writes the entries of a stream into parts, one after
+// another: the next part fills while the previous one's upload ends. What
+// it received is noted for the check against PostgreSQL's backup_manifest
+// in an unlinked temporary file and a sum, not in memory.
 type streamWriter struct {
 	b   *backup
 	ctx context.Context
@@ -156,31 +184,63 @@ type streamWriter struct {
 	sem chan struct{} // parts finishing at once
 	wg  sync.WaitGroup
 
-	mu      sync.Mutex
-	crcs    map[string]string // CRC-32C of each file, as PostgreSQL's manifest writes it
-	records []catalog.File
-	parts   []catalog.Part
-	err     error
+	seen    *os.File // a JSON line [path, size, sha256, crc] per file received
+	seenBuf *bufio.Writer
+	sum     manifestSum
+
+	mu    sync.Mutex
+	parts []catalog.Part
+	err   error
+}
+
+func newStreamWriter(ctx context.Context, b *backup) (*streamWriter, error) {
+	seen, err := tempFile()
+	if err != nil {
+		return nil, err
+	}
+	return &streamWriter{b: b, ctx: ctx, sem: make(chan struct{}, 2), seen: seen, seenBuf: bufio.NewWriterSize(seen, 256<<10)}, nil
+}
+
+// part returns the part being filled, opening one if needed.
+func (s *streamWriter) part() (*partWriter, error) {
+	if err := s.failed(); err != nil {
+		return nil, err
+	}
+	if s.p == nil {
+		p, err := s.b.openPart(s.ctx, s.b.nextPart())
+		if err != nil {
+			return nil, err
+		}
+		s.p = p
+	}
+	return s.p, nil
+}
+
+// addEntry writes a directory or a symlink.
+func (s *streamWriter) addEntry(f catalog.File) error {
+	p, err := s.part()
+	if err != nil {
+		return err
+	}
+	rec, _, err := p.add(entry{File: f}, nil, s.b.progress)
+	if err == nil {
+		err = p.record(rec)
+	}
+	s.b.tally(rec)
+	return s.maybeFinish(err)
 }
 
 // add writes one regular file of size f.Size from r. With corrupt (a test
 // hook), the file's first byte is changed as it arrives, as damage in
 // transit would.
 func (s *streamWriter) add(f catalog.File, r io.Reader, corrupt bool) error {
-	if err := s.failed(); err != nil {
+	p, err := s.part()
+	if err != nil {
 		return err
-	}
-	if s.p == nil {
-		p, err := s.b.openPart(s.ctx, s.b.nextPart())
-		if err != nil {
-			return err
-		}
-		s.p = p
 	}
 	if s.buf == nil {
 		s.buf = make([]byte, 256<<10)
 	}
-	p := s.p
 	hdr := &tar.Header{Name: f.Path, Mode: int64(f.Mode), ModTime: f.MTime, Typeflag: tar.TypeReg, Size: f.Size}
 	if err := p.tw.WriteHeader(hdr); err != nil {
 		return err
@@ -196,14 +256,31 @@ func (s *streamWriter) add(f catalog.File, r io.Reader, corrupt bool) error {
 		return fmt.Errorf("reading %s from the stream: %w", f.Path, err)
 	}
 	f.SHA256 = sum
-	s.mu.Lock()
-	s.crcs[f.Path] = crcHex(crc.Sum32())
-	s.mu.Unlock()
 	p.files++
-	s.mu.Lock()
-	s.records = append(s.records, f)
-	s.mu.Unlock()
-	if p.raw.n >= s.b.o.PartSize {
+	if err := s.seenFile(f.Path, f.Size, sum, crcHex(crc.Sum32())); err != nil {
+		return err
+	}
+	s.b.tally(f)
+	return s.maybeFinish(p.record(f))
+}
+
+// seenFile notes a file received, for checkPGManifest.
+func (s *streamWriter) seenFile(path string, size int64, sha, crc string) error {
+	s.sum.add(path, size, crc)
+	js, err := json.Marshal([]any{path, size, sha, crc})
+	if err != nil {
+		return err
+	}
+	s.seenBuf.Write(js)
+	return s.seenBuf.WriteByte('\n')
+}
+
+// maybeFinish finishes the part being filled once it is full.
+func (s *streamWriter) maybeFinish(err error) error {
+	if err != nil {
+		return err
+	}
+	if p := s.p; p.raw.n >= s.b.o.PartSize || p.files >= maxPartEntries {
 		s.p = nil
 		s.finish(p)
 	}
@@ -215,7 +292,7 @@ func (s *streamWriter) finish(p *partWriter) {
 	s.sem <- struct{}{}
 	s.wg.Go(func() {
 		defer func() { <-s.sem }()
-		part, err := p.finish()
+		part, err := p.finish(s.ctx, s.b.o.Store, catalog.FileListKey(s.b.o.Server, s.b.id, p.number))
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {
@@ -233,13 +310,13 @@ func (s *streamWriter) failed() error {
 }
 
 // close finishes the last part and waits for every part to be durable.
-func (s *streamWriter) close() ([]catalog.File, []catalog.Part, error) {
+func (s *streamWriter) close() ([]catalog.Part, error) {
 	if s.p != nil {
 		s.finish(s.p)
 		s.p = nil
 	}
 	s.wg.Wait()
-	return s.records, s.parts, s.err
+	return s.parts, s.err
 }
 
 // abort cancels the part being written, waits for the others and returns
@@ -281,76 +358,187 @@ func (f *flipFirst) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// checkPGManifest checks every file received against PostgreSQL's
-// backup_manifest: the same files, sizes and checksums (CRC-32C, or
-// SHA-256 when the manifest has those).
-func checkPGManifest(raw []byte, records []catalog.File, crcs map[string]string, small []smallFile) error {
-	var man struct {
-		Files []struct {
-			Path        string `json:"Path"`
-			EncodedPath string `json:"Encoded-Path"`
-			Size        int64  `json:"Size"`
-			Algorithm   string `json:"Checksum-Algorithm"`
-			Checksum    string `json:"Checksum"`
-		} `json:"Files"`
+// manifestSum is an order-independent digest of a set of files (path,
+// size, CRC-32C): the sum, modulo 2^256, of the SHA-256 of each. Two sets
+// with equal sums and counts are equal but with negligible probability,
+// so the streamed files and PostgreSQL's backup_manifest are compared
+// without holding either.
+type manifestSum struct {
+	n   int
+	acc [4]uint64
+}
+
+func (m *manifestSum) add(path string, size int64, crc string) {
+	h := sha256.Sum256([]byte(path + "\x00" + strconv.FormatInt(size, 10) + "\x00" + crc))
+	var carry uint64
+	for i := 3; i >= 0; i-- {
+		v := binary.BigEndian.Uint64(h[8*i:])
+		m.acc[i], carry = bits.Add64(m.acc[i], v, carry)
 	}
-	if len(raw) == 0 {
-		return errors.New("BASE_BACKUP sent no backup_manifest")
+	m.n++
+}
+
+// pgManifestFile is a file as PostgreSQL's backup_manifest lists it.
+type pgManifestFile struct {
+	Path        string `json:"Path"`
+	EncodedPath string `json:"Encoded-Path"`
+	Size        int64  `json:"Size"`
+	Algorithm   string `json:"Checksum-Algorithm"`
+	Checksum    string `json:"Checksum"`
+}
+
+// eachPGManifestFile decodes the Files of PostgreSQL's backup_manifest
+// one at a time.
+func eachPGManifestFile(r io.Reader, fn func(path string, f pgManifestFile) error) error {
+	dec := json.NewDecoder(bufio.NewReaderSize(r, 256<<10))
+	bad := func(err error) error { return fmt.Errorf("PostgreSQL's backup_manifest: %w", err) }
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return bad(fmt.Errorf("not a JSON object (%v)", err))
 	}
-	if err := json.Unmarshal(raw, &man); err != nil {
-		return fmt.Errorf("PostgreSQL's backup_manifest: %w", err)
-	}
-	type sums struct {
-		size        int64
-		sha256, crc string
-	}
-	listed := map[string]sums{}
-	for _, f := range man.Files {
-		p := f.Path
-		if f.EncodedPath != "" {
-			b, err := hex.DecodeString(f.EncodedPath)
-			if err != nil {
-				return fmt.Errorf("PostgreSQL's backup_manifest: Encoded-Path %q", f.EncodedPath)
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return bad(err)
+		}
+		if key != "Files" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return bad(err)
 			}
-			p = string(b)
+			continue
 		}
-		w := sums{size: f.Size}
-		switch strings.ToUpper(f.Algorithm) {
-		case "SHA256":
-			w.sha256 = strings.ToLower(f.Checksum)
-		case "CRC32C":
-			w.crc = strings.ToLower(f.Checksum)
-		default:
-			return fmt.Errorf("PostgreSQL's backup_manifest has %s checksums, which Cellar does not check", f.Algorithm)
+		if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+			return bad(fmt.Errorf("its Files member is not an array (%v)", err))
 		}
-		listed[p] = w
-	}
-	got := map[string]sums{}
-	for _, r := range records {
-		if r.Type == catalog.TypeFile {
-			got[r.Path] = sums{r.Size, r.SHA256, crcs[r.Path]}
+		for dec.More() {
+			var f pgManifestFile
+			if err := dec.Decode(&f); err != nil {
+				return bad(err)
+			}
+			p := f.Path
+			if f.EncodedPath != "" {
+				b, err := hex.DecodeString(f.EncodedPath)
+				if err != nil {
+					return bad(fmt.Errorf("Encoded-Path %q", f.EncodedPath))
+				}
+				p = string(b)
+			}
+			switch strings.ToUpper(f.Algorithm) {
+			case "CRC32C":
+				f.Checksum = strings.ToLower(f.Checksum)
+			default:
+				return fmt.Errorf("PostgreSQL's backup_manifest has %s checksums, where Cellar asks for CRC32C", f.Algorithm)
+			}
+			if err := fn(p, f); err != nil {
+				return err
+			}
 		}
-	}
-	for _, f := range small {
-		if f.data != nil { // received (maybe empty: the tablespace_map of a cluster without tablespaces)
-			got[f.name] = sums{int64(len(f.data)), sha256Hex(f.data), crcHex(crc32.Checksum(f.data, castagnoli))}
-		}
-	}
-	for p, g := range got {
-		w, ok := listed[p]
-		switch {
-		case !ok:
-			return fmt.Errorf("file %s was streamed but is not in PostgreSQL's backup_manifest", p)
-		case w.size != g.size:
-			return fmt.Errorf("file %s: %d bytes streamed, PostgreSQL's backup_manifest says %d: damaged in transit", p, g.size, w.size)
-		case w.sha256 != "" && w.sha256 != g.sha256, w.crc != "" && w.crc != g.crc:
-			return fmt.Errorf("file %s: its checksum differs from PostgreSQL's backup_manifest: damaged in transit", p)
-		}
-	}
-	for p := range listed {
-		if _, ok := got[p]; !ok {
-			return fmt.Errorf("file %s is in PostgreSQL's backup_manifest but was not streamed", p)
+		if _, err := dec.Token(); err != nil {
+			return bad(err)
 		}
 	}
 	return nil
+}
+
+// checkPGManifest checks the files received against PostgreSQL's
+// backup_manifest: the same files, sizes and checksums (CRC-32C). The
+// sums are compared first; only when they differ are both read again to
+// name the file.
+func (s *streamWriter) checkPGManifest(pgm *os.File) error {
+	if err := s.seenBuf.Flush(); err != nil {
+		return err
+	}
+	var listed manifestSum
+	if _, err := pgm.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	err := eachPGManifestFile(pgm, func(p string, f pgManifestFile) error {
+		listed.add(p, f.Size, f.Checksum)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if listed == s.sum {
+		return nil
+	}
+	return s.namePGManifestDifference(pgm)
+}
+
+// namePGManifestDifference finds a file where what was received and
+// PostgreSQL's backup_manifest differ. It holds the manifest's files in
+// memory: it runs only when the backup fails.
+func (s *streamWriter) namePGManifestDifference(pgm *os.File) error {
+	if _, err := pgm.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	listed := map[string]pgManifestFile{}
+	err := eachPGManifestFile(pgm, func(p string, f pgManifestFile) error {
+		listed[p] = f
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := s.seen.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bufio.NewReader(s.seen))
+	for {
+		var got struct {
+			path, crc string
+			size      int64
+		}
+		var row []any
+		if err := dec.Decode(&row); err == io.EOF {
+			break
+		} else if err != nil || len(row) != 4 {
+			return fmt.Errorf("reading back the files received: %v", err)
+		}
+		got.path, _ = row[0].(string)
+		size, _ := row[1].(float64)
+		got.size = int64(size)
+		got.crc, _ = row[3].(string)
+		w, ok := listed[got.path]
+		switch {
+		case !ok:
+			return fmt.Errorf("file %s was streamed but is not in PostgreSQL's backup_manifest", got.path)
+		case w.Size != got.size:
+			return fmt.Errorf("file %s: %d bytes streamed, PostgreSQL's backup_manifest says %d: damaged in transit", got.path, got.size, w.Size)
+		case w.Checksum != got.crc:
+			return fmt.Errorf("file %s: its checksum differs from PostgreSQL's backup_manifest: damaged in transit", got.path)
+		}
+		delete(listed, got.path)
+	}
+	for p := range listed {
+		return fmt.Errorf("file %s is in PostgreSQL's backup_manifest but was not streamed", p)
+	}
+	return errors.New("the files streamed differ from PostgreSQL's backup_manifest")
+}
+
+// tempFile creates a temporary file and unlinks it at once: it goes away
+// when closed, and a killed run leaves nothing behind.
+func tempFile() (*os.File, error) {
+	f, err := os.CreateTemp("", "cellar-stream-*")
+	if err != nil {
+		return nil, fmt.Errorf("a temporary file: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// spool copies r to an unlinked temporary file.
+func spool(r io.Reader) (*os.File, error) {
+	f, err := tempFile()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

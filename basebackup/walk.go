@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -52,28 +51,28 @@ type entry struct {
 	abs string // where to read it
 }
 
-// scan lists what to back up of the data directory and the tablespaces:
-// directories (all of them, so the empty ones PostgreSQL needs come back),
-// regular files and symlinks. Tablespaces are recorded under
-// pg_tblspc/<oid>/.
-func scan(pgdata string, tablespaces []catalog.Tablespace) ([]entry, error) {
-	var out []entry
+// walk calls emit for what to back up of the data directory and the
+// tablespaces, in path order (catalog.ComparePaths): directories (all of
+// them, so the empty ones PostgreSQL needs come back), regular files and
+// symlinks. Tablespaces are recorded under pg_tblspc/<oid>/. It holds the
+// names of one directory at a time and of the directories above it, never
+// the whole tree.
+func walk(pgdata string, tablespaces []catalog.Tablespace, emit func(entry) error) error {
 	spc := map[string]catalog.Tablespace{}
 	for _, t := range tablespaces {
 		spc["pg_tblspc/"+strconv.FormatUint(uint64(t.OID), 10)] = t
 	}
-	var walk func(abs, rel string, top bool) error
-	walk = func(abs, rel string, top bool) error {
-		ents, err := os.ReadDir(abs)
+	var dir func(abs, rel string, top bool) error
+	dir = func(abs, rel string, top bool) error {
+		names, err := readNames(abs)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && !top {
 				return nil // a directory dropped while we read
 			}
 			return fmt.Errorf("reading %s: %w", abs, err)
 		}
-		unlogged := unloggedRelations(ents)
-		for _, de := range ents {
-			name := de.Name()
+		unlogged := unloggedRelations(names)
+		for _, name := range names {
 			r := name
 			if rel != "" {
 				r = rel + "/" + name
@@ -90,6 +89,15 @@ func scan(pgdata string, tablespaces []catalog.Tablespace) ([]entry, error) {
 				return fmt.Errorf("reading %s: %w", a, err)
 			}
 			e := entry{File: catalog.File{Path: r, Mode: uint32(info.Mode().Perm()), MTime: info.ModTime().UTC()}, abs: a}
+			emptyDir := func() error {
+				if err := emit(e); err != nil {
+					return err
+				}
+				if name == "pg_wal" {
+					return emit(entry{File: catalog.File{Path: "pg_wal/archive_status", Type: catalog.TypeDir, Mode: 0o700, MTime: e.MTime}})
+				}
+				return nil
+			}
 			switch {
 			case info.Mode()&fs.ModeSymlink != 0:
 				target, err := os.Readlink(a)
@@ -105,45 +113,66 @@ func scan(pgdata string, tablespaces []catalog.Tablespace) ([]entry, error) {
 						return fmt.Errorf("tablespace %s at %s: %w", t.Name, t.Location, err)
 					}
 					e.Type, e.Mode = catalog.TypeDir, uint32(st.Mode().Perm())
-					out = append(out, e)
-					if err := walk(a, r, false); err != nil {
+					if err := emit(e); err != nil {
+						return err
+					}
+					if err := dir(a, r, false); err != nil {
 						return err
 					}
 				case rel == "" && excludeContents[name]:
 					// pg_wal elsewhere: an empty directory here.
 					e.Type, e.Mode = catalog.TypeDir, 0o700
-					out = append(out, e)
-					if name == "pg_wal" {
-						out = append(out, entry{File: catalog.File{Path: "pg_wal/archive_status", Type: catalog.TypeDir, Mode: 0o700, MTime: e.MTime}})
+					if err := emptyDir(); err != nil {
+						return err
 					}
 				default:
 					e.Type, e.Link = catalog.TypeSymlink, target
-					out = append(out, e)
+					if err := emit(e); err != nil {
+						return err
+					}
 				}
 			case info.IsDir():
 				e.Type = catalog.TypeDir
-				out = append(out, e)
 				if rel == "" && excludeContents[name] {
-					if name == "pg_wal" {
-						out = append(out, entry{File: catalog.File{Path: "pg_wal/archive_status", Type: catalog.TypeDir, Mode: 0o700, MTime: e.MTime}})
+					if err := emptyDir(); err != nil {
+						return err
 					}
 					continue
 				}
-				if err := walk(a, r, false); err != nil {
+				if err := emit(e); err != nil {
+					return err
+				}
+				if err := dir(a, r, false); err != nil {
 					return err
 				}
 			case info.Mode().IsRegular():
 				e.Type, e.Size = catalog.TypeFile, info.Size()
-				out = append(out, e)
+				if err := emit(e); err != nil {
+					return err
+				}
 			}
 			// Sockets, pipes and devices have no place in a data directory.
 		}
 		return nil
 	}
-	if err := walk(pgdata, "", true); err != nil {
+	return dir(pgdata, "", true)
+}
+
+// readNames returns the sorted names in a directory: only names, so that
+// a database of a million relations costs tens of megabytes, not the
+// hundreds a full directory listing would.
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // skip reports whether the entry name of directory rel stays out.
@@ -165,10 +194,10 @@ func skip(rel, name string, unlogged map[string]bool) bool {
 // unloggedRelations returns the relfilenodes of a database directory that
 // have an init fork: unlogged relations, whose other forks PostgreSQL
 // resets at recovery and a backup leaves out.
-func unloggedRelations(ents []os.DirEntry) map[string]bool {
+func unloggedRelations(names []string) map[string]bool {
 	var m map[string]bool
-	for _, de := range ents {
-		if node, ok := strings.CutSuffix(de.Name(), "_init"); ok && isDigits(node) {
+	for _, name := range names {
+		if node, ok := strings.CutSuffix(name, "_init"); ok && isDigits(node) {
 			if m == nil {
 				m = map[string]bool{}
 			}
@@ -199,25 +228,4 @@ func isDigits(s string) bool {
 		}
 	}
 	return true
-}
-
-// plan orders the regular files for the part writers: the largest first,
-// so that the last files to be read are small ones and the parts finish
-// together.
-func plan(ents []entry) (files, others []entry) {
-	for _, e := range ents {
-		if e.Type == catalog.TypeFile {
-			files = append(files, e)
-		} else {
-			others = append(others, e)
-		}
-	}
-	sort.SliceStable(files, func(i, j int) bool {
-		if files[i].Size != files[j].Size {
-			return files[i].Size > files[j].Size
-		}
-		return files[i].Path < files[j].Path
-	})
-	sort.SliceStable(others, func(i, j int) bool { return path.Clean(others[i].Path) < path.Clean(others[j].Path) })
-	return files, others
 }

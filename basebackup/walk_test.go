@@ -41,13 +41,16 @@ func TestScanLeavesOutWhatPostgreSQLSays(t *testing.T) {
 	}
 	os.Symlink("/etc/hosts", filepath.Join(pgdata, "some_link"))
 
-	ents, err := scan(pgdata, []catalog.Tablespace{{OID: 16385, Name: "extra", Location: spc}})
-	if err != nil {
+	var ents []entry
+	if err := walk(pgdata, []catalog.Tablespace{{OID: 16385, Name: "extra", Location: spc}}, func(e entry) error { ents = append(ents, e); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]string{}
 	for _, e := range ents {
 		got[e.Path] = e.Type
+	}
+	if !slices.IsSortedFunc(ents, func(a, b entry) int { return catalog.ComparePaths(a.Path, b.Path) }) {
+		t.Errorf("the walk is not in path order")
 	}
 	want := map[string]string{
 		"PG_VERSION": "file", "postgresql.auto.conf": "file", "global": "dir", "global/pg_control": "file",

@@ -73,8 +73,10 @@ func PartKey(server, id string, n int, c codec.Codec) string {
 }
 
 // ManifestVersion is the manifest schema this Cellar writes. It reads
-// every version up to this one.
-const ManifestVersion = 1
+// every version up to this one. Version 1 held every part and file in the
+// manifest; version 2 holds a summary and names the index of parts
+// (contents.go).
+const ManifestVersion = 2
 
 // Manifest describes one finished base backup. It is written after every
 // part it names is durable and after the WAL from BeginWAL to EndWAL is in
@@ -116,8 +118,11 @@ type Manifest struct {
 	Tablespaces   []Tablespace `json:"tablespaces"`
 	BackupLabel   string       `json:"backup_label"`
 	TablespaceMap string       `json:"tablespace_map,omitempty"`
-	Parts         []Part       `json:"parts"`
-	Files         []File       `json:"files"`
+	// PartCount is the number of parts; Index names the object that lists
+	// them (nil in a version 1 manifest, which lists them itself: read
+	// them with OpenContents).
+	PartCount int        `json:"part_count"`
+	Index     *ObjectRef `json:"index,omitempty"`
 }
 
 // Tablespace is a tablespace other than pg_default and pg_global. Its
@@ -139,6 +144,8 @@ type Part struct {
 	SHA256   string `json:"sha256"`
 	DataSize int64  `json:"data_size"`
 	Files    int    `json:"files"`
+	// List names the part's file list (version 2).
+	List *ObjectRef `json:"file_list,omitempty"`
 }
 
 // File types in a manifest.
@@ -160,9 +167,10 @@ type File struct {
 	SHA256 string `json:"sha256,omitempty"`
 	// Link is a symlink's target.
 	Link string `json:"link,omitempty"`
-	// Part is the number of the part that holds the entry, Offset where
-	// the file's data starts in that part's tar stream.
-	Part   int   `json:"part"`
+	// Part is the number of the part that holds the entry (implied by the
+	// list a version 2 entry is in), Offset where the file's data starts
+	// in that part's tar stream.
+	Part   int   `json:"part,omitempty"`
 	Offset int64 `json:"offset"`
 }
 
@@ -193,18 +201,41 @@ func WriteManifest(ctx context.Context, store cloud.Storage, m *Manifest) error 
 	return cloud.Create(ctx, store, ManifestKey(m.Server, m.ID), &buf, int64(buf.Len()))
 }
 
-// ReadManifest reads and checks a backup's manifest. A missing manifest
-// gives an error that wraps cloud.ErrNotExist.
+// ReadManifest reads and checks a backup's manifest: the summary, whatever
+// its version (OpenContents reads the parts and files). A missing
+// manifest gives an error that wraps cloud.ErrNotExist.
 func ReadManifest(ctx context.Context, store cloud.Storage, server, id string) (*Manifest, error) {
-	var m Manifest
-	if err := readManifestInto(ctx, store, ManifestKey(server, id), &m); err != nil {
+	var o manifestObject
+	if err := readManifestInto(ctx, store, ManifestKey(server, id), &o); err != nil {
 		return nil, err
 	}
+	m := o.summary()
 	if m.ID != id || m.Server != server {
 		return nil, fmt.Errorf("%s: %w: the manifest is of backup %s of server %s", ManifestKey(server, id), ErrCorrupt, m.ID, m.Server)
 	}
-	return &m, nil
+	return m, nil
 }
+
+// manifestObject is a manifest as stored. Of the parts and files that a
+// version 1 manifest also holds, only the parts are counted here.
+type manifestObject struct {
+	Manifest
+	V1Parts []struct{} `json:"parts"`
+	V1Files skipJSON   `json:"files"`
+}
+
+func (o *manifestObject) summary() *Manifest {
+	m := o.Manifest
+	if m.Version == 1 {
+		m.PartCount = len(o.V1Parts)
+	}
+	return &m
+}
+
+// skipJSON decodes any JSON value into nothing.
+type skipJSON struct{}
+
+func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
 
 func readManifestInto(ctx context.Context, store cloud.Storage, key string, v any) error {
 	js, err := readSmall(ctx, store, key, "manifest", maxManifest)
@@ -264,8 +295,8 @@ func WriteStarted(ctx context.Context, store cloud.Storage, s Started) error {
 // BackupInfo is one backup as the catalog lists it: the summary of its
 // manifest, or the marker of a backup that has none.
 type BackupInfo struct {
-	// Manifest is the backup's manifest without files and parts, or nil
-	// for a backup that did not finish.
+	// Manifest is the backup's manifest (the summary), or nil for a
+	// backup that did not finish.
 	Manifest *Manifest
 	Started  *Started
 	// Keep is set for a backup pinned with cellar keep.
@@ -286,13 +317,6 @@ func (b BackupInfo) Status() string {
 		return b.Manifest.Status
 	}
 	return b.Started.Status
-}
-
-// summary is the part of a manifest that a listing decodes.
-type summary struct {
-	Manifest
-	Files json.RawMessage `json:"files"`
-	Parts json.RawMessage `json:"parts"`
 }
 
 // ListBackups lists a server's backups, oldest first, from one paged
@@ -342,10 +366,9 @@ func ListBackups(ctx context.Context, store cloud.Storage, server string) ([]Bac
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			if ids[id].manifest {
-				var s summary
-				errs[i] = readManifestInto(ctx, store, ManifestKey(server, id), &s)
-				m := s.Manifest
-				out[i].Manifest = &m
+				var o manifestObject
+				errs[i] = readManifestInto(ctx, store, ManifestKey(server, id), &o)
+				out[i].Manifest = o.summary()
 				return
 			}
 			var s Started

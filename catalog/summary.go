@@ -107,7 +107,7 @@ func SummaryOf(m *Manifest) Summary {
 		PGData: m.PGData, SystemIdentifier: fmt.Sprint(m.SystemIdentifier), Standby: m.Standby, Timeline: m.Timeline,
 		BeginWAL: m.BeginWAL, EndWAL: m.EndWAL, BeginLSN: m.BeginLSN, EndLSN: m.EndLSN,
 		DataSize: m.DataSize, StoredSize: m.StoredSize, Ratio: m.Ratio(), Compression: m.Compression,
-		Files: m.FileCount, Parts: len(m.Parts), Tablespaces: m.Tablespaces, Host: m.Host, CellarVer: m.CellarVersion,
+		Files: m.FileCount, Parts: m.PartCount, Tablespaces: m.Tablespaces, Host: m.Host, CellarVer: m.CellarVersion,
 	}
 }
 

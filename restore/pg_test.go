@@ -77,8 +77,8 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
-	if m.Status != catalog.StatusDone || len(m.Parts) < 2 || m.FileCount == 0 {
-		t.Fatalf("backup manifest: status %s, %d parts, %d files", m.Status, len(m.Parts), m.FileCount)
+	if m.Status != catalog.StatusDone || m.PartCount < 2 || m.FileCount == 0 {
+		t.Fatalf("backup manifest: status %s, %d parts, %d files", m.Status, m.PartCount, m.FileCount)
 	}
 	src.Exec(t, "INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 20100) g")
 	last := src.SwitchWAL(t)
@@ -100,12 +100,13 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	if res.Files != full.FileCount || res.Parts != len(full.Parts) {
-		t.Errorf("restore: %d files from %d parts, the backup has %d in %d", res.Files, res.Parts, full.FileCount, len(full.Parts))
+	if res.Files != full.FileCount || res.Parts != full.PartCount {
+		t.Errorf("restore: %d files from %d parts, the backup has %d in %d", res.Files, res.Parts, full.FileCount, full.PartCount)
 	}
 	// Every regular file is the backup's, by its SHA-256, but the
 	// configuration restore adds the recovery settings to.
-	for _, f := range full.Files {
+	_, files := pgtest.Contents(t, store, full)
+	for _, f := range files {
 		if f.Type != catalog.TypeFile || f.Path == "postgresql.auto.conf" {
 			continue
 		}

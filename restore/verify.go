@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"sync"
 
 	"github.com/cellar-backup/cellar/catalog"
-	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/pg"
 )
@@ -62,29 +60,35 @@ func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 		res.Problems = append(res.Problems, Problem{obj, err.Error()})
 		mu.Unlock()
 	}
-	byPart := map[int]map[string]*catalog.File{}
-	for i := range m.Files {
-		f := &m.Files[i]
-		if byPart[f.Part] == nil {
-			byPart[f.Part] = map[string]*catalog.File{}
+	c, err := catalog.OpenContents(ctx, o.Store, m)
+	if err != nil {
+		if ctx.Err() != nil || !errors.Is(err, catalog.ErrCorrupt) && !errors.Is(err, cloud.ErrNotExist) {
+			return res, err
 		}
-		byPart[f.Part][f.Path] = f
+		key := catalog.ManifestKey(m.Server, m.ID)
+		if m.Index != nil {
+			key = m.Index.Key
+		}
+		add(key, err)
+		return res, nil
 	}
+	parts := c.Parts()
 	var total int64
-	for _, p := range m.Parts {
+	for _, p := range parts {
 		total += p.DataSize
 	}
 	o.Progress.Start(total)
-	queue := make(chan catalog.Part, len(m.Parts))
-	for _, p := range m.Parts {
+	queue := make(chan catalog.Part, len(parts))
+	for _, p := range parts {
 		queue <- p
 	}
 	close(queue)
 	var wg sync.WaitGroup
 	for range max(1, o.Parallel) {
 		wg.Go(func() {
+			buf := make([]byte, 256<<10)
 			for p := range queue {
-				n, err := verifyPart(ctx, o.Store, m, p, byPart[p.Number], o.Progress)
+				n, err := verifyPart(ctx, o.Store, c, m, p, buf, o.Progress)
 				mu.Lock()
 				res.Parts++
 				res.Files += n
@@ -107,69 +111,33 @@ func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 	return res, nil
 }
 
-// verifyPart reads one part to its end and checks every entry in it.
-func verifyPart(ctx context.Context, store cloud.Storage, m *catalog.Manifest, p catalog.Part, want map[string]*catalog.File, prog catalog.Progress) (int, error) {
-	rc, err := store.Get(ctx, p.Key)
-	if err != nil {
-		return 0, err
-	}
-	defer rc.Close()
-	stored := &hashingReader{r: rc, h: sha256.New()}
-	zr, err := codec.Codec(m.Compression).NewReader(stored)
-	if err != nil {
-		return 0, err
-	}
-	defer zr.Close()
-	tr := tar.NewReader(zr)
-	seen := map[string]bool{}
+// verifyPart reads one part to its end and checks every entry in it
+// against its file list, and returns the number of entries checked.
+func verifyPart(ctx context.Context, store cloud.Storage, c *catalog.Contents, m *catalog.Manifest, p catalog.Part, buf []byte, prog catalog.Progress) (int, error) {
 	var bad []string
-	buf := make([]byte, 256<<10)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return len(seen), fmt.Errorf("%w: %v", catalog.ErrCorrupt, err)
-		}
-		name := strings.TrimSuffix(hdr.Name, "/")
-		f, ok := want[name]
-		if !ok {
-			bad = append(bad, name+": in the part but not in the manifest")
-			continue
-		}
-		seen[name] = true
+	n := 0
+	err := eachEntry(ctx, store, c, m, p, func(f *catalog.File, tr *tar.Reader) error {
+		n++
 		if f.Type != catalog.TypeFile {
-			continue
+			return nil
 		}
 		h := sha256.New()
-		n, err := io.CopyBuffer(io.MultiWriter(h, progressWriter{prog}), tr, buf)
+		size, err := io.CopyBuffer(io.MultiWriter(h, progressWriter{prog}), tr, buf)
 		if err != nil {
-			return len(seen), fmt.Errorf("%w: %s: %v", catalog.ErrCorrupt, name, err)
+			return fmt.Errorf("%w: %s: %v", catalog.ErrCorrupt, f.Path, err)
 		}
-		if got := hex.EncodeToString(h.Sum(nil)); n != f.Size || got != f.SHA256 {
-			bad = append(bad, fmt.Sprintf("%s: %d bytes with sha256 %s, the manifest records %d bytes with %s", name, n, got, f.Size, f.SHA256))
+		if err := checkFile(f, size, h); err != nil {
+			bad = append(bad, strings.TrimPrefix(err.Error(), catalog.ErrCorrupt.Error()+": "))
 		}
-	}
-	if _, err := io.Copy(io.Discard, zr); err != nil {
-		return len(seen), fmt.Errorf("%w: %v", catalog.ErrCorrupt, err)
-	}
-	if _, err := io.Copy(io.Discard, stored); err != nil {
-		return len(seen), err
-	}
-	for name := range want {
-		if !seen[name] {
-			bad = append(bad, name+": missing from the part")
-		}
-	}
-	if got := hex.EncodeToString(stored.h.Sum(nil)); stored.n != p.Size || got != p.SHA256 {
-		bad = append(bad, fmt.Sprintf("the part has %d bytes with sha256 %s, the manifest records %d bytes with %s", stored.n, got, p.Size, p.SHA256))
+		return nil
+	})
+	if err != nil {
+		bad = append(bad, strings.TrimPrefix(err.Error(), catalog.ErrCorrupt.Error()+": "))
 	}
 	if len(bad) > 0 {
-		sort.Strings(bad)
-		return len(seen), fmt.Errorf("%w: %s", catalog.ErrCorrupt, strings.Join(bad, "; "))
+		return n, fmt.Errorf("%w: %s", catalog.ErrCorrupt, strings.Join(bad, "; "))
 	}
-	return len(seen), nil
+	return n, nil
 }
 
 // verifyWAL checks the backup's WAL, segment by segment, reading each one

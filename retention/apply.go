@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"sort"
 	"strings"
 	"sync"
@@ -29,6 +30,9 @@ type RemovedBackup struct {
 	Reason string `json:"reason"`
 	Parts  int    `json:"parts"`
 	Bytes  int64  `json:"bytes"`
+	// Objects counts the parts, their file lists, the index and the
+	// manifest.
+	Objects int `json:"-"`
 }
 
 // InputOf is what Decide needs of a catalog read with its WAL: each
@@ -79,7 +83,7 @@ func Execute(ctx context.Context, store cloud.Storage, server string, p Plan, wa
 		}
 		r.Backups = append(r.Backups, rb)
 		r.Bytes += rb.Bytes
-		r.Objects += rb.Parts + 1
+		r.Objects += rb.Objects
 	}
 	var keys []string
 	for _, name := range p.WAL {
@@ -109,16 +113,20 @@ func RemoveBackup(ctx context.Context, store cloud.Storage, server, id, reason s
 
 func removeBackup(ctx context.Context, store cloud.Storage, server, id, reason string, dryRun bool) (RemovedBackup, error) {
 	rb := RemovedBackup{ID: id, Reason: reason}
-	var parts []string
+	var parts []string // and file lists and the index
 	err := store.List(ctx, catalog.PartsPrefix(server, id), func(o cloud.ObjectInfo) error {
 		parts = append(parts, o.Key)
 		rb.Bytes += o.Size
+		rb.Objects++
+		if strings.Contains(path.Base(o.Key), ".tar") {
+			rb.Parts++
+		}
 		return nil
 	})
 	if err != nil {
 		return rb, err
 	}
-	rb.Parts = len(parts)
+	rb.Objects++ // the manifest
 	if dryRun {
 		return rb, nil
 	}

@@ -24,6 +24,7 @@ type Counting struct {
 	puts, creates, gets, stats, deletes map[string]int
 	lists, listed                       int
 	inFlight, maxGets                   int
+	read                                int64
 }
 
 // NewCounting wraps s.
@@ -73,7 +74,32 @@ func (c *Counting) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		c.mu.Unlock()
 	}()
 	time.Sleep(c.GetDelay)
-	return c.Storage.Get(ctx, key)
+	rc, err := c.Storage.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return &countingReader{ReadCloser: rc, c: c}, nil
+}
+
+// countingReader counts the bytes read from an object.
+type countingReader struct {
+	io.ReadCloser
+	c *Counting
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	r.c.mu.Lock()
+	r.c.read += int64(n)
+	r.c.mu.Unlock()
+	return n, err
+}
+
+// BytesRead is the number of bytes read from every object got.
+func (c *Counting) BytesRead() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.read
 }
 
 func (c *Counting) List(ctx context.Context, prefix string, fn func(cloud.ObjectInfo) error) error {

@@ -202,7 +202,8 @@ func TestVerifyFindsDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			// One byte of a part.
-			part := m.Parts[0].Key
+			parts, _ := pgtest.Contents(t, store, m)
+			part := parts[0].Key
 			damage(t, store, part)
 			r = cellar(t, env, "--config", conf, "verify", "main", "latest")
 			if r.code != 1 || !strings.Contains(r.stdout, "FAILED "+part) {

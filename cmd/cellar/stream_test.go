@@ -486,7 +486,8 @@ func TestStreamBackup(t *testing.T) {
 		t.Fatalf("manifest: %v, method %q, tablespaces %+v", err, m.Method, m.Tablespaces)
 	}
 	hasPGManifest := false
-	for _, f := range m.Files {
+	_, files := pgtest.Contents(t, openRepository(t, conf, env), m)
+	for _, f := range files {
 		hasPGManifest = hasPGManifest || f.Path == "backup_manifest"
 	}
 	if !hasPGManifest {

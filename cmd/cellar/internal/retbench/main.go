@@ -138,8 +138,8 @@ func main() {
 	}
 	for i, id := range ids {
 		jobs <- func() error {
-			m := manifest(i, id, days[i])
-			for _, p := range m.Parts {
+			m, parts := manifest(i, id, days[i])
+			for _, p := range parts {
 				if err := put(p.Key, []byte("part "+p.Key))(); err != nil {
 					return err
 				}
@@ -300,8 +300,8 @@ retention_policy = %s
 }
 
 // manifest is backup i's manifest: a day's backup of segments 250*i to
-// 250*i+1, with two parts.
-func manifest(i int, id string, day time.Time) *catalog.Manifest {
+// 250*i+1, with two parts (which retention only lists and deletes).
+func manifest(i int, id string, day time.Time) (*catalog.Manifest, []catalog.Part) {
 	m := &catalog.Manifest{
 		Version: catalog.ManifestVersion, ID: id, Server: server, Status: catalog.StatusDone,
 		SystemIdentifier: 7340000000000000001, PGVersion: 150000, PGVersionString: "15.0",
@@ -311,14 +311,16 @@ func manifest(i int, id string, day time.Time) *catalog.Manifest {
 		BeginTime: day, EndTime: day.Add(10 * time.Minute),
 		Label: "retbench", Compression: string(codec.Zstd), CellarVersion: "retbench", Host: "retbench",
 	}
+	var parts []catalog.Part
 	for n := 1; n <= 2; n++ {
 		k := catalog.PartKey(server, id, n, codec.Zstd)
 		size := int64(len("part " + k))
-		m.Parts = append(m.Parts, catalog.Part{Number: n, Key: k, Size: size, DataSize: 10240, Files: 1})
+		parts = append(parts, catalog.Part{Number: n, Key: k, Size: size, DataSize: 10240, Files: 1})
 		m.StoredSize += size
 		m.DataSize += 10240
 	}
-	return m
+	m.PartCount = len(parts)
+	return m, parts
 }
 
 // inventory is what a direct listing of the bucket finds.
