@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
 	"testing"
+
+	"github.com/cellar-backup/cellar/catalog"
 )
 
 // TestManyFiles: a cluster of many relations (CELLARTEST_MANY_FILES
@@ -46,6 +49,16 @@ func TestManyFiles(t *testing.T) {
 	// A table with a primary key is at least its heap and its index.
 	if rows[0].Files < 2*tables {
 		t.Fatalf("the backup has %d files, fewer than two for each of %d tables", rows[0].Files, tables)
+	}
+	// The catalog's read of a backup does not grow with its files.
+	store := openRepository(t, conf, env)
+	info, err := store.Stat(context.Background(), catalog.ManifestKey("main", rows[0].ID))
+	if err != nil || info.Size >= 64<<10 {
+		t.Fatalf("the manifest of a backup of %d files: %d bytes, %v", rows[0].Files, info.Size, err)
+	}
+	m, err := catalog.ReadManifest(context.Background(), store, "main", rows[0].ID)
+	if err != nil || m.PartCount < 2 || m.FileCount != rows[0].Files {
+		t.Fatalf("manifest: %v, %d parts, %d files", err, m.PartCount, m.FileCount)
 	}
 	if r := cellar(t, env, "--config", conf, "verify", "main", "latest"); r.code != 0 {
 		t.Fatalf("verify: exit %d: %s%s", r.code, r.stdout, r.stderr)
