@@ -1,9 +1,12 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +18,7 @@ import (
 	"github.com/cellar-backup/cellar/basebackup"
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
 	"github.com/cellar-backup/cellar/internal/pgtest"
 	"github.com/cellar-backup/cellar/restore"
@@ -121,6 +125,33 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 		}
 	}
 
+	// The same backup as Cellar 1.0 stored it (version 1: parts and
+	// files in the manifest, no index, no file lists) restores and
+	// verifies to the same bytes.
+	v1, m1 := asVersion1(t, store, full)
+	dest1 := filepath.Join(src.MakeDir("restored-v1"), "data")
+	res1, err := restore.Run(ctx, restore.Options{Store: v1, Manifest: m1, Dest: dest1, Parallel: 2})
+	if err != nil || res1.Files != full.FileCount || res1.Parts != full.PartCount {
+		t.Fatalf("restore of the version 1 backup: %+v %v", res1, err)
+	}
+	for _, f := range files {
+		if f.Type != catalog.TypeFile {
+			continue
+		}
+		r, err := os.Open(filepath.Join(dest1, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sum, err := catalog.Digest(r)
+		r.Close()
+		if err != nil || sum != f.SHA256 {
+			t.Fatalf("%s restored from the version 1 backup differs (%v)", f.Path, err)
+		}
+	}
+	if vr, err := restore.Verify(ctx, restore.VerifyOptions{Store: v1, Manifest: m1, Parallel: 2}); err != nil || len(vr.Problems) > 0 || vr.Files == 0 {
+		t.Fatalf("verify of the version 1 backup: %+v %v", vr, err)
+	}
+
 	restored := pgtest.Restore(t, dest, "", pgtest.Options{})
 	restored.WaitPromoted(t, 2*time.Minute)
 	if n := restored.QueryInt64(t, "SELECT count(*) FROM t"); n != 20100 {
@@ -133,6 +164,58 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 	if out, err := pgtest.RunAsServerUser(t, pgtest.Bin("pg_amcheck"), "-h", restored.Host(), "-p", strconv.Itoa(restored.Port()), "-U", restored.User(), "--all", "--install-missing", "--heapallindexed"); err != nil {
 		t.Fatalf("pg_amcheck on the restored server: %v\n%s", err, out)
 	}
+}
+
+// asVersion1 copies a backup's repository into a new store with the
+// backup's manifest rewritten as version 1 held it, parts and files in it,
+// and without its index and file lists.
+func asVersion1(t *testing.T, store *mem.Storage, m *catalog.Manifest) (*mem.Storage, *catalog.Manifest) {
+	t.Helper()
+	ctx := context.Background()
+	parts, files := pgtest.Contents(t, store, m)
+	out := mem.New(nil)
+	err := store.List(ctx, "", func(o cloud.ObjectInfo) error {
+		if o.Key == catalog.ManifestKey(m.Server, m.ID) || o.Key == m.Index.Key || strings.HasSuffix(o.Key, ".files") {
+			return nil
+		}
+		rc, err := store.Get(ctx, o.Key)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		return out.Put(ctx, o.Key, rc, o.Size)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := *m
+	v1.Version, v1.Index, v1.PartCount = 1, nil, 0
+	for i := range parts {
+		parts[i].List = nil
+	}
+	slices.SortFunc(files, func(a, b catalog.File) int { return strings.Compare(a.Path, b.Path) })
+	js, err := json.Marshal(struct {
+		catalog.Manifest
+		Parts []catalog.Part `json:"parts"`
+		Files []catalog.File `json:"files"`
+	}{v1, parts, files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := catalog.Header{Type: "manifest", Name: m.ID, Codec: codec.Zstd}
+	h.Size, h.SHA256, _ = catalog.Digest(bytes.NewReader(js))
+	var obj bytes.Buffer
+	if err := catalog.Encode(&obj, h, 0, bytes.NewReader(js)); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Put(ctx, catalog.ManifestKey(m.Server, m.ID), &obj, int64(obj.Len())); err != nil {
+		t.Fatal(err)
+	}
+	got, err := catalog.ReadManifest(ctx, out, m.Server, m.ID)
+	if err != nil || got.Version != 1 || got.PartCount != len(parts) {
+		t.Fatalf("the version 1 manifest reads back as %+v, %v", got, err)
+	}
+	return out, got
 }
 
 func dumpall(t *testing.T, c *pgtest.Cluster) string {
