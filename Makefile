@@ -100,7 +100,14 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # three runs. Then full base backups side by side with pgBackRest
 # (testdata/bench-backup.sh): pgbench scale 100 and a 6-million-row mixed
 # table, cellar zstd and s2 against pgBackRest zst level 1, interleaved,
-# page cache dropped before each run, medians of three runs.
+# page cache dropped before each run, medians of three runs. Then many
+# files side by side with pgBackRest (testdata/bench-manyfiles.sh): 50,000
+# one-row tables, about 300,000 files (BENCH_MANY_FILES=250000 for over a
+# million, about 1.5 million), to local repositories: cellar backup --fast,
+# restore and verify against pgbackrest backup and restore, interleaved,
+# page cache dropped before each command, medians of three runs of wall
+# time and peak RSS; then the bytes cellar list-backups reads from the
+# repository per backup, counted by strace.
 #
 # Then `cellar retention` on a synthetic MinIO repository of 200 backups
 # and 50,000 WAL objects (cmd/cellar/internal/retbench): wall time and
@@ -117,6 +124,7 @@ bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	$(GO) build -o bin/walbench ./cmd/cellar/internal/walbench
 	testdata/bench-wal.sh $(TOOLS) bin/cellar bin/walbench 100 3
 	testdata/bench-backup.sh $(TOOLS) bin/cellar 3
+	testdata/bench-manyfiles.sh $(TOOLS) bin/cellar 3
 	$(GO) build -o bin/retbench ./cmd/cellar/internal/retbench
 	CELLARTEST_SERVERS=s3 testdata/servers.sh $(TOOLS) bin/retbench bin/cellar
 	testdata/bench-stream.sh $(TOOLS) bin/cellar 3
