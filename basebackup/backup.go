@@ -5,7 +5,7 @@
 package basebackup
 
 import (
-	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -336,32 +336,33 @@ type smallFile struct {
 // parts extracted with tar make a data directory ready for recovery.
 // Empty files given are left out.
 func (b *backup) writeMeta(ctx context.Context, small []smallFile) (catalog.Part, error) {
-	n := b.nextPart()
-	p, err := b.openPart(ctx, n)
+	p, err := b.openPart(ctx, b.nextPart())
 	if err != nil {
 		return catalog.Part{}, err
 	}
 	now := b.o.Now().UTC()
+	buf := make([]byte, 256<<10)
 	for _, f := range small {
-		var rec catalog.File
-		switch {
-		case f.spool != nil:
-			rec, err = p.addSpool(f.name, f.spool, now)
-		case len(f.data) == 0:
+		var r io.Reader = bytes.NewReader(f.data)
+		size := int64(len(f.data))
+		if f.spool != nil {
+			if size, err = f.spool.Seek(0, io.SeekEnd); err == nil {
+				_, err = f.spool.Seek(0, io.SeekStart)
+			}
+			r = f.spool
+		}
+		if err == nil && size == 0 {
 			continue
-		default:
-			rec, err = p.addBytes(f.name, f.data, now)
 		}
 		if err == nil {
-			err = p.record(rec)
+			err = p.addReader(catalog.File{Path: f.name, Size: size, Mode: 0o600, MTime: now}, r, buf, func(int64) {}, false)
 		}
 		if err != nil {
 			p.abort(err)
 			return catalog.Part{}, err
 		}
-		b.tally(rec)
 	}
-	return p.finish(ctx, b.o.Store, catalog.FileListKey(b.o.Server, b.id, n))
+	return p.finish(ctx)
 }
 
 // waitWAL waits until the WAL from the start to the stop segment is in the
@@ -411,37 +412,4 @@ func (b *backup) waitWAL(ctx context.Context, srv *Server, timeline uint32, star
 		}
 	}
 	return nil
-}
-
-// addSpool writes a file spooled to a temporary file.
-func (p *partWriter) addSpool(name string, f *os.File, mtime time.Time) (catalog.File, error) {
-	size, err := f.Seek(0, io.SeekEnd)
-	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		return catalog.File{}, err
-	}
-	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, ModTime: mtime, Typeflag: tar.TypeReg}
-	if err := p.tw.WriteHeader(hdr); err != nil {
-		return catalog.File{}, err
-	}
-	rec := catalog.File{Path: name, Type: catalog.TypeFile, Size: size, Mode: 0o600, MTime: mtime, Part: p.number, Offset: p.raw.n}
-	rec.SHA256, err = p.copyBody(rec, f, make([]byte, 256<<10), func(int64) {}, false)
-	p.files++
-	return rec, err
-}
-
-// addBytes writes a small file held in memory.
-func (p *partWriter) addBytes(name string, data []byte, mtime time.Time) (catalog.File, error) {
-	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), ModTime: mtime, Typeflag: tar.TypeReg}
-	if err := p.tw.WriteHeader(hdr); err != nil {
-		return catalog.File{}, err
-	}
-	rec := catalog.File{Path: name, Type: catalog.TypeFile, Size: int64(len(data)), Mode: 0o600, MTime: mtime, Part: p.number, Offset: p.raw.n, SHA256: sha256Hex(data)}
-	if _, err := p.tw.Write(data); err != nil {
-		return rec, err
-	}
-	p.files++
-	return rec, nil
 }

@@ -31,7 +31,7 @@ type partWriter struct {
 	pw     *io.PipeWriter
 	stored *counter // the compressed stream, as uploaded
 	put    chan error
-	files  int
+	b      *backup
 	list   *catalog.LinesWriter // the part's entries, in tar order
 }
 
@@ -54,7 +54,7 @@ func (c *counter) Write(p []byte) (int, error) {
 func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) {
 	key := catalog.PartKey(b.o.Server, b.id, number, b.o.Codec)
 	pr, pw := io.Pipe()
-	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), list: catalog.NewFileList(key)}
+	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), b: b, list: catalog.NewFileList(key)}
 	p.stored = &counter{w: pw, sum: sha256.New()}
 	zw, err := codec.NewParallelWriter(p.stored, b.o.Codec, b.o.Level, b.lim, 4)
 	if err != nil {
@@ -77,16 +77,17 @@ func (p *partWriter) abort(err error) {
 	<-p.put
 }
 
-// record adds an entry written to the part's file list; the list does not
-// repeat the part's number.
-func (p *partWriter) record(f catalog.File) error {
+// note adds an entry written to the part's file list (which does not
+// repeat the part's number) and to the backup's totals.
+func (p *partWriter) note(f catalog.File) error {
+	p.b.tally(f)
 	f.Part = 0
 	return p.list.Add(f)
 }
 
 // finish closes the tar and the compressed stream, waits until the part
-// is durable and then stores its file list under listKey.
-func (p *partWriter) finish(ctx context.Context, store cloud.Storage, listKey string) (catalog.Part, error) {
+// is durable and then stores its file list.
+func (p *partWriter) finish(ctx context.Context) (catalog.Part, error) {
 	err := p.tw.Close()
 	if err == nil {
 		err = p.zw.Close()
@@ -99,8 +100,9 @@ func (p *partWriter) finish(ctx context.Context, store cloud.Storage, listKey st
 	if err := <-p.put; err != nil {
 		return catalog.Part{}, fmt.Errorf("uploading %s: %w", p.key, err)
 	}
-	part := catalog.Part{Number: p.number, Key: p.key, Size: p.stored.n, SHA256: hex.EncodeToString(p.stored.sum.Sum(nil)), DataSize: p.raw.n, Files: p.files}
-	ref, err := p.list.Store(ctx, store, listKey)
+	part := catalog.Part{Number: p.number, Key: p.key, Size: p.stored.n, SHA256: hex.EncodeToString(p.stored.sum.Sum(nil)), DataSize: p.raw.n, Files: p.list.Len()}
+	listKey := catalog.FileListKey(p.b.o.Server, p.b.id, p.number)
+	ref, err := p.list.Store(ctx, p.b.o.Store, listKey)
 	if err != nil {
 		return part, fmt.Errorf("storing the file list %s: %w", listKey, err)
 	}
@@ -108,52 +110,60 @@ func (p *partWriter) finish(ctx context.Context, store cloud.Storage, listKey st
 	return part, nil
 }
 
-// add writes one entry to the part and returns its record, or ok false
-// when a regular file vanished before it was opened.
-func (p *partWriter) add(e entry, buf []byte, progress func(int64)) (catalog.File, bool, error) {
+// add writes one entry of the walk to the part and its file list; a
+// regular file that vanished before it was opened is left out.
+func (p *partWriter) add(e entry, buf []byte) error {
 	f := e.File
-	hdr := &tar.Header{Name: f.Path, Mode: int64(f.Mode), ModTime: f.MTime, Uname: "", Gname: ""}
+	if f.Type == catalog.TypeFile {
+		return p.addFile(e, buf)
+	}
+	hdr := &tar.Header{Name: f.Path, Mode: int64(f.Mode), ModTime: f.MTime}
 	switch f.Type {
 	case catalog.TypeDir:
 		hdr.Typeflag, hdr.Name = tar.TypeDir, f.Path+"/"
 	case catalog.TypeSymlink:
 		hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, f.Link
-	case catalog.TypeFile:
-		return p.addFile(e, hdr, buf, progress)
 	}
 	if err := p.tw.WriteHeader(hdr); err != nil {
-		return f, false, err
+		return err
 	}
 	f.Part, f.Offset = p.number, p.raw.n
-	p.files++
-	return f, true, nil
+	return p.note(f)
 }
 
-func (p *partWriter) addFile(e entry, hdr *tar.Header, buf []byte, progress func(int64)) (catalog.File, bool, error) {
-	f := e.File
+func (p *partWriter) addFile(e entry, buf []byte) error {
 	in, err := os.Open(e.abs)
 	if errors.Is(err, fs.ErrNotExist) {
-		return f, false, nil // dropped (a table, a temporary file): WAL replay agrees
+		return nil // dropped (a table, a temporary file): WAL replay agrees
 	}
 	if err != nil {
-		return f, false, fmt.Errorf("reading %s: %w", e.abs, err)
+		return fmt.Errorf("reading %s: %w", e.abs, err)
 	}
 	defer in.Close()
 	adviseSequential(in)
 	// The size recorded is the size when the directory was scanned. A file
 	// that grew is read to that size (WAL replay writes the rest); one that
 	// shrank is padded with zeros (WAL replay truncates it).
-	hdr.Typeflag, hdr.Size = tar.TypeReg, f.Size
+	if err := p.addReader(e.File, in, buf, p.b.progress, true); err != nil {
+		return fmt.Errorf("reading %s: %w", e.abs, err)
+	}
+	return nil
+}
+
+// addReader writes the regular file f, f.Size bytes of r (padded with
+// zeros if r ends early and pad), to the part and its file list.
+func (p *partWriter) addReader(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool) error {
+	hdr := &tar.Header{Name: f.Path, Mode: int64(f.Mode), ModTime: f.MTime, Typeflag: tar.TypeReg, Size: f.Size}
 	if err := p.tw.WriteHeader(hdr); err != nil {
-		return f, false, err
+		return err
 	}
-	f.Part, f.Offset = p.number, p.raw.n
-	f.SHA256, err = p.copyBody(f, in, buf, progress, true)
+	f.Type, f.Part, f.Offset = catalog.TypeFile, p.number, p.raw.n
+	sum, err := p.copyBody(f, r, buf, progress, pad)
 	if err != nil {
-		return f, false, fmt.Errorf("reading %s: %w", e.abs, err)
+		return err
 	}
-	p.files++
-	return f, true, nil
+	f.SHA256 = sum
+	return p.note(f)
 }
 
 // copyBody writes f.Size bytes of r, after f's tar header, and returns
@@ -218,18 +228,20 @@ func (b *backup) writeParts(ctx context.Context, walk func(emit func(entry) erro
 	queue := make(chan batch)
 	go func() {
 		defer close(queue)
-		cur := batch{number: b.nextPart()}
+		var cur batch
+		sent := 0
 		send := func() error {
+			cur.number = b.nextPart()
 			select {
 			case queue <- cur:
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
-			cur = batch{number: b.nextPart()}
+			cur, sent = batch{}, sent+1
 			return nil
 		}
 		err := walk(func(e entry) error {
-			if len(cur.ents) > 0 && (cur.bytes+e.Size > b.batchSize(cur.number) || len(cur.ents) >= maxPartEntries) {
+			if len(cur.ents) > 0 && (cur.bytes+e.Size > b.batchSize(sent+1) || len(cur.ents) >= maxPartEntries) {
 				if err := send(); err != nil {
 					return err
 				}
@@ -244,9 +256,6 @@ func (b *backup) writeParts(ctx context.Context, walk func(emit func(entry) erro
 		if err != nil {
 			cancel(err)
 		}
-		b.mu.Lock()
-		b.parts-- // the batch begun last holds nothing
-		b.mu.Unlock()
 	}()
 	var (
 		mu    sync.Mutex
@@ -285,7 +294,7 @@ func (b *backup) writeBatch(ctx context.Context, bt batch, buf []byte) (catalog.
 		return catalog.Part{}, err
 	}
 	for _, e := range bt.ents {
-		rec, ok, err := p.add(e, buf, b.progress)
+		err := p.add(e, buf)
 		if err == nil && ctx.Err() != nil {
 			err = context.Cause(ctx)
 		}
@@ -293,15 +302,8 @@ func (b *backup) writeBatch(ctx context.Context, bt batch, buf []byte) (catalog.
 			p.abort(err)
 			return catalog.Part{}, err
 		}
-		if ok {
-			if err := p.record(rec); err != nil {
-				p.abort(err)
-				return catalog.Part{}, err
-			}
-			b.tally(rec)
-		}
 	}
-	return p.finish(ctx, b.o.Store, catalog.FileListKey(b.o.Server, b.id, bt.number))
+	return p.finish(ctx)
 }
 
 // tally adds an entry stored to the backup's totals.
@@ -326,9 +328,4 @@ func (b *backup) nextPart() int {
 	defer b.mu.Unlock()
 	b.parts++
 	return b.parts
-}
-
-func sha256Hex(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
 }

@@ -42,7 +42,7 @@ func TestFilesThatChangeWhileRead(t *testing.T) {
 	write("grows", 200000)
 
 	store := mem.New(nil)
-	b := &backup{o: Options{Store: store, Server: "main", Codec: codec.Zstd, Parallel: 2, PartSize: 1 << 30, Progress: catalog.NoProgress{}}, id: "20260101T000000", lim: codec.NewLimiter(0)}
+	b := testBackup(store, 1<<30)
 	parts, err := b.writeParts(context.Background(), emitAll(ents))
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +86,11 @@ func TestFilesThatChangeWhileRead(t *testing.T) {
 			t.Errorf("%s: stored %d bytes (equal %v), record %+v", name, len(stored[name]), bytes.Equal(stored[name], data), got[name])
 		}
 	}
+}
+
+// testBackup is a backup to store with two workers and parts of partSize.
+func testBackup(store cloud.Storage, partSize int64) *backup {
+	return &backup{o: Options{Store: store, Server: "main", Codec: codec.Zstd, Parallel: 2, PartSize: partSize, Progress: catalog.NoProgress{}}, id: "20260101T000000", lim: codec.NewLimiter(0)}
 }
 
 // emitAll is a walk that emits ents.
@@ -138,7 +143,7 @@ func TestPartsFollowPathOrder(t *testing.T) {
 		add(fmt.Sprintf("global/%03d", i), 100<<10)
 	}
 	store := mem.New(nil)
-	b := &backup{o: Options{Store: store, Server: "main", Codec: codec.Zstd, Parallel: 2, PartSize: 1 << 20, Progress: catalog.NoProgress{}}, id: "20260101T000000", lim: codec.NewLimiter(0)}
+	b := testBackup(store, 1<<20)
 	parts, err := b.writeParts(context.Background(), emitAll(ents))
 	if err != nil {
 		t.Fatal(err)

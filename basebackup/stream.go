@@ -143,7 +143,7 @@ func (b *backup) runStream(ctx context.Context, srv *Server, begin time.Time) (*
 	received := []smallFile{{name: "backup_label", data: label0}, {name: "tablespace_map", data: tmap}}
 	for _, f := range received {
 		if f.data != nil { // received (maybe empty: the tablespace_map of a cluster without tablespaces)
-			if err := sw.seenFile(f.name, int64(len(f.data)), sha256Hex(f.data), crcHex(crc32.Checksum(f.data, castagnoli))); err != nil {
+			if err := sw.seenFile(f.name, int64(len(f.data)), crcHex(crc32.Checksum(f.data, castagnoli))); err != nil {
 				return nil, err
 			}
 		}
@@ -184,7 +184,7 @@ type streamWriter struct {
 	sem chan struct{} // parts finishing at once
 	wg  sync.WaitGroup
 
-	seen    *os.File // a JSON line [path, size, sha256, crc] per file received
+	seen    *os.File // a JSON line [path, size, crc] per file received
 	seenBuf *bufio.Writer
 	sum     manifestSum
 
@@ -222,12 +222,7 @@ func (s *streamWriter) addEntry(f catalog.File) error {
 	if err != nil {
 		return err
 	}
-	rec, _, err := p.add(entry{File: f}, nil, s.b.progress)
-	if err == nil {
-		err = p.record(rec)
-	}
-	s.b.tally(rec)
-	return s.maybeFinish(err)
+	return s.maybeFinish(p.add(entry{File: f}, nil))
 }
 
 // add writes one regular file of size f.Size from r. With corrupt (a test
@@ -241,33 +236,24 @@ func (s *streamWriter) add(f catalog.File, r io.Reader, corrupt bool) error {
 	if s.buf == nil {
 		s.buf = make([]byte, 256<<10)
 	}
-	hdr := &tar.Header{Name: f.Path, Mode: int64(f.Mode), ModTime: f.MTime, Typeflag: tar.TypeReg, Size: f.Size}
-	if err := p.tw.WriteHeader(hdr); err != nil {
-		return err
-	}
-	f.Part, f.Offset = p.number, p.raw.n
 	var src io.Reader = r
 	if corrupt {
 		src = &flipFirst{r: r}
 	}
 	crc := crc32.New(castagnoli)
-	sum, err := p.copyBody(f, io.TeeReader(src, crc), s.buf, s.b.progress, false)
-	if err != nil {
+	if err := p.addReader(f, io.TeeReader(src, crc), s.buf, s.b.progress, false); err != nil {
 		return fmt.Errorf("reading %s from the stream: %w", f.Path, err)
 	}
-	f.SHA256 = sum
-	p.files++
-	if err := s.seenFile(f.Path, f.Size, sum, crcHex(crc.Sum32())); err != nil {
+	if err := s.seenFile(f.Path, f.Size, crcHex(crc.Sum32())); err != nil {
 		return err
 	}
-	s.b.tally(f)
-	return s.maybeFinish(p.record(f))
+	return s.maybeFinish(nil)
 }
 
 // seenFile notes a file received, for checkPGManifest.
-func (s *streamWriter) seenFile(path string, size int64, sha, crc string) error {
+func (s *streamWriter) seenFile(path string, size int64, crc string) error {
 	s.sum.add(path, size, crc)
-	js, err := json.Marshal([]any{path, size, sha, crc})
+	js, err := json.Marshal([]any{path, size, crc})
 	if err != nil {
 		return err
 	}
@@ -280,7 +266,7 @@ func (s *streamWriter) maybeFinish(err error) error {
 	if err != nil {
 		return err
 	}
-	if p := s.p; p.raw.n >= s.b.o.PartSize || p.files >= maxPartEntries {
+	if p := s.p; p.raw.n >= s.b.o.PartSize || p.list.Len() >= maxPartEntries {
 		s.p = nil
 		s.finish(p)
 	}
@@ -292,7 +278,7 @@ func (s *streamWriter) finish(p *partWriter) {
 	s.sem <- struct{}{}
 	s.wg.Go(func() {
 		defer func() { <-s.sem }()
-		part, err := p.finish(s.ctx, s.b.o.Store, catalog.FileListKey(s.b.o.Server, s.b.id, p.number))
+		part, err := p.finish(s.ctx)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {
@@ -492,13 +478,13 @@ func (s *streamWriter) namePGManifestDifference(pgm *os.File) error {
 		var row []any
 		if err := dec.Decode(&row); err == io.EOF {
 			break
-		} else if err != nil || len(row) != 4 {
+		} else if err != nil || len(row) != 3 {
 			return fmt.Errorf("reading back the files received: %v", err)
 		}
 		got.path, _ = row[0].(string)
 		size, _ := row[1].(float64)
 		got.size = int64(size)
-		got.crc, _ = row[3].(string)
+		got.crc, _ = row[2].(string)
 		w, ok := listed[got.path]
 		switch {
 		case !ok:

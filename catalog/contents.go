@@ -196,7 +196,6 @@ func WriteIndex(ctx context.Context, store cloud.Storage, server, id string, par
 // whole manifest is read once.
 type Contents struct {
 	store cloud.Storage
-	m     *Manifest
 	parts []Part
 	v1    map[int][]File // version 1: each part's entries in tar order
 }
@@ -211,7 +210,7 @@ type manifestLists struct {
 // grows with the data (a part holds up to backup_part_size), not with the
 // number of files.
 func OpenContents(ctx context.Context, store cloud.Storage, m *Manifest) (*Contents, error) {
-	c := &Contents{store: store, m: m}
+	c := &Contents{store: store}
 	if m.Version == 1 {
 		var l manifestLists
 		if err := readManifestInto(ctx, store, ManifestKey(m.Server, m.ID), &l); err != nil {
