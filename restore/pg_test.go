@@ -110,20 +110,7 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 	// Every regular file is the backup's, by its SHA-256, but the
 	// configuration restore adds the recovery settings to.
 	_, files := pgtest.Contents(t, store, full)
-	for _, f := range files {
-		if f.Type != catalog.TypeFile || f.Path == "postgresql.auto.conf" {
-			continue
-		}
-		r, err := os.Open(filepath.Join(dest, filepath.FromSlash(f.Path)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, sum, err := catalog.Digest(r)
-		r.Close()
-		if err != nil || sum != f.SHA256 {
-			t.Fatalf("restored %s differs from the backup (%v)", f.Path, err)
-		}
-	}
+	sameFiles(t, dest, files, "postgresql.auto.conf")
 
 	// The same backup as Cellar 1.0 stored it (version 1: parts and
 	// files in the manifest, no index, no file lists) restores and
@@ -134,20 +121,7 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 	if err != nil || res1.Files != full.FileCount || res1.Parts != full.PartCount {
 		t.Fatalf("restore of the version 1 backup: %+v %v", res1, err)
 	}
-	for _, f := range files {
-		if f.Type != catalog.TypeFile {
-			continue
-		}
-		r, err := os.Open(filepath.Join(dest1, filepath.FromSlash(f.Path)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, sum, err := catalog.Digest(r)
-		r.Close()
-		if err != nil || sum != f.SHA256 {
-			t.Fatalf("%s restored from the version 1 backup differs (%v)", f.Path, err)
-		}
-	}
+	sameFiles(t, dest1, files)
 	if vr, err := restore.Verify(ctx, restore.VerifyOptions{Store: v1, Manifest: m1, Parallel: 2}); err != nil || len(vr.Problems) > 0 || vr.Files == 0 {
 		t.Fatalf("verify of the version 1 backup: %+v %v", vr, err)
 	}
@@ -163,6 +137,26 @@ func TestBackupAndRestoreWithPostgreSQL(t *testing.T) {
 	}
 	if out, err := pgtest.RunAsServerUser(t, pgtest.Bin("pg_amcheck"), "-h", restored.Host(), "-p", strconv.Itoa(restored.Port()), "-U", restored.User(), "--all", "--install-missing", "--heapallindexed"); err != nil {
 		t.Fatalf("pg_amcheck on the restored server: %v\n%s", err, out)
+	}
+}
+
+// sameFiles checks that every regular file of a backup, but those named
+// in except, is in dir with the backup's SHA-256.
+func sameFiles(t *testing.T, dir string, files []catalog.File, except ...string) {
+	t.Helper()
+	for _, f := range files {
+		if f.Type != catalog.TypeFile || slices.Contains(except, f.Path) {
+			continue
+		}
+		r, err := os.Open(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sum, err := catalog.Digest(r)
+		r.Close()
+		if err != nil || sum != f.SHA256 {
+			t.Fatalf("%s restored into %s differs from the backup (%v)", f.Path, dir, err)
+		}
 	}
 }
 

@@ -279,7 +279,7 @@ func (r *restorer) planDelta(ctx context.Context) (int64, error) {
 	r.o.Progress.Stage("comparing")
 	r.fetch = map[int][]uint64{}
 	var total int64
-	err := r.eachPart(ctx, r.c.Parts(), func(ctx context.Context, p catalog.Part, _ []byte) error {
+	err := eachPart(ctx, r.c.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, _ []byte) error {
 		fetch := make([]uint64, (p.Files+63)/64)
 		var want []uint64
 		var bytes int64
@@ -390,9 +390,9 @@ func (r *restorer) removeExtra() error {
 	return nil
 }
 
-// eachPart calls fn for each part, Parallel at once, and stops at the
-// first error.
-func (r *restorer) eachPart(ctx context.Context, parts []catalog.Part, fn func(context.Context, catalog.Part, []byte) error) error {
+// eachPart calls fn for each part, parallel at once (each worker with a
+// buffer of its own), and stops at the first error.
+func eachPart(ctx context.Context, parts []catalog.Part, parallel int, fn func(context.Context, catalog.Part, []byte) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	queue := make(chan catalog.Part, len(parts))
@@ -401,7 +401,7 @@ func (r *restorer) eachPart(ctx context.Context, parts []catalog.Part, fn func(c
 	}
 	close(queue)
 	var wg sync.WaitGroup
-	for range r.o.Parallel {
+	for range max(1, parallel) {
 		wg.Go(func() {
 			buf := make([]byte, 256<<10)
 			for p := range queue {
@@ -430,7 +430,7 @@ func (r *restorer) fetchParts(ctx context.Context) error {
 		}
 	}
 	r.res.Parts = len(parts)
-	err := r.eachPart(ctx, parts, func(ctx context.Context, p catalog.Part, buf []byte) error {
+	err := eachPart(ctx, parts, r.o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
 		var bits []uint64
 		if r.fetch != nil {
 			bits = r.fetch[p.Number]

@@ -78,29 +78,22 @@ func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 		total += p.DataSize
 	}
 	o.Progress.Start(total)
-	queue := make(chan catalog.Part, len(parts))
-	for _, p := range parts {
-		queue <- p
+	// A part found wrong is a problem, not an error: every part is read.
+	err = eachPart(ctx, parts, o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
+		n, err := verifyPart(ctx, o.Store, c, m, p, buf, o.Progress)
+		mu.Lock()
+		res.Parts++
+		res.Files += n
+		mu.Unlock()
+		if err != nil {
+			add(p.Key, err)
+		}
+		return nil
+	})
+	if err == nil {
+		err = ctx.Err()
 	}
-	close(queue)
-	var wg sync.WaitGroup
-	for range max(1, o.Parallel) {
-		wg.Go(func() {
-			buf := make([]byte, 256<<10)
-			for p := range queue {
-				n, err := verifyPart(ctx, o.Store, c, m, p, buf, o.Progress)
-				mu.Lock()
-				res.Parts++
-				res.Files += n
-				mu.Unlock()
-				if err != nil {
-					add(p.Key, err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		return res, err
 	}
 	o.Progress.Done()
