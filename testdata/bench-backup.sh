@@ -85,8 +85,7 @@ mkdir -p "$dir/lock" "$dir/time" "$dir/log"
 	echo "pgdata = $dir/pg"
 	echo "conninfo = host=$dir port=$pgport user=$user dbname=postgres"
 } >"$dir/cellar.conf"
-cat >"$dir/pgbackrest.conf" <<CONF
-[global]
+pgbackrest_conf "$dir/pgbackrest.conf" <<CONF
 repo1-type=s3
 repo1-s3-endpoint=127.0.0.1
 repo1-storage-port=$s3port
@@ -97,21 +96,6 @@ repo1-s3-region=us-east-1
 repo1-s3-key=minioadmin
 repo1-s3-key-secret=minioadmin
 repo1-path=/pgbackrest
-repo1-retention-full=9999
-compress-type=zst
-compress-level=1
-process-max=2
-start-fast=y
-archive-async=n
-log-path=$dir/pgbr-log
-lock-path=$dir/pgbr-lock
-spool-path=$dir/pgbr-spool
-log-level-console=warn
-log-level-file=off
-[bench]
-pg1-path=$dir/pg
-pg1-port=$pgport
-pg1-socket-path=$dir
 CONF
 chmod 644 "$dir/cellar.conf" "$dir/pgbackrest.conf"
 chown "$user" "$dir" "$dir/lock" "$dir/time" "$dir/log"

@@ -14,6 +14,10 @@
 #   init_pg PORT         initdb $dir/pg and start it on PORT and the socket
 #                        directory $dir, with the postgresql.conf lines read
 #                        from standard input added
+#   pgbackrest_conf FILE pgBackRest's configuration of the comparison (stanza
+#                        bench: $dir/pg on $pgport; zst level 1, process-max
+#                        2, start-fast), the repository lines read from
+#                        standard input
 #   median, drop_caches, timed_recovery DATA LOG WANT: below
 
 pgbin=/usr/lib/postgresql/15/bin
@@ -82,6 +86,30 @@ init_pg() {
 		cat
 	} >>"$dir/pg/postgresql.conf"
 	"${as[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start >/dev/null
+}
+
+pgbackrest_conf() {
+	{
+		echo "[global]"
+		cat
+		cat <<CONF
+repo1-retention-full=9999
+compress-type=zst
+compress-level=1
+process-max=2
+start-fast=y
+archive-async=n
+log-path=$dir/pgbr-log
+lock-path=$dir/pgbr-lock
+spool-path=$dir/pgbr-spool
+log-level-console=warn
+log-level-file=off
+[bench]
+pg1-path=$dir/pg
+pg1-port=$pgport
+pg1-socket-path=$dir
+CONF
+	} >"$1"
 }
 
 # median of the numbers on standard input (separated by spaces).

@@ -64,24 +64,8 @@ mkdir -p "$dir/lock" "$dir/time" "$dir/log" "$repo" "$dir/repo-pgbackrest" "$dir
 	echo "pgdata = $dir/pg"
 	echo "conninfo = host=$dir port=$pgport user=$user dbname=postgres"
 } >"$dir/cellar.conf"
-cat >"$dir/pgbackrest.conf" <<CONF
-[global]
+pgbackrest_conf "$dir/pgbackrest.conf" <<CONF
 repo1-path=$dir/repo-pgbackrest
-repo1-retention-full=9999
-compress-type=zst
-compress-level=1
-process-max=2
-start-fast=y
-archive-async=n
-log-path=$dir/pgbr-log
-lock-path=$dir/pgbr-lock
-spool-path=$dir/pgbr-spool
-log-level-console=warn
-log-level-file=off
-[bench]
-pg1-path=$dir/pg
-pg1-port=$pgport
-pg1-socket-path=$dir
 CONF
 chmod 644 "$dir/cellar.conf" "$dir/pgbackrest.conf"
 chown "$user" "$dir" "$dir/lock" "$dir/time" "$dir/log" "$repo" "$dir/repo-pgbackrest" \
