@@ -63,6 +63,13 @@ type Options struct {
 	// replication connection (backup_method = stream) instead of reading
 	// PGData.
 	StreamConninfo string
+	// Type is catalog.TypeFull (or empty), TypeIncr or TypeDiff; Parent,
+	// when set, names the backup an incremental builds on. MaxChain is
+	// the most backups a restore may have to read (incremental_max_chain):
+	// an incremental that would make a longer chain is a full backup.
+	Type     string
+	Parent   string
+	MaxChain int
 	// CorruptInTransit is a test hook: the file of that path changes as
 	// it arrives from the stream, which the manifest check must catch.
 	CorruptInTransit string
@@ -78,6 +85,10 @@ type backup struct {
 	dataSize  int64
 	fileCount int
 	spcSize   map[string]int64 // by tablespace oid
+	// An incremental's type, parent and the parent's contents.
+	typ            string
+	parent         *catalog.Manifest
+	parentContents *catalog.Contents
 }
 
 func (b *backup) progress(n int64) { b.o.Progress.Add(n) }
@@ -101,7 +112,20 @@ func (o *Options) defaults() {
 	if o.WALTimeout <= 0 {
 		o.WALTimeout = 5 * time.Minute
 	}
+	if o.Type == "" {
+		o.Type = catalog.TypeFull
+		if o.Parent != "" {
+			o.Type = catalog.TypeIncr
+		}
+	}
+	if o.MaxChain < 1 {
+		o.MaxChain = 7
+	}
 }
+
+// ErrStreamIncremental is the error of an incremental asked of the stream
+// method.
+var ErrStreamIncremental = errors.New("backup_method = stream takes full backups only: PostgreSQL 15 has no incremental BASE_BACKUP (PostgreSQL 17's is planned); use backup_method = local for incrementals, or --type full")
 
 // Run takes a backup and returns its manifest. A backup that fails leaves
 // its marker with status FAILED and no parts (as far as the repository
@@ -110,6 +134,14 @@ func (o *Options) defaults() {
 func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 	o.defaults()
 	stream := o.StreamConninfo != ""
+	switch o.Type {
+	case catalog.TypeFull, catalog.TypeIncr, catalog.TypeDiff:
+	default:
+		return nil, fmt.Errorf("backup type %q: use full, incr or diff", o.Type)
+	}
+	if stream && o.Type != catalog.TypeFull {
+		return nil, ErrStreamIncremental
+	}
 	pgdata := o.PGData
 	if stream {
 		pgdata = "" // not read
@@ -139,6 +171,16 @@ func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 			o.Server, id.SystemIdentifier, srv.SystemIdentifier)
 	}
 
+	method := "local"
+	if stream {
+		method = "stream"
+	}
+	probe := &backup{o: o, typ: o.Type}
+	parent, err := probe.chooseParent(ctx, srv, method)
+	if err != nil {
+		return nil, err
+	}
+
 	// Ids are start times to the second: a backup that starts in the
 	// same second as another (one killed a moment ago) takes the next.
 	var (
@@ -149,7 +191,7 @@ func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 	host, _ := os.Hostname()
 	for attempt := 1; ; attempt++ {
 		begin = o.Now().UTC()
-		b = &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0)}
+		b = &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0), typ: probe.typ, parent: parent, parentContents: probe.parentContents}
 		marker = catalog.Started{ID: b.id, Server: o.Server, Status: catalog.StatusStarted, Host: host, PID: os.Getpid(), BeginTime: begin}
 		// A finished backup of that second has only its manifest left.
 		if _, serr := o.Store.Stat(ctx, catalog.ManifestKey(o.Server, b.id)); serr == nil {
@@ -230,7 +272,12 @@ func (b *backup) run(ctx context.Context, srv *Server, begin time.Time) (*catalo
 	}
 	o.Progress.Stage("copying")
 	o.Progress.Start(total)
-	parts, err := b.writeParts(ctx, func(emit func(entry) error) error { return walk(o.PGData, srv.Tablespaces, emit) })
+	walkAll := func(emit func(entry) error) error { return walk(o.PGData, srv.Tablespaces, emit) }
+	if b.parent != nil {
+		o.Log.Info("incremental backup", "server", o.Server, "backup", b.id, "type", b.typ, "parent", b.parent.ID, "chain_length", b.parent.Chain()+1)
+		walkAll = mergeParent(ctx, b.parent, b.parentContents, walkAll)
+	}
+	parts, err := b.writeParts(ctx, walkAll)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +331,7 @@ func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Man
 		return nil, err
 	}
 	m := &catalog.Manifest{
-		Version: catalog.ManifestVersion, ID: b.id, Server: o.Server, Status: catalog.StatusDone,
+		Version: catalog.ManifestVersionFull, ID: b.id, Server: o.Server, Status: catalog.StatusDone,
 		SystemIdentifier: srv.SystemIdentifier, PGVersion: srv.Version, PGVersionString: srv.VersionString,
 		PGData: o.PGData, Standby: srv.Standby, Timeline: timeline, WALSegmentSize: srv.WALSegmentSize,
 		BeginLSN: t.startLSN.String(), EndLSN: t.endLSN.String(), BeginWAL: startWAL, EndWAL: endWAL,
@@ -293,6 +340,10 @@ func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Man
 		BackupLabel: t.backupLabel, TablespaceMap: t.tablespaceMap, Tablespaces: srv.Tablespaces,
 	}
 	m.Host, _ = os.Hostname()
+	m.Type, m.ChainLength = catalog.TypeFull, 1
+	if b.parent != nil {
+		m.Version, m.Type, m.Parent, m.ChainLength = catalog.ManifestVersionIncremental, b.typ, b.parent.ID, b.parent.Chain()+1
+	}
 	if m.Tablespaces == nil {
 		m.Tablespaces = []catalog.Tablespace{}
 	}
@@ -319,7 +370,7 @@ func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Man
 	if err := o.Store.Delete(ctx, catalog.StartedKey(o.Server, b.id)); err != nil {
 		o.Log.Warn("could not remove the backup's start marker", "backup", b.id, "error", err)
 	}
-	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "method", t.method, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", m.PartCount)
+	o.Log.Info("backup done", "server", o.Server, "backup", b.id, "method", t.method, "type", m.Type, "size", m.DataSize, "stored", m.StoredSize, "files", m.FileCount, "parts", m.PartCount)
 	return m, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // partWriter streams one part: a tar stream, compressed, uploaded as it
@@ -32,7 +33,9 @@ type partWriter struct {
 	stored *counter // the compressed stream, as uploaded
 	put    chan error
 	b      *backup
-	list   *catalog.LinesWriter // the part's entries, in tar order
+	list   *catalog.ObjectWriter // the part's entries, in tar order
+	blocks *catalog.ObjectWriter // their page hashes
+	spool  *pageSpool            // an incremental's changed pages
 }
 
 // counter counts (and optionally hashes) what passes through it.
@@ -54,7 +57,7 @@ func (c *counter) Write(p []byte) (int, error) {
 func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) {
 	key := catalog.PartKey(b.o.Server, b.id, number, b.o.Codec)
 	pr, pw := io.Pipe()
-	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), b: b, list: catalog.NewFileList(key)}
+	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), b: b, list: catalog.NewFileList(key), blocks: catalog.NewBlockMap(key)}
 	p.stored = &counter{w: pw, sum: sha256.New()}
 	zw, err := codec.NewParallelWriter(p.stored, b.o.Codec, b.o.Level, b.lim, 4)
 	if err != nil {
@@ -75,6 +78,7 @@ func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) 
 func (p *partWriter) abort(err error) {
 	p.pw.CloseWithError(err)
 	<-p.put
+	p.spool.close()
 }
 
 // note adds an entry written to the part's file list (which does not
@@ -97,12 +101,20 @@ func (p *partWriter) finish(ctx context.Context) (catalog.Part, error) {
 		return catalog.Part{}, fmt.Errorf("part %s: %w", p.key, err)
 	}
 	p.pw.Close()
+	p.spool.close()
 	if err := <-p.put; err != nil {
 		return catalog.Part{}, fmt.Errorf("uploading %s: %w", p.key, err)
 	}
 	part := catalog.Part{Number: p.number, Key: p.key, Size: p.stored.n, SHA256: hex.EncodeToString(p.stored.sum.Sum(nil)), DataSize: p.raw.n, Files: p.list.Len()}
-	listKey := catalog.FileListKey(p.b.o.Server, p.b.id, p.number)
-	ref, err := p.list.Store(ctx, p.b.o.Store, listKey)
+	o := p.b.o
+	blocksKey := catalog.BlockMapKey(o.Server, p.b.id, p.number)
+	blocks, err := p.blocks.Store(ctx, o.Store, blocksKey)
+	if err != nil {
+		return part, fmt.Errorf("storing the block map %s: %w", blocksKey, err)
+	}
+	part.Blocks = &blocks
+	listKey := catalog.FileListKey(o.Server, p.b.id, p.number)
+	ref, err := p.list.Store(ctx, o.Store, listKey)
 	if err != nil {
 		return part, fmt.Errorf("storing the file list %s: %w", listKey, err)
 	}
@@ -144,7 +156,18 @@ func (p *partWriter) addFile(e entry, buf []byte) error {
 	// The size recorded is the size when the directory was scanned. A file
 	// that grew is read to that size (WAL replay writes the rest); one that
 	// shrank is padded with zeros (WAL replay truncates it).
-	if err := p.addReader(e.File, in, buf, p.b.progress, true); err != nil {
+	f := e.File
+	if pg.IsRelationPath(f.Path) && f.Size%catalog.PageSize == 0 {
+		f.Pages = f.Size / catalog.PageSize
+		if e.parent != nil && e.parent.Pages > 0 && e.parent.Mode == f.Mode {
+			err = p.addChanged(f, e.parent, in, buf)
+		} else {
+			err = p.addReader(f, in, buf, p.b.progress, true)
+		}
+	} else {
+		err = p.addReader(f, in, buf, p.b.progress, true)
+	}
+	if err != nil {
 		return fmt.Errorf("reading %s: %w", e.abs, err)
 	}
 	return nil
@@ -158,9 +181,18 @@ func (p *partWriter) addReader(f catalog.File, r io.Reader, buf []byte, progress
 		return err
 	}
 	f.Type, f.Part, f.Offset = catalog.TypeFile, p.number, p.raw.n
-	sum, err := p.copyBody(f, r, buf, progress, pad)
+	var pages *pageHasher
+	if f.Pages > 0 {
+		pages = &pageHasher{out: p.blocks}
+	}
+	sum, err := p.copyBody(f, r, buf, progress, pad, pages)
 	if err != nil {
 		return err
+	}
+	if pages != nil {
+		if err := pages.flush(); err != nil {
+			return err
+		}
 	}
 	f.SHA256 = sum
 	return p.note(f)
@@ -170,7 +202,7 @@ func (p *partWriter) addReader(f catalog.File, r io.Reader, buf []byte, progress
 // their SHA-256. A source that ends early is padded with zeros when pad
 // (a file that shrank while it was read: WAL replay truncates it), and is
 // an error otherwise.
-func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool) (string, error) {
+func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool, pages *pageHasher) (string, error) {
 	sum := sha256.New()
 	for left := f.Size; left > 0; {
 		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
@@ -185,6 +217,9 @@ func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress 
 			return "", err
 		}
 		sum.Write(buf[:n])
+		if pages != nil {
+			pages.Write(buf[:n])
+		}
 		if _, err := p.tw.Write(buf[:n]); err != nil {
 			return "", err
 		}

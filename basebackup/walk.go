@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/cellar-backup/cellar/catalog"
+	"github.com/cellar-backup/cellar/pg"
 )
 
 // What a base backup leaves out, after PostgreSQL's documentation
@@ -49,6 +50,9 @@ var excludeFiles = map[string]bool{
 type entry struct {
 	catalog.File
 	abs string // where to read it
+	// parent is, in an incremental, the parent's entry of a relation
+	// file of the same path.
+	parent *parentFile
 }
 
 // walk calls emit for what to back up of the data directory and the
@@ -184,7 +188,7 @@ func skip(rel, name string, unlogged map[string]bool) bool {
 		return true
 	}
 	if unlogged != nil {
-		if node, _, ok := relFile(name); ok && unlogged[node] && !strings.HasSuffix(name, "_init") {
+		if node, fork, ok := pg.RelationFileName(name); ok && unlogged[node] && fork != "init" {
 			return true
 		}
 	}
@@ -197,7 +201,7 @@ func skip(rel, name string, unlogged map[string]bool) bool {
 func unloggedRelations(names []string) map[string]bool {
 	var m map[string]bool
 	for _, name := range names {
-		if node, ok := strings.CutSuffix(name, "_init"); ok && isDigits(node) {
+		if node, fork, ok := pg.RelationFileName(name); ok && fork == "init" {
 			if m == nil {
 				m = map[string]bool{}
 			}
@@ -205,27 +209,4 @@ func unloggedRelations(names []string) map[string]bool {
 		}
 	}
 	return m
-}
-
-// relFile splits a relation file name "12345", "12345.2", "12345_fsm" or
-// "12345_vm.1" into its relfilenode and the rest.
-func relFile(name string) (node, rest string, ok bool) {
-	i := strings.IndexAny(name, "._")
-	if i < 0 {
-		i = len(name)
-	}
-	node = name[:i]
-	return node, name[i:], isDigits(node)
-}
-
-func isDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }

@@ -72,11 +72,26 @@ func PartKey(server, id string, n int, c codec.Codec) string {
 	return k
 }
 
-// ManifestVersion is the manifest schema this Cellar writes. It reads
-// every version up to this one. Version 1 held every part and file in the
-// manifest; version 2 holds a summary and names the index of parts
-// (contents.go).
-const ManifestVersion = 2
+// ManifestVersion is the newest manifest schema this Cellar reads; it
+// reads every version up to this one. Version 1 held every part and file
+// in the manifest; version 2 holds a summary and names the index of parts
+// (contents.go); version 3 is an incremental backup, whose files may be
+// changed pages or references to the backups it builds on (a reader of
+// version 2 must refuse it). A full backup is written as version 2.
+const ManifestVersion = 3
+
+// Manifest versions written.
+const (
+	ManifestVersionFull        = 2
+	ManifestVersionIncremental = 3
+)
+
+// Backup types.
+const (
+	TypeFull = "full"
+	TypeIncr = "incr" // on the newest backup
+	TypeDiff = "diff" // on the newest full backup
+)
 
 // Manifest describes one finished base backup. It is written after every
 // part it names is durable and after the WAL from BeginWAL to EndWAL is in
@@ -123,7 +138,27 @@ type Manifest struct {
 	// them with OpenContents).
 	PartCount int        `json:"part_count"`
 	Index     *ObjectRef `json:"index,omitempty"`
+
+	// Type is TypeFull (or empty, in manifests of before incrementals),
+	// TypeIncr or TypeDiff. An incremental names its Parent, whose files it
+	// builds on, and its ChainLength: the number of backups a restore
+	// reads, itself included (1 for a full). DataSize is then the size of
+	// the whole data directory and StoredSize what this backup added.
+	Type        string `json:"type,omitempty"`
+	Parent      string `json:"parent,omitempty"`
+	ChainLength int    `json:"chain_length,omitempty"`
 }
+
+// BackupType is the backup's type: TypeFull for manifests without one.
+func (m *Manifest) BackupType() string {
+	if m.Type == "" {
+		return TypeFull
+	}
+	return m.Type
+}
+
+// Chain is the number of backups a restore of this one reads.
+func (m *Manifest) Chain() int { return max(1, m.ChainLength) }
 
 // Tablespace is a tablespace other than pg_default and pg_global. Its
 // files are recorded under pg_tblspc/<oid>/.
@@ -146,6 +181,10 @@ type Part struct {
 	Files    int    `json:"files"`
 	// List names the part's file list (version 2).
 	List *ObjectRef `json:"file_list,omitempty"`
+	// Blocks names the part's block map: the page hashes of its relation
+	// files, in list order (blockmap.go). Absent in backups of before
+	// incrementals, which cannot be a parent.
+	Blocks *ObjectRef `json:"block_map,omitempty"`
 }
 
 // File types in a manifest.
@@ -172,6 +211,39 @@ type File struct {
 	// in that part's tar stream.
 	Part   int   `json:"part,omitempty"`
 	Offset int64 `json:"offset"`
+	// Pages is the number of page hashes this entry has in the part's
+	// block map: a relation file's size in pages (0: none).
+	Pages int64 `json:"pages,omitempty"`
+	// Stored says what the part holds of a regular file: StoredWhole (the
+	// file, as in a full backup), StoredPages (the pages that changed
+	// since the parent, in an entry named Path+DeltaSuffix) or StoredRef
+	// (nothing: it is unchanged). Size and SHA256 are always the whole
+	// file's as read for this backup. Base is, for pages and references,
+	// the backup that holds the whole file the chain builds on.
+	Stored string `json:"stored,omitempty"`
+	Base   string `json:"base,omitempty"`
+}
+
+// What an incremental's entry holds of a regular file.
+const (
+	StoredWhole = ""
+	StoredPages = "pages"
+	StoredRef   = "ref"
+)
+
+// DeltaSuffix ends the tar name of an entry of changed pages, so that
+// extracting a part with tar never writes one where a data file goes.
+const DeltaSuffix = ".cellar-pages"
+
+// TarName is the name of f's entry in its part's tar stream.
+func (f *File) TarName() string {
+	switch {
+	case f.Stored == StoredPages:
+		return f.Path + DeltaSuffix
+	case f.Type == TypeDir:
+		return f.Path + "/"
+	}
+	return f.Path
 }
 
 // Ratio is the compression ratio of the backup.

@@ -73,51 +73,60 @@ func ComparePaths(a, b string) int {
 	}
 }
 
-// LinesWriter gathers JSON lines compressed in memory (a file list costs a
-// few dozen bytes a file) and stores them as one object. It is for one
-// goroutine.
-type LinesWriter struct {
+// ObjectWriter gathers an object's payload compressed in memory (a file
+// list costs a few dozen bytes a file, a block map 16 bytes a page) and
+// stores it as one object: JSON lines (Add) or raw bytes (Write). It is
+// for one goroutine.
+type ObjectWriter struct {
 	typ, name string
 	buf       bytes.Buffer
 	zw        io.WriteCloser
 	sum       hash.Hash
 	n         int64
+	w         io.Writer
 	enc       *json.Encoder
 	count     int
 }
 
 // NewFileList starts the file list of the part stored under key.
-func NewFileList(key string) *LinesWriter { return newLinesWriter(typeFileList, key) }
+func NewFileList(key string) *ObjectWriter { return newObjectWriter(typeFileList, key) }
 
-// newLinesWriter starts an object of the given envelope type and name.
-func newLinesWriter(typ, name string) *LinesWriter {
-	w := &LinesWriter{typ: typ, name: name, sum: sha256.New()}
+// newObjectWriter starts an object of the given envelope type and name.
+func newObjectWriter(typ, name string) *ObjectWriter {
+	w := &ObjectWriter{typ: typ, name: name, sum: sha256.New()}
 	zw, err := codec.Zstd.NewWriter(&w.buf, 0)
 	if err != nil {
 		panic(err) // level 0 is always valid
 	}
 	w.zw = zw
-	w.enc = json.NewEncoder(io.MultiWriter(zw, w.sum, countWriter{&w.n}))
+	w.w = io.MultiWriter(zw, w.sum, countWriter{&w.n})
+	w.enc = json.NewEncoder(w.w)
 	w.enc.SetEscapeHTML(false)
 	return w
 }
+
+// Write appends raw bytes to the payload.
+func (w *ObjectWriter) Write(p []byte) (int, error) { return w.w.Write(p) }
+
+// Size is the payload's length so far.
+func (w *ObjectWriter) Size() int64 { return w.n }
 
 type countWriter struct{ n *int64 }
 
 func (c countWriter) Write(p []byte) (int, error) { *c.n += int64(len(p)); return len(p), nil }
 
 // Add appends v as one line.
-func (w *LinesWriter) Add(v any) error {
+func (w *ObjectWriter) Add(v any) error {
 	w.count++
 	return w.enc.Encode(v)
 }
 
 // Len is the number of lines added.
-func (w *LinesWriter) Len() int { return w.count }
+func (w *ObjectWriter) Len() int { return w.count }
 
 // Store writes the object under key with a conditional create and returns
 // its reference.
-func (w *LinesWriter) Store(ctx context.Context, store cloud.Storage, key string) (ObjectRef, error) {
+func (w *ObjectWriter) Store(ctx context.Context, store cloud.Storage, key string) (ObjectRef, error) {
 	if err := w.zw.Close(); err != nil {
 		return ObjectRef{}, err
 	}
@@ -137,6 +146,28 @@ func (w *LinesWriter) Store(ctx context.Context, store cloud.Storage, key string
 // checksum is known good only when it returns nil, so a caller acts on
 // what fn sees only once the whole stream checked out.
 func readLines(ctx context.Context, store cloud.Storage, ref ObjectRef, typ string, fn func(*json.Decoder) error) error {
+	return readObject(ctx, store, ref, typ, func(body io.Reader) error {
+		dec := json.NewDecoder(body)
+		for {
+			err := fn(dec)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				if isJSONError(err) {
+					return fmt.Errorf("%w: %v", ErrCorrupt, err)
+				}
+				return err
+			}
+		}
+	})
+}
+
+// readObject streams the payload of the object ref names to fn, checking
+// that its envelope is of type typ and holds the payload ref records; what
+// fn leaves unread is read, so that the checksum is checked. The payload
+// is known good only when readObject returns nil.
+func readObject(ctx context.Context, store cloud.Storage, ref ObjectRef, typ string, fn func(io.Reader) error) error {
 	rc, err := store.Get(ctx, ref.Key)
 	if err != nil {
 		return err
@@ -155,18 +186,11 @@ func readLines(ctx context.Context, store cloud.Storage, ref ObjectRef, typ stri
 		return fmt.Errorf("%s: %w", ref.Key, err)
 	}
 	defer body.Close()
-	dec := json.NewDecoder(body)
-	for {
-		err := fn(dec)
-		if err == io.EOF {
-			break
+	if err := fn(body); err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return fmt.Errorf("%s: %w", ref.Key, err)
 		}
-		if err != nil {
-			if errors.Is(err, ErrCorrupt) || isJSONError(err) {
-				return fmt.Errorf("%s: %w: %v", ref.Key, ErrCorrupt, err)
-			}
-			return err
-		}
+		return err
 	}
 	if _, err := io.Copy(io.Discard, body); err != nil {
 		return fmt.Errorf("%s: %w", ref.Key, err)
@@ -182,7 +206,7 @@ func isJSONError(err error) bool {
 
 // WriteIndex stores a backup's index of parts, in part order.
 func WriteIndex(ctx context.Context, store cloud.Storage, server, id string, parts []Part) (ObjectRef, error) {
-	w := newLinesWriter(typeIndex, id)
+	w := newObjectWriter(typeIndex, id)
 	for _, p := range parts {
 		if err := w.Add(p); err != nil {
 			return ObjectRef{}, err

@@ -76,7 +76,7 @@ func goldenBackup(t *testing.T, store cloud.Storage) *Manifest {
 		t.Fatal(err)
 	}
 	m := &Manifest{
-		Version: ManifestVersion, ID: id, Server: "main", Status: StatusDone, SystemIdentifier: 7443318127582425231,
+		Version: ManifestVersionFull, ID: id, Server: "main", Status: StatusDone, SystemIdentifier: 7443318127582425231,
 		PGVersion: 150018, PGVersionString: "15.18 (Debian 15.18-0+deb12u1)", PGData: "/var/lib/postgresql/15/main",
 		Timeline: 1, WALSegmentSize: 16 << 20, BeginLSN: "0/5000028", EndLSN: "0/5000138",
 		BeginWAL: "000000010000000000000005", EndWAL: "000000010000000000000005",

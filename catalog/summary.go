@@ -13,6 +13,9 @@ type Summary struct {
 	ID               string       `json:"id"`
 	Server           string       `json:"server"`
 	Status           string       `json:"status"`
+	Type             string       `json:"type,omitempty"`
+	Parent           string       `json:"parent,omitempty"`
+	ChainLength      int          `json:"chain_length,omitempty"`
 	BeginTime        time.Time    `json:"begin_time"`
 	EndTime          time.Time    `json:"end_time,omitzero"`
 	Duration         float64      `json:"duration_seconds,omitempty"`
@@ -102,7 +105,7 @@ func (c *Catalog) summaryOf(e Entry) Summary {
 // SummaryOf is a finished backup's summary from its manifest alone.
 func SummaryOf(m *Manifest) Summary {
 	return Summary{
-		ID: m.ID, Server: m.Server, Status: m.Status, BeginTime: m.BeginTime, EndTime: m.EndTime,
+		ID: m.ID, Server: m.Server, Status: m.Status, Type: m.BackupType(), Parent: m.Parent, ChainLength: m.Chain(), BeginTime: m.BeginTime, EndTime: m.EndTime,
 		Duration: m.EndTime.Sub(m.BeginTime).Seconds(), PGVersion: m.PGVersion, PGVersionString: m.PGVersionString,
 		PGData: m.PGData, SystemIdentifier: fmt.Sprint(m.SystemIdentifier), Standby: m.Standby, Timeline: m.Timeline,
 		BeginWAL: m.BeginWAL, EndWAL: m.EndWAL, BeginLSN: m.BeginLSN, EndLSN: m.EndLSN,

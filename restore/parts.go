@@ -34,6 +34,9 @@ func eachEntry(ctx context.Context, store cloud.Storage, c *catalog.Contents, m 
 	defer zr.Close()
 	tr := tar.NewReader(zr)
 	err = c.Files(ctx, p, func(f catalog.File) error {
+		if f.Stored == catalog.StoredRef {
+			return fn(&f, nil) // unchanged: no entry in the tar stream
+		}
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			return fmt.Errorf("%w: part %s ends before %s, which its file list holds", catalog.ErrCorrupt, p.Key, f.Path)
@@ -41,8 +44,8 @@ func eachEntry(ctx context.Context, store cloud.Storage, c *catalog.Contents, m 
 		if err != nil {
 			return fmt.Errorf("%w: part %s: %v", catalog.ErrCorrupt, p.Key, err)
 		}
-		if name := strings.TrimSuffix(hdr.Name, "/"); name != f.Path {
-			return fmt.Errorf("%w: part %s holds %s where its file list has %s", catalog.ErrCorrupt, p.Key, name, f.Path)
+		if name, want := strings.TrimSuffix(hdr.Name, "/"), strings.TrimSuffix(f.TarName(), "/"); name != want {
+			return fmt.Errorf("%w: part %s holds %s where its file list has %s", catalog.ErrCorrupt, p.Key, name, want)
 		}
 		return fn(&f, tr)
 	})

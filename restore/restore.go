@@ -107,6 +107,11 @@ type restorer struct {
 	fetch map[int][]uint64 // part -> bit set over its list
 	want  []uint64
 	seed  maphash.Seed
+	// An incremental's chain, oldest first (chain.go): the files to write
+	// with the position of their whole copy, and those rebuilt from pages.
+	chain   []layer
+	need    []uint64
+	touched []uint64
 }
 
 // Run restores the backup. On error the directory stays marked incomplete;
@@ -129,13 +134,18 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err := r.plan(); err != nil {
 		return Result{}, err
 	}
-	if r.c, err = catalog.OpenContents(ctx, o.Store, r.m); err != nil {
+	if r.chain, err = openChain(ctx, o.Store, r.m); err != nil {
 		return Result{}, err
 	}
+	r.c = r.chain[len(r.chain)-1].c
 	if err := r.prepare(ctx); err != nil {
 		return Result{}, err
 	}
-	if err := r.fetchParts(ctx); err != nil {
+	fetch := r.fetchParts
+	if len(r.chain) > 1 {
+		fetch = r.fetchChain
+	}
+	if err := fetch(ctx); err != nil {
 		return r.res, err
 	}
 	if err := r.finish(); err != nil {
@@ -257,37 +267,50 @@ func (r *restorer) prepare(ctx context.Context) error {
 			return fmt.Errorf("creating tablespace directory %s: %w", loc, err)
 		}
 	}
-	if !r.o.Delta {
+	if !r.o.Delta && len(r.chain) == 1 {
 		r.o.Progress.Start(r.m.DataSize)
 		return nil
 	}
-	total, err := r.planDelta(ctx)
+	total, err := r.planFiles(ctx)
 	if err != nil {
 		return err
 	}
-	if err := r.removeExtra(); err != nil {
-		return err
+	if r.o.Delta {
+		if err := r.removeExtra(); err != nil {
+			return err
+		}
 	}
 	r.o.Progress.Start(total)
 	return nil
 }
 
-// planDelta reads every part's file list and compares each file with the
-// one in place (size and checksum), several parts at once. It returns the
-// bytes to fetch.
-func (r *restorer) planDelta(ctx context.Context) (int64, error) {
+// planFiles reads every part's file list of the backup restored and decides
+// what to write: for a delta restore, the files that differ from the one
+// in place (size and checksum), several parts at once; for a chain, from
+// which backup each file's whole copy comes. It returns the bytes to
+// write.
+func (r *restorer) planFiles(ctx context.Context) (int64, error) {
 	r.o.Progress.Stage("comparing")
-	r.fetch = map[int][]uint64{}
+	chain := len(r.chain) > 1
+	newest := len(r.chain) - 1
+	if !chain {
+		r.fetch = map[int][]uint64{}
+	}
 	var total int64
 	err := eachPart(ctx, r.c.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, _ []byte) error {
-		fetch := make([]uint64, (p.Files+63)/64)
-		var want []uint64
+		var fetch []uint64
+		if !chain {
+			fetch = make([]uint64, (p.Files+63)/64)
+		}
+		var want, need []uint64
 		var bytes int64
 		var files, kept, missing int
 		i := 0
 		err := r.c.Files(ctx, p, func(f catalog.File) error {
 			defer func() { i++ }()
-			want = append(want, r.hash(r.local(f.Path)))
+			if r.o.Delta {
+				want = append(want, r.hash(r.local(f.Path)))
+			}
 			if f.Type != catalog.TypeFile {
 				if _, err := os.Lstat(r.local(f.Path)); err != nil {
 					missing++
@@ -295,12 +318,23 @@ func (r *restorer) planDelta(ctx context.Context) (int64, error) {
 				return nil
 			}
 			files++
-			if f.Path != "global/pg_control" && sameFile(r.local(f.Path), f) {
+			if r.o.Delta && f.Path != "global/pg_control" && sameFile(r.local(f.Path), f) {
 				kept++
 				return nil
 			}
-			if i/64 < len(fetch) {
-				fetch[i/64] |= 1 << (i % 64)
+			switch {
+			case !chain:
+				if i/64 < len(fetch) {
+					fetch[i/64] |= 1 << (i % 64)
+				}
+			case f.Stored == catalog.StoredWhole:
+				need = append(need, r.needKey(f.Path, newest))
+			default:
+				first, ok := r.layerOf(f.Base)
+				if !ok || first == newest {
+					return fmt.Errorf("%w: backup %s: %s builds on backup %q, which is not in its chain", ErrChain, r.m.ID, f.Path, f.Base)
+				}
+				need = append(need, r.needKey(f.Path, first))
 			}
 			bytes += f.Size
 			return nil
@@ -311,17 +345,19 @@ func (r *restorer) planDelta(ctx context.Context) (int64, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.want = append(r.want, want...)
+		r.need = append(r.need, need...)
 		r.res.Files += files
 		r.res.Kept += kept
 		total += bytes
 		// Directories and links are made again in any part fetched; a
 		// part with nothing to fetch or make is not read.
-		if files > kept || missing > 0 {
+		if !chain && (files > kept || missing > 0) {
 			r.fetch[p.Number] = fetch
 		}
 		return nil
 	})
 	slices.Sort(r.want)
+	slices.Sort(r.need)
 	return total, err
 }
 

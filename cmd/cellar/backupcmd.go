@@ -20,12 +20,14 @@ import (
 func backupCommand(st *state) *cli.Command {
 	return &cli.Command{
 		Name:      "backup",
-		Usage:     "take a full base backup of a running server and upload it in parallel parts",
+		Usage:     "take a base backup (full, or incremental on an earlier one) of a running server and upload it in parallel parts",
 		ArgsUsage: "SERVER",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "fast", Usage: "start with an immediate checkpoint (default: the immediate_checkpoint setting, off: spread, as PostgreSQL's); --fast=false asks for a spread one"},
 			&cli.IntFlag{Name: "parallel", Aliases: []string{"j"}, Usage: "files read and parts written at once (default: the parallel setting)"},
 			&cli.BoolFlag{Name: "keep", Usage: "keep the backup (and the WAL it needs) from retention, as cellar keep does"},
+			&cli.StringFlag{Name: "type", Usage: "full, incr (the changes since the newest backup) or diff (since the newest full) (default: the backup_type setting)"},
+			&cli.StringFlag{Name: "parent", Usage: "the id of the backup an incremental builds on (default: the newest, or for diff the newest full)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -34,6 +36,34 @@ func backupCommand(st *state) *cli.Command {
 			srv, err := st.server(c)
 			if err != nil {
 				return err
+			}
+			typ := srv.BackupType
+			if c.IsSet("type") {
+				typ = c.String("type")
+				switch typ {
+				case catalog.TypeFull, catalog.TypeIncr, catalog.TypeDiff:
+				default:
+					return usagef("--type %s: use full, incr or diff", typ)
+				}
+			}
+			parent := c.String("parent")
+			if parent != "" {
+				if !catalog.ValidBackupID(parent) {
+					return usagef("--parent %s: not a backup id (see list-backups)", parent)
+				}
+				if !c.IsSet("type") {
+					typ = catalog.TypeIncr
+				}
+				if typ == catalog.TypeFull {
+					return usagef("--parent names the backup an incremental builds on: use it with --type incr or diff, not full")
+				}
+			}
+			if srv.BackupMethod == "stream" && typ != catalog.TypeFull {
+				why := "--type " + typ
+				if !c.IsSet("type") && parent == "" {
+					why = "backup_type = " + typ
+				}
+				return usagef("server %s: %s: %v", srv.Name, why, basebackup.ErrStreamIncremental)
 			}
 			var streamConninfo string
 			if srv.BackupMethod == "stream" {
@@ -89,6 +119,7 @@ func backupCommand(st *state) *cli.Command {
 				WALTimeout: time.Duration(srv.BackupWALTimeout), Progress: prog, Log: st.log,
 				CellarVersion: versionString(), OnStart: lock.setBackup, Now: st.now,
 				StreamConninfo: streamConninfo, CorruptInTransit: st.getenv("CELLAR_TEST_CORRUPT_STREAM"),
+				Type: typ, Parent: parent, MaxChain: srv.IncrementalMaxChain,
 			}
 			if srv.PrimaryConninfo != "" {
 				o.SwitchPrimaryWAL = func(ctx context.Context) error { return switchPrimaryWAL(ctx, srv) }
@@ -107,8 +138,12 @@ func backupCommand(st *state) *cli.Command {
 				return st.printJSON(catalog.SummaryOf(m))
 			}
 			if !st.quiet {
-				fmt.Fprintf(st.stdout, "Backup %s of server %s done: %s in %s (stored %s, ratio %.1f), WAL %s to %s\n",
-					m.ID, srv.Name, humanSize(m.DataSize), m.EndTime.Sub(m.BeginTime).Round(time.Second),
+				kind := "Backup"
+				if m.Parent != "" {
+					kind = fmt.Sprintf("Incremental backup (%s on %s, chain of %d)", m.Type, m.Parent, m.Chain())
+				}
+				fmt.Fprintf(st.stdout, "%s %s of server %s done: %s in %s (stored %s, ratio %.1f), WAL %s to %s\n",
+					kind, m.ID, srv.Name, humanSize(m.DataSize), m.EndTime.Sub(m.BeginTime).Round(time.Second),
 					humanSize(m.StoredSize), m.Ratio(), m.BeginWAL, m.EndWAL)
 			}
 			return nil

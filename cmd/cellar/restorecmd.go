@@ -303,8 +303,12 @@ func verifyCommand(st *state) *cli.Command {
 					for _, p := range res.Problems {
 						fmt.Fprintf(st.stdout, "FAILED %s: %s\n", p.Object, st.scrub(oneLine(p.Error)))
 					}
-					fmt.Fprintf(st.stdout, "Backup %s of server %s: %s (%d parts, %d files, WAL %s to %s: %d segments)\n",
-						m.ID, srv.Name, status, res.Parts, res.Files, res.FirstWAL, res.LastWAL, res.WAL)
+					chain := ""
+					if len(res.Ancestors) > 0 {
+						chain = fmt.Sprintf(", with the backups it builds on: %s", strings.Join(res.Ancestors, ", "))
+					}
+					fmt.Fprintf(st.stdout, "Backup %s of server %s: %s (%d parts, %d files, WAL %s to %s: %d segments%s)\n",
+						m.ID, srv.Name, status, res.Parts, res.Files, res.FirstWAL, res.LastWAL, res.WAL, chain)
 				}
 				if len(res.Problems) > 0 {
 					return &exitError{code: exitFailure, silent: true}

@@ -67,8 +67,13 @@ type Server struct {
 	StreamingLagMax         Size     `ini:"streaming_lag_max" default:"0" min:"0" max:"1099511627776"`
 	PrimaryConninfo         string   `ini:"primary_conninfo" secret:"conninfo"`
 
-	BackupPartSize   Size     `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
-	BackupWALTimeout Duration `ini:"backup_wal_timeout" default:"300s" min:"1" max:"604800"`
+	BackupPartSize Size `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
+	// BackupType is the type of a backup taken without --type.
+	BackupType string `ini:"backup_type" default:"full" enum:"full,incr,diff"`
+	// IncrementalMaxChain is the most backups a restore reads: a backup
+	// that would make a longer chain is a full one.
+	IncrementalMaxChain int      `ini:"incremental_max_chain" default:"7" min:"1" max:"100"`
+	BackupWALTimeout    Duration `ini:"backup_wal_timeout" default:"300s" min:"1" max:"604800"`
 	// ImmediateCheckpoint starts backups with an immediate checkpoint, as
 	// --fast does (Barman's setting).
 	ImmediateCheckpoint  bool   `ini:"immediate_checkpoint" default:"off"`
