@@ -171,12 +171,8 @@ func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 			o.Server, id.SystemIdentifier, srv.SystemIdentifier)
 	}
 
-	method := "local"
-	if stream {
-		method = "stream"
-	}
 	probe := &backup{o: o, typ: o.Type}
-	parent, err := probe.chooseParent(ctx, srv, method)
+	parent, err := probe.chooseParent(ctx, srv)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ type parentFile struct {
 // chooseParent decides what the backup builds on: nil for a full backup,
 // with the reason logged when an incremental was asked for. A parent that
 // is named but missing, or damaged, is an error.
-func (b *backup) chooseParent(ctx context.Context, srv *Server, method string) (*catalog.Manifest, error) {
+func (b *backup) chooseParent(ctx context.Context, srv *Server) (*catalog.Manifest, error) {
 	o := b.o
 	if o.Type == catalog.TypeFull && o.Parent == "" {
 		return nil, nil
@@ -79,7 +79,7 @@ func (b *backup) chooseParent(ctx context.Context, srv *Server, method string) (
 		return full("the parent %s has WAL segments of %d bytes, the server %d", parent.ID, parent.WALSegmentSize, srv.WALSegmentSize)
 	case parent.Compression != string(o.Codec):
 		return full("the parent %s is compressed with %s, this backup with %s (compression)", parent.ID, parent.Compression, o.Codec)
-	case parent.Method == "stream" || method == "stream":
+	case parent.Method == "stream":
 		return full("the parent %s was taken with backup_method = stream, whose file lists are not in path order", parent.ID)
 	case parent.Chain()+1 > o.MaxChain:
 		return full("the chain on %s would hold %d backups, incremental_max_chain is %d", parent.ID, parent.Chain()+1, o.MaxChain)

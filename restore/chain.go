@@ -51,8 +51,8 @@ func openChain(ctx context.Context, store cloud.Storage, m *catalog.Manifest) ([
 		if cur.Parent == "" {
 			break
 		}
-		if len(chain) > 1000 {
-			return nil, fmt.Errorf("%w: backup %s: a chain of more than 1000 backups", ErrChain, m.ID)
+		if len(chain) >= rebuilt {
+			return nil, fmt.Errorf("%w: backup %s: a chain of more than %d backups", ErrChain, m.ID, rebuilt-1)
 		}
 		next, err := catalog.ReadManifest(ctx, store, cur.Server, cur.Parent)
 		if err != nil {
@@ -88,22 +88,28 @@ func (r *restorer) layerOf(id string) (int, bool) {
 	return 0, false
 }
 
-// needKey packs a path's hash with a chain position: the low byte is the
-// position (a chain is at most 255 backups here; incremental_max_chain
-// allows 100).
+// needKey packs a path's hash with a chain position and the rebuilt
+// flag: the low byte (a chain is at most 127 backups here;
+// incremental_max_chain allows 100).
 func (r *restorer) needKey(path string, layer int) uint64 {
 	return r.hash(path)&^0xff | uint64(layer)
 }
 
+// rebuilt flags a file that the newest backup holds as changed pages: it
+// is checked once rebuilt, not as its whole copy is written.
+const rebuilt = 0x80
+
 // firstLayer is the chain position from which the file at path is
-// written, if the restore writes it.
-func (r *restorer) firstLayer(path string) (int, bool) {
+// written, if the restore writes it, and whether the newest backup
+// changes pages of it.
+func (r *restorer) firstLayer(path string) (layer int, changed, ok bool) {
 	h := r.hash(path) &^ 0xff
 	i, _ := slices.BinarySearch(r.need, h)
 	if i < len(r.need) && r.need[i]&^0xff == h {
-		return int(r.need[i] & 0xff), true
+		b := int(r.need[i] & 0xff)
+		return b &^ rebuilt, b&rebuilt != 0, true
 	}
-	return 0, false
+	return 0, false, false
 }
 
 // fetchChain writes the chain, one backup after the other.
@@ -122,11 +128,11 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 					}
 					return nil
 				}
-				first, ok := r.firstLayer(f.Path)
+				first, changed, ok := r.firstLayer(f.Path)
 				if !ok || first > k {
 					return nil
 				}
-				return r.layerEntry(k, first, l.m, f, tr, buf)
+				return r.layerEntry(k, first, changed, l.m, f, tr, buf)
 			})
 		})
 		if err != nil {
@@ -142,11 +148,11 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 
 // layerEntry writes what backup k of the chain holds of a file whose
 // whole copy comes from backup first.
-func (r *restorer) layerEntry(k, first int, m *catalog.Manifest, f *catalog.File, tr *tar.Reader, buf []byte) error {
+func (r *restorer) layerEntry(k, first int, changed bool, m *catalog.Manifest, f *catalog.File, tr *tar.Reader, buf []byte) error {
 	newest := k == len(r.chain)-1
 	switch {
 	case k == first && f.Stored == catalog.StoredWhole:
-		return r.entry(f, tr, buf)
+		return r.write(f, tr, buf, !changed)
 	case k == first || f.Stored == catalog.StoredWhole:
 		return fmt.Errorf("%w: backup %s stores %s as %q where its successors expect %s", ErrChain, m.ID, f.Path, f.Stored, map[bool]string{true: "the whole file", false: "changes"}[k == first])
 	case f.Stored == catalog.StoredPages:

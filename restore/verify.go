@@ -79,7 +79,7 @@ func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 			return res, nil
 		}
 		chain = append(chain, layer{cur, c})
-		if cur.Parent == "" || len(chain) > 1000 {
+		if cur.Parent == "" || len(chain) >= rebuilt {
 			break
 		}
 		next, err := catalog.ReadManifest(ctx, o.Store, cur.Server, cur.Parent)
