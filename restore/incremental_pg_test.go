@@ -2,7 +2,9 @@ package restore_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/cellar-backup/cellar/basebackup"
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/catalog/codec"
+	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/mem"
 	"github.com/cellar-backup/cellar/internal/pgtest"
 	"github.com/cellar-backup/cellar/restore"
@@ -35,12 +38,15 @@ func TestIncrementalChainWithPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	backup := func(typ string) *catalog.Manifest {
-		t.Helper()
-		m, err := basebackup.Run(ctx, basebackup.Options{
+	options := func(typ string) basebackup.Options {
+		return basebackup.Options{
 			Store: store, Server: "main", Conn: conn, PGData: src.DataDir(), Codec: codec.Zstd,
 			Parallel: 2, PartSize: 4 << 20, Fast: true, WALTimeout: 2 * time.Minute, CellarVersion: "test", Type: typ,
-		})
+		}
+	}
+	backup := func(typ string) *catalog.Manifest {
+		t.Helper()
+		m, err := basebackup.Run(ctx, options(typ))
 		if err != nil {
 			t.Fatalf("%s backup: %v", typ, err)
 		}
@@ -138,4 +144,55 @@ func TestIncrementalChainWithPostgreSQL(t *testing.T) {
 	if a, b := dumpall(t, src), dumpall(t, restored); a != b {
 		t.Fatalf("pg_dumpall of the restored server differs from the source's (%d against %d bytes)", len(b), len(a))
 	}
+
+	// A parent of another codec, or a chain at incremental_max_chain:
+	// a full backup instead.
+	o := options(catalog.TypeIncr)
+	o.Codec = codec.S2
+	if m, err := basebackup.Run(ctx, o); err != nil || m.BackupType() != catalog.TypeFull || m.Parent != "" {
+		t.Fatalf("an incremental on a parent of another codec: %v, type %s parent %q; want a full", err, m.BackupType(), m.Parent)
+	}
+	o = options(catalog.TypeDiff)
+	o.MaxChain = 1
+	if m, err := basebackup.Run(ctx, o); err != nil || m.BackupType() != catalog.TypeFull {
+		t.Fatalf("a diff at incremental_max_chain 1: %v, type %s; want a full", err, m.BackupType())
+	}
+
+	// A damaged chain: an incremental on it fails before it stores
+	// anything, and restore and verify of the incremental name the piece.
+	o = options(catalog.TypeIncr)
+	o.Parent = incr2.ID
+	pc, _ := pgtest.Contents(t, store, incr1)
+	gone := pc[0].Blocks.Key
+	if err := store.Delete(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	before := objectCount(t, store)
+	if _, err := basebackup.Run(ctx, o); !errors.Is(err, basebackup.ErrParent) || !strings.Contains(err.Error(), gone) {
+		t.Fatalf("an incremental on a chain without %s: %v; want an error naming it", gone, err)
+	}
+	if after := objectCount(t, store); after != before {
+		t.Fatalf("the refused incremental left %d objects more in the repository", after-before)
+	}
+	damaged := pc[0].Key
+	if err := store.Put(ctx, damaged, strings.NewReader("not a part"), 10); err != nil {
+		t.Fatal(err)
+	}
+	dest = filepath.Join(src.MakeDir("restored-damaged"), "data")
+	if _, err := restore.Run(ctx, restore.Options{Store: store, Manifest: incr2, Dest: dest, Parallel: 2}); err == nil || !strings.Contains(err.Error(), damaged) {
+		t.Fatalf("restore of %s with its parent's part damaged: %v; want an error naming %s", incr2.ID, err, damaged)
+	}
+	vr, err := restore.Verify(ctx, restore.VerifyOptions{Store: store, Manifest: incr2, Parallel: 2})
+	if err != nil || len(vr.Problems) != 1 || vr.Problems[0].Object != damaged {
+		t.Fatalf("verify of %s with its parent's part damaged: %+v %v; want one problem, %s", incr2.ID, vr.Problems, err, damaged)
+	}
+}
+
+func objectCount(t *testing.T, store cloud.Storage) int {
+	t.Helper()
+	n := 0
+	if err := store.List(context.Background(), "", func(cloud.ObjectInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
