@@ -21,7 +21,7 @@ import (
 	"github.com/cellar-backup/cellar/cloud/storagetest"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/manifest-v2 from what this Cellar writes")
+var update = flag.Bool("update", false, "rewrite testdata/manifest-v2 and manifest-v3 from what this Cellar writes")
 
 const goldenV2 = "../testdata/manifest-v2"
 
