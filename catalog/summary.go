@@ -45,8 +45,12 @@ type Summary struct {
 	Next     string `json:"next_backup,omitempty"`
 	Error    string `json:"error,omitempty"`
 	Keep     bool   `json:"keep"`
+	// Children are the finished backups that name this one as their
+	// parent, oldest first.
+	Children []string `json:"children,omitempty"`
 	// Retention is the policy's verdict on a finished backup: VALID,
-	// OBSOLETE or KEEP:STANDALONE.
+	// VALID:PARENT (retained only because a retained backup builds on
+	// it), OBSOLETE or KEEP:STANDALONE.
 	Retention string `json:"retention_status,omitempty"`
 	Host      string `json:"host,omitempty"`
 	CellarVer string `json:"cellar_version,omitempty"`
@@ -54,15 +58,23 @@ type Summary struct {
 
 // Summaries are the backups, newest first, each with the WAL archived
 // from it to the next finished backup (to the end of the archive with
-// toEnd), its neighbours, and the retention status of a finished one:
-// VALID, OBSOLETE (see MarkObsolete) or KEEP:STANDALONE.
+// toEnd), its neighbours, the backups that build on it, and the
+// retention status of a finished one: VALID, VALID:PARENT (see
+// MarkParents), OBSOLETE (see MarkObsolete) or KEEP:STANDALONE.
 func (c *Catalog) Summaries(toEnd bool) []Summary {
 	rows := make([]Summary, 0, len(c.Backups))
 	var done []int
+	at := map[string]int{}
 	for i, e := range c.Backups { // oldest first
 		rows = append(rows, c.summaryOf(e))
+		at[e.ID] = i
 		if e.Status == StatusDone {
 			done = append(done, i)
+		}
+	}
+	for _, i := range done {
+		if j, ok := at[rows[i].Parent]; ok && j != i {
+			rows[j].Children = append(rows[j].Children, rows[i].ID)
 		}
 	}
 	for k, i := range done {
@@ -95,6 +107,8 @@ func (c *Catalog) summaryOf(e Entry) Summary {
 			r.Retention = "KEEP:STANDALONE"
 		case e.Obsolete:
 			r.Retention = "OBSOLETE"
+		case e.NeededAsParent:
+			r.Retention = "VALID:PARENT"
 		default:
 			r.Retention = "VALID"
 		}

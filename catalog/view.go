@@ -47,6 +47,9 @@ type Entry struct {
 	// Obsolete is set by MarkObsolete: the retention policy no longer
 	// needs the backup.
 	Obsolete bool
+	// NeededAsParent is set by MarkParents: the retention policy alone
+	// would remove the backup, but a retained backup builds on it.
+	NeededAsParent bool
 }
 
 // WALFile is one archived WAL file.
@@ -194,13 +197,30 @@ func (c *Catalog) NewestBefore(t time.Time) (Entry, error) {
 
 // MarkObsolete marks the backups with these ids obsolete.
 func (c *Catalog) MarkObsolete(ids []string) {
-	set := map[string]bool{}
+	for i, in := range c.marks(ids) {
+		c.Backups[i].Obsolete = in
+	}
+}
+
+// MarkParents marks the backups with these ids as retained only because
+// retained backups build on them.
+func (c *Catalog) MarkParents(ids []string) {
+	for i, in := range c.marks(ids) {
+		c.Backups[i].NeededAsParent = in
+	}
+}
+
+// marks says, for each backup, whether its id is one of ids.
+func (c *Catalog) marks(ids []string) []bool {
+	set := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		set[id] = true
 	}
-	for i := range c.Backups {
-		c.Backups[i].Obsolete = set[c.Backups[i].ID]
+	out := make([]bool, len(c.Backups))
+	for i, e := range c.Backups {
+		out[i] = set[e.ID]
 	}
+	return out
 }
 
 // WALNames are the archived WAL files' names, as listed.

@@ -2,6 +2,7 @@ package catalog_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -177,5 +178,28 @@ func TestCatalogQueries(t *testing.T) {
 	}
 	if _, err := c.Recoverable(c.Backups[2].Manifest); !errors.Is(err, catalog.ErrNoWAL) {
 		t.Errorf("Recoverable without a WAL listing = %v", err)
+	}
+}
+
+// TestSummariesChain: a full backup with an incremental on it shows its
+// child and, marked as a parent, VALID:PARENT; the incremental its type,
+// parent and chain length; JSON names no parent for the full one.
+func TestSummariesChain(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	full := &catalog.Manifest{ID: catalog.NewBackupID(t0), Status: catalog.StatusDone}
+	incr := &catalog.Manifest{ID: catalog.NewBackupID(t0.Add(time.Hour)), Status: catalog.StatusDone, Type: catalog.TypeIncr, Parent: full.ID, ChainLength: 2}
+	c := &catalog.Catalog{Server: "main", Backups: []catalog.Entry{
+		{ID: full.ID, Status: catalog.StatusDone, Manifest: full}, {ID: incr.ID, Status: catalog.StatusDone, Manifest: incr}}}
+	c.MarkParents([]string{full.ID})
+	rows := c.Summaries(false)
+	if r := rows[1]; r.Type != catalog.TypeFull || r.ChainLength != 1 || r.Retention != "VALID:PARENT" || len(r.Children) != 1 || r.Children[0] != incr.ID {
+		t.Errorf("the full backup: %+v", r)
+	}
+	if r := rows[0]; r.Type != catalog.TypeIncr || r.Parent != full.ID || r.ChainLength != 2 || r.Retention != "VALID" || r.Children != nil {
+		t.Errorf("the incremental: %+v", r)
+	}
+	js, err := json.Marshal(rows[1])
+	if err != nil || strings.Contains(string(js), `"parent"`) || !strings.Contains(string(js), `"type":"full"`) {
+		t.Errorf("the full backup as JSON: %s, %v", js, err)
 	}
 }

@@ -467,7 +467,8 @@ func BackupAge(s Settings, cat *catalog.Catalog, now time.Time) Result {
 
 // Catalog checks the backups against the retention settings: minimum
 // redundancy, the policy, failed backups, and WAL continuity from the
-// oldest retained backup to the last archived segment.
+// oldest retained backup that retention keeps the WAL after (not a kept
+// backup, which keeps its own range only) to the last archived segment.
 func Catalog(s Settings, cat *catalog.Catalog, now time.Time) []Result {
 	if s.PolicyErr != nil {
 		return []Result{failErr("retention policy settings", s.PolicyErr)}
@@ -485,7 +486,9 @@ func Catalog(s Settings, cat *catalog.Catalog, now time.Time) []Result {
 		switch b.Status {
 		case catalog.StatusDone:
 			done++
-			if oldest == nil && retained[b.ID] {
+			// The backup WAL is kept from on every timeline; with only
+			// kept backups (which keep their own range), the oldest.
+			if oldest == nil && retained[b.ID] && (p.WALFrom == "" || p.WALFrom == b.ID) {
 				oldest = &cat.Backups[i]
 			}
 		case catalog.StatusFailed: // handled failures and killed runs

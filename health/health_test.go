@@ -86,6 +86,14 @@ func TestCatalogChecks(t *testing.T) {
 			t.Errorf("%s = %s", name, st)
 		}
 	}
+	// A kept backup keeps its own range only: the WAL after it and
+	// before the backup retention keeps the WAL from is not missing.
+	cat.Backups[0].Keep = true
+	cat.WAL = wal(2, 3, 6, 7, 8)
+	s.Policy.Redundancy = 1
+	if got := statusOf(health.Catalog(s, cat, now)); got["WAL continuity"] != "OK " {
+		t.Errorf("WAL continuity with a kept backup = %s", got["WAL continuity"])
+	}
 	s.PolicyErr = errors.New("retention_policy: bad")
 	if r := health.Catalog(s, cat, now); len(r) != 1 || r[0].Name != "retention policy settings" || r[0].Status != health.Failed {
 		t.Errorf("Catalog with a bad policy = %+v", r)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -43,7 +44,7 @@ func InputOf(c *catalog.Catalog) Input {
 	for _, e := range c.Backups {
 		b := Backup{ID: e.ID, Status: e.Status, Keep: e.Keep, Host: e.Host}
 		if m := e.Manifest; m != nil {
-			b.EndTime, b.Timeline, b.BeginWAL, b.EndWAL = m.EndTime, m.Timeline, m.BeginWAL, m.EndWAL
+			b.EndTime, b.Timeline, b.BeginWAL, b.EndWAL, b.Parent = m.EndTime, m.Timeline, m.BeginWAL, m.EndWAL, m.Parent
 		}
 		in.Backups = append(in.Backups, b)
 	}
@@ -55,32 +56,40 @@ const backupWorkers = 8
 
 // Execute carries out a plan: each backup leaves the catalog first (its
 // manifest and marker), then its parts and its keep marker go; then the
-// WAL files, in batches. With dryRun it only counts.
+// WAL files, in batches. A backup goes only once the backups of the plan
+// that build on it are gone (see removalRounds), so that an interrupted
+// run never leaves an incremental without its parent. With dryRun it only
+// counts.
 func Execute(ctx context.Context, store cloud.Storage, server string, p Plan, walSizes map[string]int64, dryRun bool) (Removed, error) {
 	var r Removed
 	// Backups go several at once (each one's own order kept), each a
-	// few requests; the results keep the plan's order.
+	// few requests, round after round; the results keep the plan's order.
 	ids := append(append([]string(nil), p.Obsolete...), p.Failed...)
 	removed := make([]RemovedBackup, len(ids))
-	errs := make([]error, len(ids))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(backupWorkers, len(ids)) {
-		wg.Go(func() {
-			for i := range next {
-				removed[i], errs[i] = removeBackup(ctx, store, server, ids[i], p.Reason[ids[i]], dryRun)
-			}
-		})
-	}
-	for i := range ids {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	for i, rb := range removed {
-		if errs[i] != nil {
-			return r, errs[i]
+	for _, round := range removalRounds(ids, p.BuildsOn) {
+		errs := make([]error, len(ids))
+		next := make(chan int)
+		var wg sync.WaitGroup
+		for range min(backupWorkers, len(round)) {
+			wg.Go(func() {
+				for i := range next {
+					removed[i], errs[i] = removeBackup(ctx, store, server, ids[i], p.Reason[ids[i]], dryRun)
+				}
+			})
 		}
+		for _, i := range round {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				// Not a parent of a backup that may still be there.
+				return r, err
+			}
+		}
+	}
+	for _, rb := range removed {
 		r.Backups = append(r.Backups, rb)
 		r.Bytes += rb.Bytes
 		r.Objects += rb.Objects
@@ -103,6 +112,40 @@ func Execute(ctx context.Context, store cloud.Storage, server string, p Plan, wa
 		}
 	}
 	return r, nil
+}
+
+// removalRounds orders the removal of the backups ids (indexes into ids,
+// in rounds): a backup comes a round after every backup of ids that
+// builds on it (buildsOn names each one's parent), directly or not; those
+// that no backup of ids builds on come first.
+func removalRounds(ids []string, buildsOn map[string]string) [][]int {
+	if len(ids) == 0 {
+		return nil
+	}
+	at := make(map[string]int, len(ids))
+	for i, id := range ids {
+		at[id] = i
+	}
+	round := make([]int, len(ids))
+	last := 0
+	for i := range ids {
+		// Up the chain, within ids; at most len(ids) steps.
+		c := ids[i]
+		for d := 1; d <= len(ids); d++ {
+			j, ok := at[buildsOn[c]]
+			if !ok {
+				break
+			}
+			round[j] = max(round[j], d)
+			last = max(last, d)
+			c = ids[j]
+		}
+	}
+	rounds := make([][]int, last+1)
+	for i := range ids {
+		rounds[round[i]] = append(rounds[round[i]], i)
+	}
+	return rounds
 }
 
 // RemoveBackup removes one backup: manifest and marker first, so that it
@@ -142,11 +185,15 @@ func removeBackup(ctx context.Context, store cloud.Storage, server, id, reason s
 // OrphanParts lists the backups that have parts in the repository but
 // neither manifest nor marker in cat (a backup killed before its marker
 // was written, or one whose removal was interrupted), whose newest part
-// was written before before.
+// was written before before; never one that a finished backup of cat
+// names as its parent.
 func OrphanParts(ctx context.Context, store cloud.Storage, cat *catalog.Catalog, before time.Time) ([]string, error) {
 	known := map[string]bool{}
 	for _, b := range cat.Backups {
 		known[b.ID] = true
+		if b.Manifest != nil && b.Manifest.Parent != "" {
+			known[b.Manifest.Parent] = true
+		}
 	}
 	newest := map[string]time.Time{}
 	prefix := catalog.BasePrefix(cat.Server)
@@ -190,17 +237,52 @@ func StaleChunks(ctx context.Context, store cloud.Storage, cat *catalog.Catalog,
 var (
 	ErrKept            = errors.New("the backup is kept")
 	ErrBelowRedundancy = errors.New("below the minimum redundancy")
+	ErrParent          = errors.New("incremental backups build on it")
 )
 
 // CheckDelete says whether the backup e of cat may be deleted by hand: not
-// when it is kept, nor when a finished backup's going would leave fewer
-// than minimumRedundancy finished backups.
+// when it is kept, nor when a finished backup builds on it (see
+// Dependents), nor when a finished backup's going would leave fewer than
+// minimumRedundancy finished backups.
 func CheckDelete(cat *catalog.Catalog, e catalog.Entry, minimumRedundancy int) error {
 	if e.Keep {
 		return ErrKept
+	}
+	if direct, _ := Dependents(cat, e.ID); len(direct) > 0 {
+		return fmt.Errorf("backup %s: %w: %s", e.ID, ErrParent, strings.Join(direct, ", "))
 	}
 	if left := len(cat.Done()) - 1; e.Status == catalog.StatusDone && left < minimumRedundancy {
 		return fmt.Errorf("deleting backup %s would leave %d backups, %w of %d", e.ID, left, ErrBelowRedundancy, minimumRedundancy)
 	}
 	return nil
+}
+
+// Dependents are the finished backups of cat that build on the backup id:
+// those that name it as their parent (direct), and those that build on
+// them in turn (indirect), each newest first, the order to delete them in.
+func Dependents(cat *catalog.Catalog, id string) (direct, indirect []string) {
+	children := map[string][]string{}
+	for _, b := range cat.Done() {
+		if m := b.Manifest; m != nil && m.Parent != "" && m.Parent != b.ID {
+			children[m.Parent] = append(children[m.Parent], b.ID)
+		}
+	}
+	seen := map[string]bool{id: true}
+	direct = children[id]
+	for _, c := range direct {
+		seen[c] = true
+	}
+	for queue := slices.Clone(direct); len(queue) > 0; queue = queue[1:] {
+		for _, c := range children[queue[0]] {
+			if !seen[c] {
+				seen[c] = true
+				indirect = append(indirect, c)
+				queue = append(queue, c)
+			}
+		}
+	}
+	newestFirst := func(a, b string) int { return strings.Compare(b, a) }
+	slices.SortFunc(direct, newestFirst)
+	slices.SortFunc(indirect, newestFirst)
+	return direct, indirect
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -224,9 +225,9 @@ func listBackupsCommand(st *state) *cli.Command {
 						fmt.Fprintln(st.stdout, st.scrub(line))
 						continue
 					}
-					fmt.Fprintf(st.stdout, "%s %s - %s - %s - Size: %s - Stored: %s - WAL Size: %s\n",
+					fmt.Fprintf(st.stdout, "%s %s - %s - %s - Size: %s - Stored: %s - WAL Size: %s - Type: %s\n",
 						srv.Name, r.ID, r.EndTime.Local().Format(time.ANSIC), r.Status,
-						humanSize(r.DataSize), humanSize(r.StoredSize), humanSize(r.WALSize))
+						humanSize(r.DataSize), humanSize(r.StoredSize), humanSize(r.WALSize), backupType(r))
 				}
 				return nil
 			})
@@ -299,6 +300,11 @@ func printBackup(st *state, r backupRow) {
 		line("Tablespace "+t.Name, fmt.Sprintf("%s (oid %d, %s)", t.Location, t.OID, humanSize(t.Size)))
 	}
 	fmt.Fprintln(w, "\n  Base backup information:")
+	line("Backup type", r.Type)
+	if r.Parent != "" {
+		line("Parent backup", r.Parent)
+	}
+	line("Chain length", r.ChainLength)
 	line("Timeline", r.Timeline)
 	line("Begin WAL", r.BeginWAL)
 	line("End WAL", r.EndWAL)
@@ -308,7 +314,11 @@ func printBackup(st *state, r backupRow) {
 	line("End time", r.EndTime.Local().Format(time.RFC3339))
 	line("Duration", time.Duration(r.Duration*float64(time.Second)).Round(time.Second))
 	line("Size", humanSize(r.DataSize))
-	line("Stored size", humanSize(r.StoredSize))
+	if r.Parent != "" {
+		line("Stored size", humanSize(r.StoredSize)+" (what changed since "+r.Parent+")")
+	} else {
+		line("Stored size", humanSize(r.StoredSize))
+	}
 	line("Compression", fmt.Sprintf("%s, ratio %.2f", r.Compression, r.Ratio))
 	line("Files", r.Files)
 	line("Parts", r.Parts)
@@ -319,6 +329,17 @@ func printBackup(st *state, r backupRow) {
 	fmt.Fprintln(w, "\n  Catalog information:")
 	line("Previous Backup", orDash(r.Previous))
 	line("Next Backup", orDash(r.Next))
+	line("Children Backups", orDash(strings.Join(r.Children, ", ")))
+}
+
+// backupType is a finished backup's type as list-backups prints it:
+// "full", or for an incremental its type, its parent and the length of its
+// chain ("incr - Parent: ID - Chain: 3").
+func backupType(r backupRow) string {
+	if r.Parent == "" {
+		return r.Type
+	}
+	return fmt.Sprintf("%s - Parent: %s - Chain: %d", r.Type, r.Parent, r.ChainLength)
 }
 
 func orDash(s string) string {
@@ -329,9 +350,12 @@ func orDash(s string) string {
 }
 
 // markObsolete marks the backups the server's retention policy no longer
-// needs (none without a policy).
+// needs, and those it keeps only because retained backups build on them
+// (none without a policy).
 func (st *state) markObsolete(srv *config.Server, cat *catalog.Catalog) {
 	if pol, err := policyOf(srv); err == nil && srv.RetentionPolicy != "" {
-		cat.MarkObsolete(st.decide(cat, pol).Obsolete)
+		p := st.decide(cat, pol)
+		cat.MarkObsolete(p.Obsolete)
+		cat.MarkParents(p.Parents)
 	}
 }

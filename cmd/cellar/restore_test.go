@@ -553,15 +553,8 @@ func TestRetentionEndToEnd(t *testing.T) {
 func TestRetentionDeletesAcrossPages(t *testing.T) {
 	for _, kind := range []string{"file", "s3"} {
 		t.Run(kind, func(t *testing.T) {
-			base := t.TempDir()
-			repoConf, env := repository(t, kind, func(n string) string { d := filepath.Join(base, n); os.MkdirAll(d, 0o700); return d })
-			conf := writeConfig(t, "[cellar]\n"+repoConf+"lock_directory = "+base+"\nretention_policy = REDUNDANCY 2\n\n[main]\n")
-			store := openRepository(t, conf, env)
+			conf, env, store := syntheticRepository(t, kind, "retention_policy = REDUNDANCY 2\n")
 			ctx := context.Background()
-			const segSize = 16 << 20
-			if _, err := catalog.EnsureIdentity(ctx, store, "main", catalog.Identity{SystemIdentifier: 1, WALSegmentSize: segSize}); err != nil {
-				t.Fatal(err)
-			}
 			keys := make(chan string)
 			var wg sync.WaitGroup
 			for range 32 {

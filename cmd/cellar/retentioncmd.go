@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -204,7 +205,8 @@ func retentionCommand(st *state) *cli.Command {
 					return err
 				}
 				if st.format == "json" {
-					return st.printJSON(map[string]any{"server": srv.Name, "policy": srv.RetentionPolicy, "dry_run": dry, "retained": nonNil(p.Retained), "removed": res})
+					return st.printJSON(map[string]any{"server": srv.Name, "policy": srv.RetentionPolicy, "dry_run": dry, "retained": nonNil(p.Retained),
+						"retained_as_parents": nonNil(p.Parents), "removed": res})
 				}
 				verb := "Removed"
 				if dry {
@@ -213,8 +215,12 @@ func retentionCommand(st *state) *cli.Command {
 				for _, b := range res.Backups {
 					fmt.Fprintf(st.stdout, "%s backup %s (%s, %d parts, %s)\n", verb, b.ID, b.Reason, b.Parts, humanSize(b.Bytes))
 				}
-				fmt.Fprintf(st.stdout, "%s %d WAL files (%s); %s freed in all. Retained: %d backups.\n",
-					verb, res.WALFiles, humanSize(res.WALBytes), humanSize(res.Bytes), len(p.Retained))
+				parents := ""
+				if len(p.Parents) > 0 {
+					parents = fmt.Sprintf(" (%d of them only because retained incremental backups build on them)", len(p.Parents))
+				}
+				fmt.Fprintf(st.stdout, "%s %d WAL files (%s); %s freed in all. Retained: %d backups%s.\n",
+					verb, res.WALFiles, humanSize(res.WALBytes), humanSize(res.Bytes), len(p.Retained), parents)
 				return nil
 			})
 		},
@@ -231,7 +237,7 @@ func nonNil(s []string) []string {
 func deleteCommand(st *state) *cli.Command {
 	return &cli.Command{
 		Name:      "delete",
-		Usage:     "remove one backup (refused when kept or below minimum_redundancy)",
+		Usage:     "remove one backup (refused when kept, when incremental backups build on it, or below minimum_redundancy)",
 		ArgsUsage: "SERVER BACKUP_ID",
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "delete takes SERVER and BACKUP_ID", func(srv *config.Server, store cloud.Storage) error {
@@ -248,6 +254,13 @@ func deleteCommand(st *state) *cli.Command {
 				switch err := retention.CheckDelete(cat, r, srv.MinimumRedundancy); {
 				case errors.Is(err, retention.ErrKept):
 					return fmt.Errorf("backup %s of server %s is kept: release it first with cellar keep %s %s --release", r.ID, srv.Name, srv.Name, r.ID)
+				case errors.Is(err, retention.ErrParent):
+					direct, indirect := retention.Dependents(cat, r.ID)
+					deps := strings.Join(direct, ", ")
+					if len(indirect) > 0 {
+						deps += " (and, through them, of " + strings.Join(indirect, ", ") + ")"
+					}
+					return fmt.Errorf("backup %s of server %s is the parent of %s: delete those first, newest first", r.ID, srv.Name, deps)
 				case errors.Is(err, retention.ErrBelowRedundancy):
 					return fmt.Errorf("deleting backup %s would leave %d backups of server %s, below minimum_redundancy = %d", r.ID, len(cat.Done())-1, srv.Name, srv.MinimumRedundancy)
 				case err != nil:
