@@ -355,6 +355,9 @@ func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Man
 	for i := range m.Tablespaces {
 		m.Tablespaces[i].Size = b.spcSize[strconv.FormatUint(uint64(m.Tablespaces[i].OID), 10)]
 	}
+	if err := b.parentStillThere(ctx); err != nil {
+		return nil, err
+	}
 	index, err := catalog.WriteIndex(ctx, o.Store, o.Server, b.id, parts)
 	if err != nil {
 		return nil, fmt.Errorf("writing the index of parts: %w", err)

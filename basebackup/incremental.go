@@ -203,3 +203,24 @@ func mergeParent(ctx context.Context, parent *catalog.Manifest, c *catalog.Conte
 		return perr
 	}
 }
+
+// parentStillThere checks, before the manifest is written, that the
+// chain's manifests are still in the repository: a delete or retention
+// run on another host may have removed an older parent named with
+// --parent while the backup ran.
+func (b *backup) parentStillThere(ctx context.Context) error {
+	for m := b.parent; m != nil; {
+		if _, err := b.o.Store.Stat(ctx, catalog.ManifestKey(m.Server, m.ID)); err != nil {
+			return fmt.Errorf("backup %s, which this incremental builds on, is gone from the repository (deleted while the backup ran?): %w", m.ID, err)
+		}
+		if m.Parent == "" {
+			return nil
+		}
+		next, err := catalog.ReadManifest(ctx, b.o.Store, m.Server, m.Parent)
+		if err != nil {
+			return fmt.Errorf("backup %s, which this incremental builds on: %w: %w", m.Parent, ErrParent, err)
+		}
+		m = next
+	}
+	return nil
+}
