@@ -10,24 +10,31 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
+	"sync"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 )
 
-// An incremental backup is restored from its chain, oldest backup first:
+// An incremental backup is restored from its chain, newest backup first:
 // each backup's parts are read in parallel, and of each file only what the
-// newest backup needs is written: the whole file from the backup its
-// entry names as Base, then the changed pages of every later backup, then
-// the file is truncated to the newest entry's size. A file that had pages
-// applied is read back and checked against the newest manifest's SHA-256;
-// a whole file is checked as it is written (and a reference is, by the
-// backup's rule, a file whose checksum equals its parent's).
+// newest backup needs is written, each page once: the newest backup sets
+// the file's size and writes its changed pages, each older one the changed
+// pages that no newer one wrote, and the backup its entry names as Base
+// the pages left from its whole copy. A file that had pages applied is
+// read back and checked against the newest manifest's SHA-256; a whole
+// file is checked as it is written (and a reference is, by the backup's
+// rule, a file whose checksum equals its parent's).
 //
 // What restore holds is 8 bytes per file of the newest backup (a hash of
-// its path and the chain position of its whole copy) and 8 per file that
-// had pages applied, whatever the files' sizes.
+// its path and the chain position of its whole copy) and, for a file that
+// some backup holds as changed pages, a bit per page.
+
+// maxChain is the longest chain restore reads (a chain position fits in
+// the low byte of a need key).
+const maxChain = 255
 
 // layer is one backup of a chain.
 type layer struct {
@@ -51,8 +58,8 @@ func openChain(ctx context.Context, store cloud.Storage, m *catalog.Manifest) ([
 		if cur.Parent == "" {
 			break
 		}
-		if len(chain) >= rebuilt {
-			return nil, fmt.Errorf("%w: backup %s: a chain of more than %d backups", ErrChain, m.ID, rebuilt-1)
+		if len(chain) >= maxChain {
+			return nil, fmt.Errorf("%w: backup %s: a chain of more than %d backups", ErrChain, m.ID, maxChain)
 		}
 		next, err := catalog.ReadManifest(ctx, store, cur.Server, cur.Parent)
 		if err != nil {
@@ -88,38 +95,57 @@ func (r *restorer) layerOf(id string) (int, bool) {
 	return 0, false
 }
 
-// needKey packs a path's hash with a chain position and the rebuilt
-// flag: the low byte (a chain is at most 127 backups here;
-// incremental_max_chain allows 100).
+// needKey packs a path's hash with a chain position in the low byte (a
+// chain is at most 255 backups here; incremental_max_chain allows 100).
 func (r *restorer) needKey(path string, layer int) uint64 {
 	return r.hash(path)&^0xff | uint64(layer)
 }
 
-// rebuilt flags a file that the newest backup holds as changed pages: it
-// is checked once rebuilt, not as its whole copy is written.
-const rebuilt = 0x80
-
 // firstLayer is the chain position from which the file at path is
-// written, if the restore writes it, and whether the newest backup
-// changes pages of it.
-func (r *restorer) firstLayer(path string) (layer int, changed, ok bool) {
+// written, if the restore writes it.
+func (r *restorer) firstLayer(path string) (int, bool) {
 	h := r.hash(path) &^ 0xff
 	i, _ := slices.BinarySearch(r.need, h)
 	if i < len(r.need) && r.need[i]&^0xff == h {
-		b := int(r.need[i] & 0xff)
-		return b &^ rebuilt, b&rebuilt != 0, true
+		return int(r.need[i] & 0xff), true
 	}
-	return 0, false, false
+	return 0, false
 }
 
-// fetchChain writes the chain, one backup after the other.
+// marks are the pages of a file already written by a newer backup of the
+// chain, a bit per page, for the files that some backup holds as changed
+// pages: 1 bit per 8 KiB of those files.
+type marks struct {
+	mu    sync.Mutex
+	files map[uint64][]uint64 // path hash -> bit set
+}
+
+func (m *marks) of(h uint64) []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.files[h]
+}
+
+func (m *marks) set(h uint64, bits []uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.files == nil {
+		m.files = map[uint64][]uint64{}
+	}
+	m.files[h] = bits
+}
+
+func marked(bits []uint64, page int64) bool { return bits[page/64]&(1<<(page%64)) != 0 }
+
+// fetchChain writes the chain newest backup first, so that each page is
+// written once: a backup's changed pages go where no newer backup wrote,
+// and the whole copy fills the pages left. A file so rebuilt is then read
+// back and checked against the newest entry.
 func (r *restorer) fetchChain(ctx context.Context) error {
 	r.o.Progress.Stage("restoring")
 	newest := len(r.chain) - 1
-	for k, l := range r.chain {
-		if k == newest {
-			slices.Sort(r.touched)
-		}
+	for k := newest; k >= 0; k-- {
+		l := r.chain[k]
 		err := eachPart(ctx, l.c.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
 			return eachEntry(ctx, r.o.Store, l.c, l.m, p, func(f *catalog.File, tr *tar.Reader) error {
 				if f.Type != catalog.TypeFile {
@@ -128,11 +154,11 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 					}
 					return nil
 				}
-				first, changed, ok := r.firstLayer(f.Path)
+				first, ok := r.firstLayer(f.Path)
 				if !ok || first > k {
 					return nil
 				}
-				return r.layerEntry(k, first, changed, l.m, f, tr, buf)
+				return r.layerEntry(k, first, l.m, f, tr, buf)
 			})
 		})
 		if err != nil {
@@ -143,65 +169,132 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 	if r.res.Files != r.m.FileCount {
 		return fmt.Errorf("%w: backup %s: its file lists hold %d files, its manifest records %d", catalog.ErrCorrupt, r.m.ID, r.res.Files, r.m.FileCount)
 	}
-	return nil
+	if len(r.marks.files) == 0 {
+		return nil
+	}
+	r.o.Progress.Stage("checking")
+	return eachPart(ctx, r.c.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
+		return r.c.Files(ctx, p, func(f catalog.File) error {
+			if f.Type != catalog.TypeFile || r.marks.of(r.hash(f.Path)) == nil {
+				return nil
+			}
+			if _, ok := r.firstLayer(f.Path); !ok {
+				return nil // kept by a delta restore
+			}
+			return r.checkRebuilt(&f, buf)
+		})
+	})
 }
 
 // layerEntry writes what backup k of the chain holds of a file whose
-// whole copy comes from backup first.
-func (r *restorer) layerEntry(k, first int, changed bool, m *catalog.Manifest, f *catalog.File, tr *tar.Reader, buf []byte) error {
+// whole copy comes from backup first (k >= first).
+func (r *restorer) layerEntry(k, first int, m *catalog.Manifest, f *catalog.File, tr *tar.Reader, buf []byte) error {
 	newest := k == len(r.chain)-1
 	switch {
 	case k == first && f.Stored == catalog.StoredWhole:
-		return r.write(f, tr, buf, !changed)
+		if bits := r.marks.of(r.hash(f.Path)); bits != nil {
+			return r.fillPages(m, f, tr, bits, buf)
+		}
+		// Whole and checked against this backup's checksum, which the
+		// newer backups' references repeat.
+		return r.entry(f, tr, buf)
 	case k == first || f.Stored == catalog.StoredWhole:
 		return fmt.Errorf("%w: backup %s stores %s as %q where its successors expect %s", ErrChain, m.ID, f.Path, f.Stored, map[bool]string{true: "the whole file", false: "changes"}[k == first])
-	case f.Stored == catalog.StoredPages:
-		if err := r.applyPages(m, f, tr, buf); err != nil {
+	case newest:
+		// The file takes its final size; older backups fill its pages.
+		if err := os.MkdirAll(filepath.Dir(r.local(f.Path)), 0o700); err != nil {
 			return err
 		}
-		if !newest {
-			h := r.hash(f.Path)
-			r.mu.Lock()
-			r.touched = append(r.touched, h)
-			r.mu.Unlock()
-			return nil
+		out, err := os.OpenFile(r.local(f.Path), os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
 		}
-	case !newest: // a reference: the file is as the backup before left it
-		return nil
-	default:
-		if _, ok := slices.BinarySearch(r.touched, r.hash(f.Path)); !ok {
-			// Written whole by an older backup and checked against its
-			// checksum, which a reference repeats.
-			return nil
-		}
-	}
-	return r.checkRebuilt(f, buf)
-}
-
-// applyPages writes a delta entry's pages over the file and truncates it
-// to the entry's size.
-func (r *restorer) applyPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reader, buf []byte) error {
-	dst := r.local(f.Path)
-	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("%w: backup %s has changed pages of %s, which the backups before it do not hold: %v", ErrChain, m.ID, f.Path, err)
-	}
-	err = writePages(out, f, tr, buf, r.o.Progress)
-	if err == nil {
 		err = out.Truncate(f.Size)
+		if err == nil && f.Stored == catalog.StoredPages {
+			err = r.applyPages(out, f, tr, buf)
+		}
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
+		}
+		return nil
+	case f.Stored == catalog.StoredPages:
+		out, err := os.OpenFile(r.local(f.Path), os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
+		}
+		err = r.applyPages(out, f, tr, buf)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
+		}
 	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
-	}
-	return nil
+	return nil // a reference: a newer backup set its size, an older one has its bytes
 }
 
-// writePages reads a delta entry (see basebackup/pages.go) and writes its
-// pages to out; with out nil it only checks the entry's structure.
-func writePages(out *os.File, f *catalog.File, r io.Reader, buf []byte, prog catalog.Progress) error {
+// applyPages writes the pages of a delta entry that no newer backup wrote
+// (and that lie within the file's final size) and marks them.
+func (r *restorer) applyPages(out *os.File, f *catalog.File, tr *tar.Reader, buf []byte) error {
+	fi, err := out.Stat()
+	if err != nil {
+		return err
+	}
+	final := fi.Size() / catalog.PageSize
+	h := r.hash(f.Path)
+	bits := r.marks.of(h)
+	if bits == nil {
+		bits = make([]uint64, (final+63)/64)
+	}
+	err = readPages(f, tr, buf, func(n int64, page []byte) error {
+		r.o.Progress.Add(catalog.PageSize)
+		if n >= final || marked(bits, n) {
+			return nil
+		}
+		bits[n/64] |= 1 << (n % 64)
+		_, err := out.WriteAt(page, n*catalog.PageSize)
+		return err
+	})
+	r.marks.set(h, bits)
+	return err
+}
+
+// fillPages writes the pages of a whole copy that no newer backup wrote.
+func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reader, bits []uint64, buf []byte) error {
+	out, err := os.OpenFile(r.local(f.Path), os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
+	}
+	defer out.Close()
+	fi, err := out.Stat()
+	if err != nil {
+		return err
+	}
+	final := fi.Size() / catalog.PageSize
+	page := buf[:catalog.PageSize]
+	for n := int64(0); n*catalog.PageSize < f.Size; n++ {
+		if _, err := io.ReadFull(tr, page); err != nil {
+			return fmt.Errorf("%w: %s of backup %s: %v", catalog.ErrCorrupt, f.Path, m.ID, err)
+		}
+		r.o.Progress.Add(catalog.PageSize)
+		if n < final && !marked(bits, n) {
+			if _, err := out.WriteAt(page, n*catalog.PageSize); err != nil {
+				return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
+			}
+		}
+	}
+	r.mu.Lock()
+	r.res.Fetched++
+	r.mu.Unlock()
+	return out.Close()
+}
+
+// readPages reads a delta entry (see basebackup/pages.go), checking its
+// structure, and calls fn with each page and its number.
+func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page []byte) error) error {
 	var head [4]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
 		return fmt.Errorf("%w: %s: its changed pages end early", catalog.ErrCorrupt, f.Path)
@@ -225,12 +318,9 @@ func writePages(out *os.File, f *catalog.File, r io.Reader, buf []byte, prog cat
 		if _, err := io.ReadFull(r, page); err != nil {
 			return fmt.Errorf("%w: %s: its changed pages end early", catalog.ErrCorrupt, f.Path)
 		}
-		if out != nil {
-			if _, err := out.WriteAt(page, n*catalog.PageSize); err != nil {
-				return err
-			}
+		if err := fn(n, page); err != nil {
+			return err
 		}
-		prog.Add(catalog.PageSize)
 	}
 	if n, _ := io.Copy(io.Discard, r); n > 0 {
 		return fmt.Errorf("%w: %s: %d bytes after its changed pages", catalog.ErrCorrupt, f.Path, n)

@@ -109,9 +109,9 @@ type restorer struct {
 	seed  maphash.Seed
 	// An incremental's chain, oldest first (chain.go): the files to write
 	// with the position of their whole copy, and those rebuilt from pages.
-	chain   []layer
-	need    []uint64
-	touched []uint64
+	chain []layer
+	need  []uint64
+	marks marks
 }
 
 // Run restores the backup. On error the directory stays marked incomplete;
@@ -333,9 +333,6 @@ func (r *restorer) planFiles(ctx context.Context) (int64, error) {
 				first, ok := r.layerOf(f.Base)
 				if !ok || first == newest {
 					return fmt.Errorf("%w: backup %s: %s builds on backup %q, which is not in its chain", ErrChain, r.m.ID, f.Path, f.Base)
-				}
-				if f.Stored == catalog.StoredPages {
-					first |= rebuilt
 				}
 				need = append(need, r.needKey(f.Path, first))
 			}

@@ -79,7 +79,7 @@ func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 			return res, nil
 		}
 		chain = append(chain, layer{cur, c})
-		if cur.Parent == "" || len(chain) >= rebuilt {
+		if cur.Parent == "" || len(chain) >= maxChain {
 			break
 		}
 		next, err := catalog.ReadManifest(ctx, o.Store, cur.Server, cur.Parent)
@@ -145,7 +145,7 @@ func verifyPart(ctx context.Context, store cloud.Storage, c *catalog.Contents, m
 		case f.Stored == catalog.StoredPages:
 			// The part's checksum covers the pages; restore checks the
 			// file rebuilt from them.
-			if err := writePages(nil, f, tr, buf, prog); err != nil {
+			if err := readPages(f, tr, buf, func(int64, []byte) error { prog.Add(catalog.PageSize); return nil }); err != nil {
 				bad = append(bad, strings.TrimPrefix(err.Error(), catalog.ErrCorrupt.Error()+": "))
 			}
 			return nil
