@@ -121,11 +121,15 @@ func (b *backup) checkChain(ctx context.Context, parent *catalog.Manifest) (*cat
 				keys = append(keys, p.Blocks.Key)
 			}
 			for _, k := range keys {
-				if _, err := o.Store.Stat(ctx, k); err != nil {
-					if errors.Is(err, cloud.ErrNotExist) {
-						return nil, fmt.Errorf("backup %s, which this incremental builds on: %w: %s is missing from the repository (take a full backup: --type full)", m.ID, ErrParent, k)
-					}
+				oi, err := o.Store.Stat(ctx, k)
+				if errors.Is(err, cloud.ErrNotExist) {
+					return nil, fmt.Errorf("backup %s, which this incremental builds on: %w: %s is missing from the repository (take a full backup: --type full)", m.ID, ErrParent, k)
+				}
+				if err != nil {
 					return nil, err
+				}
+				if k == p.Key && oi.Size != p.Size {
+					return nil, fmt.Errorf("backup %s, which this incremental builds on: %w: %s holds %d bytes, the backup records %d (take a full backup: --type full)", m.ID, ErrParent, k, oi.Size, p.Size)
 				}
 			}
 		}

@@ -50,6 +50,9 @@ func eachEntry(ctx context.Context, store cloud.Storage, c *catalog.Contents, m 
 		return fn(&f, tr)
 	})
 	if err != nil {
+		if !strings.Contains(err.Error(), p.Key) {
+			err = fmt.Errorf("part %s of backup %s: %w", p.Key, m.ID, err)
+		}
 		return err
 	}
 	if hdr, err := tr.Next(); err != io.EOF {
