@@ -125,7 +125,13 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 	sp := p.spool
 	sp.reset()
 	buf = buf[:len(buf)/catalog.PageSize*catalog.PageSize]
-	sum := sha256.New()
+	sum := newFileSum(f.Size)
+	summed := false
+	defer func() {
+		if !summed {
+			sum.close()
+		}
+	}()
 	hashes := make([]byte, 0, f.Pages*catalog.PageHashSize)
 	var changed []uint32
 	for left, page := f.Size, int64(0); left > 0; {
@@ -152,7 +158,7 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 		left -= int64(n)
 		p.b.progress(int64(n))
 	}
-	f.SHA256 = hex.EncodeToString(sum.Sum(nil))
+	f.SHA256, summed = sum.Sum(), true
 	if _, err := p.blocks.Write(hashes); err != nil {
 		return err
 	}

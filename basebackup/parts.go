@@ -203,7 +203,13 @@ func (p *partWriter) addReader(f catalog.File, r io.Reader, buf []byte, progress
 // (a file that shrank while it was read: WAL replay truncates it), and is
 // an error otherwise.
 func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool, pages *pageHasher) (string, error) {
-	sum := sha256.New()
+	sum := newFileSum(f.Size)
+	done := false
+	defer func() {
+		if !done {
+			sum.close()
+		}
+	}()
 	for left := f.Size; left > 0; {
 		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
@@ -226,7 +232,8 @@ func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress 
 		left -= int64(n)
 		progress(int64(n))
 	}
-	return hex.EncodeToString(sum.Sum(nil)), nil
+	done = true
+	return sum.Sum(), nil
 }
 
 // Parts are cut from the walk in path order, so that each part's file
