@@ -109,6 +109,17 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # time and peak RSS; then the bytes cellar list-backups reads from the
 # repository per backup, counted by strace.
 #
+# Then incremental backups side by side with pgBackRest
+# (testdata/bench-incr.sh): on pgbench scale 100 and the 6-million-row
+# mixed table (with a primary key), to local repositories, each round a
+# full backup by each tool, one `pgbench -c 4 -j 2 -T 60` (on the mixed
+# set, updates near the table's end and inserts), then `cellar backup
+# --type incr` against `pgbackrest backup --type=incr` of that same change,
+# the tools alternating in going first, page cache dropped before each run,
+# medians of three rounds of wall time, peak RSS, bytes read from disk
+# (/usr/bin/time %I) and bytes the repository grew by; then the restore of
+# a full and 3 incrementals against that of a full of the same data.
+#
 # Then `cellar retention` on a synthetic MinIO repository of 200 backups
 # and 50,000 WAL objects (cmd/cellar/internal/retbench): wall time and
 # storage requests counted by a proxy, the result checked.
@@ -125,6 +136,7 @@ bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	testdata/bench-wal.sh $(TOOLS) bin/cellar bin/walbench 100 3
 	testdata/bench-backup.sh $(TOOLS) bin/cellar 3
 	testdata/bench-manyfiles.sh $(TOOLS) bin/cellar 3
+	testdata/bench-incr.sh $(TOOLS) bin/cellar 3
 	$(GO) build -o bin/retbench ./cmd/cellar/internal/retbench
 	CELLARTEST_SERVERS=s3 testdata/servers.sh $(TOOLS) bin/retbench bin/cellar
 	testdata/bench-stream.sh $(TOOLS) bin/cellar 3

@@ -300,11 +300,8 @@ done
 echo
 echo "== mixed, $mixed_rows rows"
 t0=$(date +%s)
-psql -c "DROP TABLE pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers" \
-	-c "CREATE TABLE mixed AS SELECT g::bigint AS id, now() - g * interval '1 second' AS ts,
-		(g % 1000)::int AS amount, md5(g::text) AS note,
-		(ARRAY['new','paid','shipped','cancelled'])[1 + g % 4] AS status
-		FROM generate_series(1, $mixed_rows) g" >/dev/null
+psql -c "DROP TABLE pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers" >/dev/null
+load_mixed "$mixed_rows"
 settle
 echo "(loaded in $(($(date +%s) - t0)) s; table: $(psql -c "SELECT pg_size_pretty(pg_total_relation_size('mixed'))"))"
 for r in $(seq 1 "$runs"); do

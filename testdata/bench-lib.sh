@@ -18,6 +18,9 @@
 #                        bench: $dir/pg on $pgport; zst level 1, process-max
 #                        2, start-fast), the repository lines read from
 #                        standard input
+#   load_mixed ROWS      the "mixed" table of ROWS rows (bigint id, timestamp,
+#                        int amount, md5 text note, a short status), through
+#                        the calling script's psql function
 #   median, drop_caches, timed_recovery DATA LOG WANT: below
 
 pgbin=/usr/lib/postgresql/15/bin
@@ -110,6 +113,13 @@ pg1-port=$pgport
 pg1-socket-path=$dir
 CONF
 	} >"$1"
+}
+
+load_mixed() {
+	psql -c "CREATE TABLE mixed AS SELECT g::bigint AS id, now() - g * interval '1 second' AS ts,
+		(g % 1000)::int AS amount, md5(g::text) AS note,
+		(ARRAY['new','paid','shipped','cancelled'])[1 + g % 4] AS status
+		FROM generate_series(1, $1) g" >/dev/null
 }
 
 # median of the numbers on standard input (separated by spaces).
