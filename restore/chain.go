@@ -114,33 +114,40 @@ func (r *restorer) firstLayer(path string) (int, bool) {
 
 // marks are the pages of a file already written by a newer backup of the
 // chain, a bit per page, for the files that some backup holds as changed
-// pages: 1 bit per 8 KiB of those files.
+// pages (1 bit per 8 KiB of those files).
 type marks struct {
 	mu    sync.Mutex
-	files map[uint64][]uint64 // path hash -> bit set
+	files map[uint64]*pageMarks // path hash -> marks
 }
 
-func (m *marks) of(h uint64) []uint64 {
+type pageMarks struct {
+	bits []uint64
+}
+
+func (m *marks) of(h uint64) *pageMarks {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.files[h]
 }
 
-func (m *marks) set(h uint64, bits []uint64) {
+func (m *marks) set(h uint64, pm *pageMarks) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.files == nil {
-		m.files = map[uint64][]uint64{}
+		m.files = map[uint64]*pageMarks{}
 	}
-	m.files[h] = bits
+	m.files[h] = pm
 }
 
-func marked(bits []uint64, page int64) bool { return bits[page/64]&(1<<(page%64)) != 0 }
+func (pm *pageMarks) marked(page int64) bool { return pm.bits[page/64]&(1<<(page%64)) != 0 }
+
+// chunkPages is the most pages gathered for one write.
+const chunkPages = 32
 
 // fetchChain writes the chain newest backup first, so that each page is
 // written once: a backup's changed pages go where no newer backup wrote,
-// and the whole copy fills the pages left. A file so rebuilt is then read
-// back and checked against the newest entry.
+// and the whole copy fills the pages left; then each file so rebuilt is
+// read back and checked against the newest entry.
 func (r *restorer) fetchChain(ctx context.Context) error {
 	r.o.Progress.Stage("restoring")
 	newest := len(r.chain) - 1
@@ -192,48 +199,42 @@ func (r *restorer) layerEntry(k, first int, m *catalog.Manifest, f *catalog.File
 	newest := k == len(r.chain)-1
 	switch {
 	case k == first && f.Stored == catalog.StoredWhole:
-		if bits := r.marks.of(r.hash(f.Path)); bits != nil {
-			return r.fillPages(m, f, tr, bits, buf)
+		if pm := r.marks.of(r.hash(f.Path)); pm != nil {
+			return r.fillPages(m, f, tr, pm, buf)
 		}
 		// Whole and checked against this backup's checksum, which the
 		// newer backups' references repeat.
 		return r.entry(f, tr, buf)
 	case k == first || f.Stored == catalog.StoredWhole:
 		return fmt.Errorf("%w: backup %s stores %s as %q where its successors expect %s", ErrChain, m.ID, f.Path, f.Stored, map[bool]string{true: "the whole file", false: "changes"}[k == first])
-	case newest:
+	case !newest && f.Stored == catalog.StoredRef:
+		return nil // a newer backup set its size, an older one has its bytes
+	}
+	flags := os.O_RDWR
+	if newest {
 		// The file takes its final size; older backups fill its pages.
+		flags |= os.O_CREATE
 		if err := os.MkdirAll(filepath.Dir(r.local(f.Path)), 0o700); err != nil {
 			return err
 		}
-		out, err := os.OpenFile(r.local(f.Path), os.O_CREATE|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		err = out.Truncate(f.Size)
-		if err == nil && f.Stored == catalog.StoredPages {
-			err = r.applyPages(out, f, tr, buf)
-		}
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
-		}
-		return nil
-	case f.Stored == catalog.StoredPages:
-		out, err := os.OpenFile(r.local(f.Path), os.O_WRONLY, 0)
-		if err != nil {
-			return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
-		}
-		err = r.applyPages(out, f, tr, buf)
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
-		}
 	}
-	return nil // a reference: a newer backup set its size, an older one has its bytes
+	out, err := os.OpenFile(r.local(f.Path), flags, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
+	}
+	if newest {
+		err = out.Truncate(f.Size)
+	}
+	if err == nil && f.Stored == catalog.StoredPages {
+		err = r.applyPages(out, f, tr, buf)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
+	}
+	return nil
 }
 
 // applyPages writes the pages of a delta entry that no newer backup wrote
@@ -245,25 +246,71 @@ func (r *restorer) applyPages(out *os.File, f *catalog.File, tr *tar.Reader, buf
 	}
 	final := fi.Size() / catalog.PageSize
 	h := r.hash(f.Path)
-	bits := r.marks.of(h)
-	if bits == nil {
-		bits = make([]uint64, (final+63)/64)
+	pm := r.marks.of(h)
+	if pm == nil {
+		pm = &pageMarks{bits: make([]uint64, (final+63)/64)}
+		r.marks.set(h, pm)
 	}
-	err = readPages(f, tr, buf, func(n int64, page []byte) error {
+	// Pages are gathered a chunk at a time (they come in ascending order)
+	// behind the first PageSize bytes of buf, which readPages reads into.
+	w := chunkWriter{out: out, chunk: buf[catalog.PageSize : catalog.PageSize*(1+chunkPages)]}
+	err = readPages(f, tr, buf[:catalog.PageSize], func(n int64, page []byte) error {
 		r.o.Progress.Add(catalog.PageSize)
-		if n >= final || marked(bits, n) {
+		if n >= final || pm.marked(n) {
 			return nil
 		}
-		bits[n/64] |= 1 << (n % 64)
-		_, err := out.WriteAt(page, n*catalog.PageSize)
-		return err
+		pm.bits[n/64] |= 1 << (n % 64)
+		return w.add(n, page)
 	})
-	r.marks.set(h, bits)
-	return err
+	if err != nil {
+		return err
+	}
+	return w.flush()
 }
 
-// fillPages writes the pages of a whole copy that no newer backup wrote.
-func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reader, bits []uint64, buf []byte) error {
+// chunkWriter gathers the pages of one chunk (in ascending order) and
+// writes each run of consecutive ones at once.
+type chunkWriter struct {
+	out   *os.File
+	chunk []byte // chunkPages pages
+	at    int64  // the chunk's number
+	pages []int64
+}
+
+func (w *chunkWriter) add(n int64, page []byte) error {
+	if len(w.pages) > 0 && n/chunkPages != w.at {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	w.at = n / chunkPages
+	i := n % chunkPages
+	copy(w.chunk[i*catalog.PageSize:], page)
+	w.pages = append(w.pages, n)
+	return nil
+}
+
+func (w *chunkWriter) flush() error {
+	defer func() { w.pages = w.pages[:0] }()
+	// Each run of consecutive pages is one write.
+	for i := 0; i < len(w.pages); {
+		j := i + 1
+		for j < len(w.pages) && w.pages[j] == w.pages[j-1]+1 {
+			j++
+		}
+		lo, hi := w.pages[i]%chunkPages, w.pages[j-1]%chunkPages+1
+		if _, err := w.out.WriteAt(w.chunk[lo*catalog.PageSize:hi*catalog.PageSize], w.pages[i]*catalog.PageSize); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// fillPages writes the pages of a whole copy that no newer backup wrote
+// (each run of them at once); the file is checked once the chain is
+// written.
+func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reader, pm *pageMarks, buf []byte) error {
 	out, err := os.OpenFile(r.local(f.Path), os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
@@ -274,17 +321,25 @@ func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reade
 		return err
 	}
 	final := fi.Size() / catalog.PageSize
-	page := buf[:catalog.PageSize]
+	w := chunkWriter{out: out, chunk: buf[:chunkPages*catalog.PageSize]}
 	for n := int64(0); n*catalog.PageSize < f.Size; n++ {
+		if n%chunkPages == 0 {
+			if err := w.flush(); err != nil {
+				return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
+			}
+		}
+		page := w.chunk[n%chunkPages*catalog.PageSize:][:catalog.PageSize]
 		if _, err := io.ReadFull(tr, page); err != nil {
 			return fmt.Errorf("%w: %s of backup %s: %v", catalog.ErrCorrupt, f.Path, m.ID, err)
 		}
 		r.o.Progress.Add(catalog.PageSize)
-		if n < final && !marked(bits, n) {
-			if _, err := out.WriteAt(page, n*catalog.PageSize); err != nil {
-				return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
-			}
+		if n < final && !pm.marked(n) {
+			w.at = n / chunkPages
+			w.pages = append(w.pages, n)
 		}
+	}
+	if err := w.flush(); err != nil {
+		return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
 	}
 	r.mu.Lock()
 	r.res.Fetched++
@@ -327,6 +382,10 @@ func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page [
 	}
 	return nil
 }
+
+// partBuffer is the buffer of each worker of eachPart: room for a chunk
+// of pages and one page.
+const partBuffer = (chunkPages + 1) * catalog.PageSize
 
 // checkRebuilt reads a file rebuilt from several backups and compares it
 // with the newest backup's entry.

@@ -439,7 +439,7 @@ func eachPart(ctx context.Context, parts []catalog.Part, parallel int, fn func(c
 	var wg sync.WaitGroup
 	for range max(1, parallel) {
 		wg.Go(func() {
-			buf := make([]byte, 256<<10)
+			buf := make([]byte, partBuffer)
 			for p := range queue {
 				if ctx.Err() != nil {
 					return
