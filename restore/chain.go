@@ -121,7 +121,8 @@ type marks struct {
 }
 
 type pageMarks struct {
-	bits []uint64
+	bits   []uint64
+	sha256 string // what the rebuilt file must hold
 }
 
 func (m *marks) of(h uint64) *pageMarks {
@@ -146,8 +147,7 @@ const chunkPages = 32
 
 // fetchChain writes the chain newest backup first, so that each page is
 // written once: a backup's changed pages go where no newer backup wrote,
-// and the whole copy fills the pages left; then each file so rebuilt is
-// read back and checked against the newest entry.
+// and the whole copy fills the pages left, checking the file as it goes.
 func (r *restorer) fetchChain(ctx context.Context) error {
 	r.o.Progress.Stage("restoring")
 	newest := len(r.chain) - 1
@@ -176,21 +176,7 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 	if r.res.Files != r.m.FileCount {
 		return fmt.Errorf("%w: backup %s: its file lists hold %d files, its manifest records %d", catalog.ErrCorrupt, r.m.ID, r.res.Files, r.m.FileCount)
 	}
-	if len(r.marks.files) == 0 {
-		return nil
-	}
-	r.o.Progress.Stage("checking")
-	return eachPart(ctx, r.c.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
-		return r.c.Files(ctx, p, func(f catalog.File) error {
-			if f.Type != catalog.TypeFile || r.marks.of(r.hash(f.Path)) == nil {
-				return nil
-			}
-			if _, ok := r.firstLayer(f.Path); !ok {
-				return nil // kept by a delta restore
-			}
-			return r.checkRebuilt(&f, buf)
-		})
-	})
+	return nil
 }
 
 // layerEntry writes what backup k of the chain holds of a file whose
@@ -248,7 +234,9 @@ func (r *restorer) applyPages(out *os.File, f *catalog.File, tr *tar.Reader, buf
 	h := r.hash(f.Path)
 	pm := r.marks.of(h)
 	if pm == nil {
-		pm = &pageMarks{bits: make([]uint64, (final+63)/64)}
+		// The newest entry of changed pages: newer ones are references
+		// with its checksum.
+		pm = &pageMarks{bits: make([]uint64, (final+63)/64), sha256: f.SHA256}
 		r.marks.set(h, pm)
 	}
 	// Pages are gathered a chunk at a time (they come in ascending order)
@@ -308,10 +296,13 @@ func (w *chunkWriter) flush() error {
 }
 
 // fillPages writes the pages of a whole copy that no newer backup wrote
-// (each run of them at once); the file is checked once the chain is
-// written.
+// (each run of them at once). It is the last write to the file, so the
+// file is final a chunk at a time behind it: a goroutine reads each
+// chunk back as it is done and hashes it, and the file is checked against
+// the newest entry of changed pages (whose checksum newer references
+// repeat) when both are through.
 func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reader, pm *pageMarks, buf []byte) error {
-	out, err := os.OpenFile(r.local(f.Path), os.O_WRONLY, 0)
+	out, err := os.OpenFile(r.local(f.Path), os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
 	}
@@ -320,13 +311,40 @@ func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reade
 	if err != nil {
 		return err
 	}
-	final := fi.Size() / catalog.PageSize
+	size := fi.Size()
+	final := size / catalog.PageSize
+	done := make(chan int64, 8) // the end of what is final
+	sum := make(chan string, 1)
+	go func() {
+		h := sha256.New()
+		rb := make([]byte, chunkPages*catalog.PageSize)
+		var at int64
+		for end := range done {
+			for at < end {
+				n, err := out.ReadAt(rb[:min(int64(len(rb)), end-at)], at)
+				h.Write(rb[:n])
+				at += int64(n)
+				if err != nil {
+					break
+				}
+			}
+		}
+		sum <- hex.EncodeToString(h.Sum(nil))
+	}()
+	finished := false
+	defer func() {
+		if !finished {
+			close(done)
+			<-sum
+		}
+	}()
 	w := chunkWriter{out: out, chunk: buf[:chunkPages*catalog.PageSize]}
 	for n := int64(0); n*catalog.PageSize < f.Size; n++ {
-		if n%chunkPages == 0 {
+		if n%chunkPages == 0 && n > 0 {
 			if err := w.flush(); err != nil {
 				return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
 			}
+			done <- min(n*catalog.PageSize, size)
 		}
 		page := w.chunk[n%chunkPages*catalog.PageSize:][:catalog.PageSize]
 		if _, err := io.ReadFull(tr, page); err != nil {
@@ -340,6 +358,13 @@ func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reade
 	}
 	if err := w.flush(); err != nil {
 		return fmt.Errorf("restoring %s from backup %s: %w", f.Path, m.ID, err)
+	}
+	done <- size // pages past the whole copy's end came from newer backups
+	close(done)
+	finished = true
+	if got := <-sum; got != pm.sha256 {
+		return fmt.Errorf("%w: %s rebuilt from the chain of backup %s: %d bytes with sha256 %s, the manifest records %s",
+			catalog.ErrCorrupt, f.Path, r.m.ID, size, got, pm.sha256)
 	}
 	r.mu.Lock()
 	r.res.Fetched++
@@ -386,23 +411,3 @@ func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page [
 // partBuffer is the buffer of each worker of eachPart: room for a chunk
 // of pages and one page.
 const partBuffer = (chunkPages + 1) * catalog.PageSize
-
-// checkRebuilt reads a file rebuilt from several backups and compares it
-// with the newest backup's entry.
-func (r *restorer) checkRebuilt(f *catalog.File, buf []byte) error {
-	in, err := os.Open(r.local(f.Path))
-	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrChain, f.Path, err)
-	}
-	defer in.Close()
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, in, buf)
-	if err != nil {
-		return fmt.Errorf("checking %s: %w", f.Path, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); n != f.Size || got != f.SHA256 {
-		return fmt.Errorf("%w: %s rebuilt from the chain of backup %s: %d bytes with sha256 %s, the manifest records %d bytes with %s",
-			catalog.ErrCorrupt, f.Path, r.m.ID, n, got, f.Size, f.SHA256)
-	}
-	return nil
-}
