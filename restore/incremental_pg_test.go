@@ -145,6 +145,16 @@ func TestIncrementalChainWithPostgreSQL(t *testing.T) {
 		t.Fatalf("pg_dumpall of the restored server differs from the source's (%d against %d bytes)", len(b), len(a))
 	}
 
+	// A file rebuilt from pages that does not come out as the newest
+	// backup records (here: the record is forged, lists, index and
+	// manifest signed again): the restore fails naming it and the backup.
+	forged, fm, path := forgeChecksum(t, store, incr2)
+	dest = filepath.Join(src.MakeDir("restored-forged"), "data")
+	if _, err := restore.Run(ctx, restore.Options{Store: forged, Manifest: fm, Dest: dest, Parallel: 2}); err == nil ||
+		!strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), incr2.ID) || !errors.Is(err, catalog.ErrCorrupt) {
+		t.Fatalf("restore of %s with a wrong checksum recorded for %s: %v; want an error naming both", incr2.ID, path, err)
+	}
+
 	// A parent of another codec, or a chain at incremental_max_chain:
 	// a full backup instead.
 	o := options(catalog.TypeIncr)
@@ -195,4 +205,76 @@ func objectCount(t *testing.T, store cloud.Storage) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// forgeChecksum copies the repository with the recorded checksum of the
+// first file that backup m holds as changed pages altered, and the file
+// list, index and manifest above it written again so that they check out.
+// It returns the copy, the manifest written there and the file's path.
+func forgeChecksum(t *testing.T, store *mem.Storage, m *catalog.Manifest) (*mem.Storage, *catalog.Manifest, string) {
+	t.Helper()
+	ctx := context.Background()
+	out := mem.New(nil)
+	err := store.List(ctx, "", func(o cloud.ObjectInfo) error {
+		rc, err := store.Get(ctx, o.Key)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		return out.Put(ctx, o.Key, rc, o.Size)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := catalog.OpenContents(ctx, out, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := c.Parts()
+	path := ""
+	for i, p := range parts {
+		if path != "" {
+			break
+		}
+		list := catalog.NewFileList(p.Key)
+		err := c.Files(ctx, p, func(f catalog.File) error {
+			if path == "" && f.Stored == catalog.StoredPages {
+				path, f.SHA256 = f.Path, strings.Repeat("0", 64)
+			}
+			f.Part = 0
+			return list.Add(f)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if path == "" {
+			continue
+		}
+		if err := out.Delete(ctx, p.List.Key); err != nil {
+			t.Fatal(err)
+		}
+		ref, err := list.Store(ctx, out, p.List.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts[i].List = &ref
+	}
+	if path == "" {
+		t.Fatalf("backup %s holds no file as changed pages", m.ID)
+	}
+	for _, key := range []string{m.Index.Key, catalog.ManifestKey(m.Server, m.ID)} {
+		if err := out.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	index, err := catalog.WriteIndex(ctx, out, m.Server, m.ID, parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := *m
+	forged.Index = &index
+	if err := catalog.WriteManifest(ctx, out, &forged); err != nil {
+		t.Fatal(err)
+	}
+	return out, &forged, path
 }
