@@ -8,20 +8,22 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/cellar-backup/cellar/catalog"
 )
 
 // An incremental's entry of changed pages (named Path+catalog.DeltaSuffix
-// in the tar stream) holds
+// in the tar stream) holds records, in ascending page order, of
 //
-//	count    4 bytes, big-endian: the number of pages that follow
-//	numbers  count x 4 bytes, big-endian, ascending: their page numbers
-//	pages    count x 8192 bytes: the pages
+//	number   4 bytes, big-endian: the page's number
+//	page     8192 bytes
 //
-// Restore writes each page at its number x 8192 over the file the chain
-// built so far, then truncates the file to the entry's size.
+// then the 4 bytes FF FF FF FF, then zeros to the entry's size. The entry
+// is written as the file is read, from its first changed page on, so its
+// size is what the records could take if every page from there on had
+// changed; the padding compresses to next to nothing. Restore writes each
+// page at its number x 8192 and gives the file the size its list entry
+// records.
 
 // pageHasher hashes what is written through it page by page into a block
 // map.
@@ -67,63 +69,12 @@ func (h *pageHasher) flush() error {
 	return err
 }
 
-// pageSpool holds the changed pages of one file until the file has been
-// read whole: in memory up to spoolMemory, then in an unlinked temporary
-// file, so that memory stays bounded however much of a file changed.
-type pageSpool struct {
-	mem  bytes.Buffer
-	file *os.File
-	n    int64 // bytes in file
-}
-
-const spoolMemory = 8 << 20
-
-func (s *pageSpool) reset() {
-	s.mem.Reset()
-	s.n = 0
-}
-
-func (s *pageSpool) Write(p []byte) (int, error) {
-	if s.file == nil && s.mem.Len()+len(p) <= spoolMemory {
-		return s.mem.Write(p)
-	}
-	if s.file == nil {
-		f, err := os.CreateTemp("", "cellar-pages-*")
-		if err != nil {
-			return 0, fmt.Errorf("a temporary file for changed pages: %w", err)
-		}
-		_ = os.Remove(f.Name())
-		s.file = f
-	}
-	n, err := s.file.WriteAt(p, s.n)
-	s.n += int64(n)
-	return n, err
-}
-
-// reader reads back what was written since reset.
-func (s *pageSpool) reader() io.Reader {
-	if s.file == nil || s.n == 0 {
-		return bytes.NewReader(s.mem.Bytes())
-	}
-	return io.MultiReader(bytes.NewReader(s.mem.Bytes()), io.NewSectionReader(s.file, 0, s.n))
-}
-
-func (s *pageSpool) close() {
-	if s != nil && s.file != nil {
-		s.file.Close()
-		s.file = nil
-	}
-}
-
 // addChanged reads the relation file f whole, hashing its pages, and
 // stores what changed since the parent's version of it: a reference when
-// nothing did, the changed pages when some did, the file when all did.
+// nothing did, else the changed pages, streamed into the part as they are
+// found (the entry begins at the first changed page, its size bounding
+// the records that can follow, the rest padding).
 func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSeeker, buf []byte) error {
-	if p.spool == nil {
-		p.spool = &pageSpool{}
-	}
-	sp := p.spool
-	sp.reset()
 	buf = buf[:len(buf)/catalog.PageSize*catalog.PageSize]
 	sum := newFileSum(f.Size)
 	summed := false
@@ -133,12 +84,26 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 		}
 	}()
 	hashes := make([]byte, 0, f.Pages*catalog.PageHashSize)
-	var changed []uint32
-	for left, page := f.Size, int64(0); left > 0; {
-		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
+	var (
+		started bool  // the entry's header is written
+		left    int64 // of the entry's body
+		rec     [4]byte
+	)
+	f.Type, f.Part, f.Stored, f.Base = catalog.TypeFile, p.number, catalog.StoredPages, parent.base
+	start := func(first int64) error {
+		left = 4 + (f.Pages-first)*pageRecord
+		hdr := &tar.Header{Name: f.TarName(), Mode: int64(f.Mode), ModTime: f.MTime, Typeflag: tar.TypeReg, Size: left}
+		if err := p.tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		f.Offset, started = p.raw.n, true
+		return nil
+	}
+	for remaining, page := f.Size, int64(0); remaining > 0; {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), remaining)])
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			clear(buf[n:]) // it shrank as it was read: WAL replay truncates it
-			n, err = int(min(int64(len(buf)), left)), nil
+			n, err = int(min(int64(len(buf)), remaining)), nil
 		}
 		if err != nil {
 			return err
@@ -148,54 +113,70 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 			pg := buf[off : off+catalog.PageSize]
 			at := len(hashes)
 			hashes = catalog.HashPage(hashes, pg)
-			if page >= parent.Pages || !bytes.Equal(hashes[at:], parent.hashes[page*catalog.PageHashSize:(page+1)*catalog.PageHashSize]) {
-				changed = append(changed, uint32(page))
-				if _, err := sp.Write(pg); err != nil {
+			if page < parent.Pages && bytes.Equal(hashes[at:], parent.hashes[page*catalog.PageHashSize:(page+1)*catalog.PageHashSize]) {
+				continue
+			}
+			if !started {
+				if err := start(page); err != nil {
 					return err
 				}
 			}
+			binary.BigEndian.PutUint32(rec[:], uint32(page))
+			if _, err := p.tw.Write(rec[:]); err != nil {
+				return err
+			}
+			if _, err := p.tw.Write(pg); err != nil {
+				return err
+			}
+			left -= pageRecord
 		}
-		left -= int64(n)
+		remaining -= int64(n)
 		p.b.progress(int64(n))
 	}
 	f.SHA256, summed = sum.Sum(), true
 	if _, err := p.blocks.Write(hashes); err != nil {
 		return err
 	}
-	f.Type, f.Part = catalog.TypeFile, p.number
 	switch {
-	case len(changed) == 0 && f.Size == parent.Size && f.SHA256 == parent.SHA256:
-		f.Stored, f.Base = catalog.StoredRef, parent.base
+	case started:
+	case f.Size == parent.Size && f.SHA256 == parent.SHA256:
+		f.Stored, f.Offset = catalog.StoredRef, 0
 		return p.note(f)
-	case len(changed) == 0 && f.Size == parent.Size:
+	case f.Size == parent.Size:
 		// Equal page hashes but another checksum: trust neither, store
 		// the file (its map is already written).
 		if _, err := r.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
+		f.Stored, f.Base = catalog.StoredWhole, ""
 		return p.writeWhole(f, r, buf)
-	case int64(len(changed)) == f.Pages:
-		return p.writeWhole(f, sp.reader(), buf)
+	default: // it only shrank
+		if err := start(f.Pages); err != nil {
+			return err
+		}
 	}
-	f.Stored, f.Base = catalog.StoredPages, parent.base
-	body := 4 + 4*int64(len(changed)) + int64(len(changed))*catalog.PageSize
-	hdr := &tar.Header{Name: f.TarName(), Mode: int64(f.Mode), ModTime: f.MTime, Typeflag: tar.TypeReg, Size: body}
-	if err := p.tw.WriteHeader(hdr); err != nil {
+	binary.BigEndian.PutUint32(rec[:], endOfPages)
+	if _, err := p.tw.Write(rec[:]); err != nil {
 		return err
 	}
-	f.Offset = p.raw.n
-	head := binary.BigEndian.AppendUint32(make([]byte, 0, 4+4*len(changed)), uint32(len(changed)))
-	for _, n := range changed {
-		head = binary.BigEndian.AppendUint32(head, n)
-	}
-	if _, err := p.tw.Write(head); err != nil {
-		return err
-	}
-	if _, err := io.CopyBuffer(p.tw, sp.reader(), buf); err != nil {
-		return err
+	// The padding: zeros, which compress to next to nothing.
+	clear(buf)
+	for left -= 4; left > 0; {
+		n, err := p.tw.Write(buf[:min(int64(len(buf)), left)])
+		if err != nil {
+			return err
+		}
+		left -= int64(n)
 	}
 	return p.note(f)
 }
+
+// A delta entry's records: a page number and the page; endOfPages ends
+// them.
+const (
+	pageRecord = 4 + catalog.PageSize
+	endOfPages = 0xFFFFFFFF
+)
 
 // writeWhole writes f, whose checksum and block map are known, whole from
 // r.

@@ -35,7 +35,6 @@ type partWriter struct {
 	b      *backup
 	list   *catalog.ObjectWriter // the part's entries, in tar order
 	blocks *catalog.ObjectWriter // their page hashes
-	spool  *pageSpool            // an incremental's changed pages
 }
 
 // counter counts (and optionally hashes) what passes through it.
@@ -78,7 +77,6 @@ func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) 
 func (p *partWriter) abort(err error) {
 	p.pw.CloseWithError(err)
 	<-p.put
-	p.spool.close()
 }
 
 // note adds an entry written to the part's file list (which does not
@@ -101,7 +99,6 @@ func (p *partWriter) finish(ctx context.Context) (catalog.Part, error) {
 		return catalog.Part{}, fmt.Errorf("part %s: %w", p.key, err)
 	}
 	p.pw.Close()
-	p.spool.close()
 	if err := <-p.put; err != nil {
 		return catalog.Part{}, fmt.Errorf("uploading %s: %w", p.key, err)
 	}

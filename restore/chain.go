@@ -2,6 +2,7 @@ package restore
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -375,22 +376,17 @@ func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reade
 // readPages reads a delta entry (see basebackup/pages.go), checking its
 // structure, and calls fn with each page and its number.
 func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page []byte) error) error {
-	var head [4]byte
-	if _, err := io.ReadFull(r, head[:]); err != nil {
-		return fmt.Errorf("%w: %s: its changed pages end early", catalog.ErrCorrupt, f.Path)
-	}
-	count := binary.BigEndian.Uint32(head[:])
-	if int64(count) > f.Pages {
-		return fmt.Errorf("%w: %s: %d changed pages in a file of %d", catalog.ErrCorrupt, f.Path, count, f.Pages)
-	}
-	nums := make([]byte, 4*int(count))
-	if _, err := io.ReadFull(r, nums); err != nil {
-		return fmt.Errorf("%w: %s: its changed pages end early", catalog.ErrCorrupt, f.Path)
-	}
+	var rec [4]byte
 	page := buf[:catalog.PageSize]
-	prev := int64(-1)
-	for i := range int(count) {
-		n := int64(binary.BigEndian.Uint32(nums[4*i:]))
+	for prev := int64(-1); ; {
+		if _, err := io.ReadFull(r, rec[:]); err != nil {
+			return fmt.Errorf("%w: %s: its changed pages end early", catalog.ErrCorrupt, f.Path)
+		}
+		v := binary.BigEndian.Uint32(rec[:])
+		if v == endOfPages {
+			break
+		}
+		n := int64(v)
 		if n <= prev || n >= f.Pages {
 			return fmt.Errorf("%w: %s: page number %d out of order or past the file's %d pages", catalog.ErrCorrupt, f.Path, n, f.Pages)
 		}
@@ -402,11 +398,25 @@ func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page [
 			return err
 		}
 	}
-	if n, _ := io.Copy(io.Discard, r); n > 0 {
-		return fmt.Errorf("%w: %s: %d bytes after its changed pages", catalog.ErrCorrupt, f.Path, n)
+	// The padding, zeros.
+	for {
+		k, err := r.Read(page)
+		if !bytes.Equal(page[:k], zeroPage[:k]) {
+			return fmt.Errorf("%w: %s: data after its changed pages", catalog.ErrCorrupt, f.Path)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return nil
 }
+
+// endOfPages ends a delta entry's records.
+const endOfPages = 0xFFFFFFFF
+
+var zeroPage [catalog.PageSize]byte
 
 // partBuffer is the buffer of each worker of eachPart: room for a chunk
 // of pages and one page.
