@@ -85,10 +85,12 @@ type backup struct {
 	dataSize  int64
 	fileCount int
 	spcSize   map[string]int64 // by tablespace oid
-	// An incremental's type, parent and the parent's contents.
+	// An incremental's type, parent, the parent's contents and the ids of
+	// its chain (the parent's and those it builds on).
 	typ            string
 	parent         *catalog.Manifest
 	parentContents *catalog.Contents
+	chain          []string
 }
 
 func (b *backup) progress(n int64) { b.o.Progress.Add(n) }
@@ -187,7 +189,7 @@ func Run(ctx context.Context, o Options) (*catalog.Manifest, error) {
 	host, _ := os.Hostname()
 	for attempt := 1; ; attempt++ {
 		begin = o.Now().UTC()
-		b = &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0), typ: probe.typ, parent: parent, parentContents: probe.parentContents}
+		b = &backup{o: o, id: catalog.NewBackupID(begin), lim: codec.NewLimiter(0), typ: probe.typ, parent: parent, parentContents: probe.parentContents, chain: probe.chain}
 		marker = catalog.Started{ID: b.id, Server: o.Server, Status: catalog.StatusStarted, Host: host, PID: os.Getpid(), BeginTime: begin}
 		// A finished backup of that second has only its manifest left.
 		if _, serr := o.Store.Stat(ctx, catalog.ManifestKey(o.Server, b.id)); serr == nil {

@@ -16,6 +16,7 @@ type fileSum struct {
 	ch   chan []byte
 	free chan []byte
 	done chan string
+	sum  string // once Sum returned
 }
 
 // asyncSumMin is the size from which a file's checksum has a goroutine.
@@ -51,18 +52,19 @@ func (s *fileSum) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Sum returns the checksum of what was written; the sum is done after.
+// Sum returns the checksum of what was written; nothing may be written
+// after. It may be called again.
 func (s *fileSum) Sum() string {
-	if s.ch == nil {
-		return hex.EncodeToString(s.h.Sum(nil))
+	switch {
+	case s.sum != "":
+	case s.ch == nil:
+		s.sum = hex.EncodeToString(s.h.Sum(nil))
+	default:
+		close(s.ch)
+		s.sum = <-s.done
 	}
-	close(s.ch)
-	return <-s.done
+	return s.sum
 }
 
-// close ends the goroutine of a sum left unfinished (on an error).
-func (s *fileSum) close() {
-	if s.ch != nil {
-		s.Sum()
-	}
-}
+// close ends the goroutine of a sum, if Sum did not (on an error).
+func (s *fileSum) close() { s.Sum() }

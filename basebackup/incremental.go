@@ -100,19 +100,17 @@ func (b *backup) chooseParent(ctx context.Context, srv *Server) (*catalog.Manife
 // checkChain checks that every object of the parent and of the backups it
 // builds on is in the repository (the parent's lists and block maps are
 // read, and their checksums checked, as the backup goes), before anything
-// is uploaded. It returns the parent's contents.
+// is uploaded. It returns the parent's contents and records the chain.
 func (b *backup) checkChain(ctx context.Context, parent *catalog.Manifest) (*catalog.Contents, error) {
 	o := b.o
-	var first *catalog.Contents
-	for m := parent; ; {
-		c, err := catalog.OpenContents(ctx, o.Store, m)
-		if err != nil {
-			return nil, fmt.Errorf("backup %s, which this incremental builds on: %w: %w", m.ID, ErrParent, err)
-		}
-		if first == nil {
-			first = c
-		}
-		for _, p := range c.Parts() {
+	chain, err := catalog.OpenChain(ctx, o.Store, parent)
+	if err != nil {
+		return nil, fmt.Errorf("the chain of backup %s, which this incremental builds on: %w: %w", parent.ID, ErrParent, err)
+	}
+	for _, l := range chain {
+		m := l.Manifest
+		b.chain = append(b.chain, m.ID)
+		for _, p := range l.Contents.Parts() {
 			keys := []string{p.Key}
 			if p.List != nil {
 				keys = append(keys, p.List.Key)
@@ -133,15 +131,8 @@ func (b *backup) checkChain(ctx context.Context, parent *catalog.Manifest) (*cat
 				}
 			}
 		}
-		if m.Parent == "" {
-			return first, nil
-		}
-		next, err := catalog.ReadManifest(ctx, o.Store, m.Server, m.Parent)
-		if err != nil {
-			return nil, fmt.Errorf("backup %s, which this incremental builds on: %w: %w", m.Parent, ErrParent, err)
-		}
-		m = next
 	}
+	return chain[len(chain)-1].Contents, nil
 }
 
 // parentEntries yields the parent's entries with their page hashes, in
@@ -213,18 +204,10 @@ func mergeParent(ctx context.Context, parent *catalog.Manifest, c *catalog.Conte
 // run on another host may have removed an older parent named with
 // --parent while the backup ran.
 func (b *backup) parentStillThere(ctx context.Context) error {
-	for m := b.parent; m != nil; {
-		if _, err := b.o.Store.Stat(ctx, catalog.ManifestKey(m.Server, m.ID)); err != nil {
-			return fmt.Errorf("backup %s, which this incremental builds on, is gone from the repository (deleted while the backup ran?): %w", m.ID, err)
+	for _, id := range b.chain {
+		if _, err := b.o.Store.Stat(ctx, catalog.ManifestKey(b.o.Server, id)); err != nil {
+			return fmt.Errorf("backup %s, which this incremental builds on, is gone from the repository (deleted while the backup ran?): %w", id, err)
 		}
-		if m.Parent == "" {
-			return nil
-		}
-		next, err := catalog.ReadManifest(ctx, b.o.Store, m.Server, m.Parent)
-		if err != nil {
-			return fmt.Errorf("backup %s, which this incremental builds on: %w: %w", m.Parent, ErrParent, err)
-		}
-		m = next
 	}
 	return nil
 }

@@ -77,12 +77,7 @@ func (h *pageHasher) flush() error {
 func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSeeker, buf []byte) error {
 	buf = buf[:len(buf)/catalog.PageSize*catalog.PageSize]
 	sum := newFileSum(f.Size)
-	summed := false
-	defer func() {
-		if !summed {
-			sum.close()
-		}
-	}()
+	defer sum.close()
 	hashes := make([]byte, 0, f.Pages*catalog.PageHashSize)
 	var (
 		started bool  // the entry's header is written
@@ -91,7 +86,7 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 	)
 	f.Type, f.Part, f.Stored, f.Base = catalog.TypeFile, p.number, catalog.StoredPages, parent.base
 	start := func(first int64) error {
-		left = 4 + (f.Pages-first)*pageRecord
+		left = 4 + (f.Pages-first)*catalog.PageRecordSize
 		hdr := &tar.Header{Name: f.TarName(), Mode: int64(f.Mode), ModTime: f.MTime, Typeflag: tar.TypeReg, Size: left}
 		if err := p.tw.WriteHeader(hdr); err != nil {
 			return err
@@ -128,12 +123,12 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 			if _, err := p.tw.Write(pg); err != nil {
 				return err
 			}
-			left -= pageRecord
+			left -= catalog.PageRecordSize
 		}
 		remaining -= int64(n)
 		p.b.progress(int64(n))
 	}
-	f.SHA256, summed = sum.Sum(), true
+	f.SHA256 = sum.Sum()
 	if _, err := p.blocks.Write(hashes); err != nil {
 		return err
 	}
@@ -155,7 +150,7 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 			return err
 		}
 	}
-	binary.BigEndian.PutUint32(rec[:], endOfPages)
+	binary.BigEndian.PutUint32(rec[:], catalog.EndOfPages)
 	if _, err := p.tw.Write(rec[:]); err != nil {
 		return err
 	}
@@ -170,13 +165,6 @@ func (p *partWriter) addChanged(f catalog.File, parent *parentFile, r io.ReadSee
 	}
 	return p.note(f)
 }
-
-// A delta entry's records: a page number and the page; endOfPages ends
-// them.
-const (
-	pageRecord = 4 + catalog.PageSize
-	endOfPages = 0xFFFFFFFF
-)
 
 // writeWhole writes f, whose checksum and block map are known, whole from
 // r.

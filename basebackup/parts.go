@@ -201,12 +201,7 @@ func (p *partWriter) addReader(f catalog.File, r io.Reader, buf []byte, progress
 // an error otherwise.
 func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress func(int64), pad bool, pages *pageHasher) (string, error) {
 	sum := newFileSum(f.Size)
-	done := false
-	defer func() {
-		if !done {
-			sum.close()
-		}
-	}()
+	defer sum.close()
 	for left := f.Size; left > 0; {
 		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), left)])
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
@@ -229,7 +224,6 @@ func (p *partWriter) copyBody(f catalog.File, r io.Reader, buf []byte, progress 
 		left -= int64(n)
 		progress(int64(n))
 	}
-	done = true
 	return sum.Sum(), nil
 }
 

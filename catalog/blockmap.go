@@ -23,6 +23,14 @@ const PageHashSize = 16
 
 const typeBlockMap = "block-map"
 
+// An entry of changed pages (StoredPages, named Path+DeltaSuffix) holds
+// records of a 4-byte big-endian page number and the page, in ascending
+// page order, then EndOfPages, then zeros to the tar entry's size.
+const (
+	PageRecordSize = 4 + PageSize
+	EndOfPages     = 0xFFFFFFFF
+)
+
 // BlockMapKey is the key of the block map of part n of a backup.
 func BlockMapKey(server, id string, n int) string {
 	return fmt.Sprintf("%spart-%05d.blocks", PartsPrefix(server, id), n)

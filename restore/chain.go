@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"sync"
 
 	"github.com/cellar-backup/cellar/catalog"
-	"github.com/cellar-backup/cellar/cloud"
 )
 
 // An incremental backup is restored from its chain, newest backup first:
@@ -25,71 +23,19 @@ import (
 // the file's size and writes its changed pages, each older one the changed
 // pages that no newer one wrote, and the backup its entry names as Base
 // the pages left from its whole copy. A file that had pages applied is
-// read back and checked against the newest manifest's SHA-256; a whole
-// file is checked as it is written (and a reference is, by the backup's
-// rule, a file whose checksum equals its parent's).
+// hashed a chunk behind that last write and checked against the newest
+// manifest's SHA-256; a whole file is checked as it is written (and a
+// reference is, by the backup's rule, a file whose checksum equals its
+// parent's).
 //
 // What restore holds is 8 bytes per file of the newest backup (a hash of
 // its path and the chain position of its whole copy) and, for a file that
 // some backup holds as changed pages, a bit per page.
 
-// maxChain is the longest chain restore reads (a chain position fits in
-// the low byte of a need key).
-const maxChain = 255
-
-// layer is one backup of a chain.
-type layer struct {
-	m *catalog.Manifest
-	c *catalog.Contents
-}
-
-// ErrChain marks a chain that does not hold what its newest backup needs.
-var ErrChain = errors.New("the backup chain is broken")
-
-// OpenChain reads the manifests and contents of the backups the backup m
-// builds on, oldest (the full) first, ending with m itself.
-func openChain(ctx context.Context, store cloud.Storage, m *catalog.Manifest) ([]layer, error) {
-	var chain []layer
-	for cur := m; ; {
-		c, err := catalog.OpenContents(ctx, store, cur)
-		if err != nil {
-			return nil, err
-		}
-		chain = append(chain, layer{cur, c})
-		if cur.Parent == "" {
-			break
-		}
-		if len(chain) >= maxChain {
-			return nil, fmt.Errorf("%w: backup %s: a chain of more than %d backups", ErrChain, m.ID, maxChain)
-		}
-		next, err := catalog.ReadManifest(ctx, store, cur.Server, cur.Parent)
-		if err != nil {
-			return nil, fmt.Errorf("%w: backup %s builds on %s: %w", ErrChain, cur.ID, cur.Parent, err)
-		}
-		cur = next
-	}
-	slices.Reverse(chain)
-	return chain, nil
-}
-
-// Chain returns the ids of the backups a restore of m reads, oldest first,
-// m last.
-func Chain(ctx context.Context, store cloud.Storage, m *catalog.Manifest) ([]string, error) {
-	chain, err := openChain(ctx, store, m)
-	if err != nil {
-		return nil, err
-	}
-	ids := make([]string, len(chain))
-	for i, l := range chain {
-		ids[i] = l.m.ID
-	}
-	return ids, nil
-}
-
 // layerOf is the chain position of the backup id.
 func (r *restorer) layerOf(id string) (int, bool) {
 	for i, l := range r.chain {
-		if l.m.ID == id {
+		if l.Manifest.ID == id {
 			return i, true
 		}
 	}
@@ -97,7 +43,7 @@ func (r *restorer) layerOf(id string) (int, bool) {
 }
 
 // needKey packs a path's hash with a chain position in the low byte (a
-// chain is at most 255 backups here; incremental_max_chain allows 100).
+// chain is at most catalog.MaxChain backups).
 func (r *restorer) needKey(path string, layer int) uint64 {
 	return r.hash(path)&^0xff | uint64(layer)
 }
@@ -154,8 +100,8 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 	newest := len(r.chain) - 1
 	for k := newest; k >= 0; k-- {
 		l := r.chain[k]
-		err := eachPart(ctx, l.c.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
-			return eachEntry(ctx, r.o.Store, l.c, l.m, p, func(f *catalog.File, tr *tar.Reader) error {
+		err := eachPart(ctx, l.Contents.Parts(), r.o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
+			return eachEntry(ctx, r.o.Store, l.Contents, l.Manifest, p, func(f *catalog.File, tr *tar.Reader) error {
 				if f.Type != catalog.TypeFile {
 					if k == newest {
 						return r.entry(f, tr, buf)
@@ -166,13 +112,13 @@ func (r *restorer) fetchChain(ctx context.Context) error {
 				if !ok || first > k {
 					return nil
 				}
-				return r.layerEntry(k, first, l.m, f, tr, buf)
+				return r.layerEntry(k, first, l.Manifest, f, tr, buf)
 			})
 		})
 		if err != nil {
 			return err
 		}
-		r.res.Parts += len(l.c.Parts())
+		r.res.Parts += len(l.Contents.Parts())
 	}
 	if r.res.Files != r.m.FileCount {
 		return fmt.Errorf("%w: backup %s: its file lists hold %d files, its manifest records %d", catalog.ErrCorrupt, r.m.ID, r.res.Files, r.m.FileCount)
@@ -193,7 +139,7 @@ func (r *restorer) layerEntry(k, first int, m *catalog.Manifest, f *catalog.File
 		// newer backups' references repeat.
 		return r.entry(f, tr, buf)
 	case k == first || f.Stored == catalog.StoredWhole:
-		return fmt.Errorf("%w: backup %s stores %s as %q where its successors expect %s", ErrChain, m.ID, f.Path, f.Stored, map[bool]string{true: "the whole file", false: "changes"}[k == first])
+		return fmt.Errorf("%w: backup %s stores %s as %q where its successors expect %s", catalog.ErrBrokenChain, m.ID, f.Path, f.Stored, map[bool]string{true: "the whole file", false: "changes"}[k == first])
 	case !newest && f.Stored == catalog.StoredRef:
 		return nil // a newer backup set its size, an older one has its bytes
 	}
@@ -207,7 +153,7 @@ func (r *restorer) layerEntry(k, first int, m *catalog.Manifest, f *catalog.File
 	}
 	out, err := os.OpenFile(r.local(f.Path), flags, 0o600)
 	if err != nil {
-		return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
+		return fmt.Errorf("%w: %s of backup %s: %v", catalog.ErrBrokenChain, f.Path, m.ID, err)
 	}
 	if newest {
 		err = out.Truncate(f.Size)
@@ -305,7 +251,7 @@ func (w *chunkWriter) flush() error {
 func (r *restorer) fillPages(m *catalog.Manifest, f *catalog.File, tr *tar.Reader, pm *pageMarks, buf []byte) error {
 	out, err := os.OpenFile(r.local(f.Path), os.O_RDWR, 0)
 	if err != nil {
-		return fmt.Errorf("%w: %s of backup %s: %v", ErrChain, f.Path, m.ID, err)
+		return fmt.Errorf("%w: %s of backup %s: %v", catalog.ErrBrokenChain, f.Path, m.ID, err)
 	}
 	defer out.Close()
 	fi, err := out.Stat()
@@ -383,7 +329,7 @@ func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page [
 			return fmt.Errorf("%w: %s: its changed pages end early", catalog.ErrCorrupt, f.Path)
 		}
 		v := binary.BigEndian.Uint32(rec[:])
-		if v == endOfPages {
+		if v == catalog.EndOfPages {
 			break
 		}
 		n := int64(v)
@@ -412,9 +358,6 @@ func readPages(f *catalog.File, r io.Reader, buf []byte, fn func(n int64, page [
 		}
 	}
 }
-
-// endOfPages ends a delta entry's records.
-const endOfPages = 0xFFFFFFFF
 
 var zeroPage [catalog.PageSize]byte
 

@@ -109,7 +109,7 @@ type restorer struct {
 	seed  maphash.Seed
 	// An incremental's chain, oldest first (chain.go): the files to write
 	// with the position of their whole copy, and those rebuilt from pages.
-	chain []layer
+	chain []catalog.Link
 	need  []uint64
 	marks marks
 }
@@ -134,10 +134,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err := r.plan(); err != nil {
 		return Result{}, err
 	}
-	if r.chain, err = openChain(ctx, o.Store, r.m); err != nil {
+	if r.chain, err = catalog.OpenChain(ctx, o.Store, r.m); err != nil {
 		return Result{}, err
 	}
-	r.c = r.chain[len(r.chain)-1].c
+	r.c = r.chain[len(r.chain)-1].Contents
 	if err := r.prepare(ctx); err != nil {
 		return Result{}, err
 	}
@@ -332,7 +332,7 @@ func (r *restorer) planFiles(ctx context.Context) (int64, error) {
 			default:
 				first, ok := r.layerOf(f.Base)
 				if !ok || first == newest {
-					return fmt.Errorf("%w: backup %s: %s builds on backup %q, which is not in its chain", ErrChain, r.m.ID, f.Path, f.Base)
+					return fmt.Errorf("%w: backup %s: %s builds on backup %q, which is not in its chain", catalog.ErrBrokenChain, r.m.ID, f.Path, f.Base)
 				}
 				need = append(need, r.needKey(f.Path, first))
 			}

@@ -64,51 +64,33 @@ func Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 		mu.Unlock()
 	}
 	// An incremental's chain: the backups it builds on, then itself.
-	var chain []layer
-	for cur := m; ; {
-		c, err := catalog.OpenContents(ctx, o.Store, cur)
-		if err != nil {
-			if ctx.Err() != nil || !errors.Is(err, catalog.ErrCorrupt) && !errors.Is(err, cloud.ErrNotExist) {
-				return res, err
-			}
-			key := catalog.ManifestKey(cur.Server, cur.ID)
-			if cur.Index != nil {
-				key = cur.Index.Key
-			}
-			add(key, err)
-			return res, nil
+	chain, err := catalog.OpenChain(ctx, o.Store, m)
+	if err != nil {
+		var ce *catalog.ChainError
+		if ctx.Err() != nil || !errors.As(err, &ce) {
+			return res, err
 		}
-		chain = append(chain, layer{cur, c})
-		if cur.Parent == "" || len(chain) >= maxChain {
-			break
-		}
-		next, err := catalog.ReadManifest(ctx, o.Store, cur.Server, cur.Parent)
-		if err != nil {
-			if ctx.Err() != nil {
-				return res, err
-			}
-			add(catalog.ManifestKey(cur.Server, cur.Parent), fmt.Errorf("%w: backup %s builds on it: %w", ErrChain, cur.ID, err))
-			return res, nil
-		}
-		cur = next
+		add(ce.Key, ce.Err)
+		return res, nil
 	}
 	var total int64
 	for _, l := range chain {
-		for _, p := range l.c.Parts() {
+		for _, p := range l.Contents.Parts() {
 			total += p.DataSize
 		}
 	}
 	o.Progress.Start(total)
 	for i, l := range chain {
-		if i > 0 {
-			res.Ancestors = append([]string{l.m.ID}, res.Ancestors...)
+		self := i == len(chain)-1
+		if !self {
+			res.Ancestors = append(res.Ancestors, l.Manifest.ID)
 		}
 		// A part found wrong is a problem, not an error: every part is read.
-		err := eachPart(ctx, l.c.Parts(), o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
-			n, err := verifyPart(ctx, o.Store, l.c, l.m, p, buf, o.Progress)
+		err := eachPart(ctx, l.Contents.Parts(), o.Parallel, func(ctx context.Context, p catalog.Part, buf []byte) error {
+			n, err := verifyPart(ctx, o.Store, l.Contents, l.Manifest, p, buf, o.Progress)
 			mu.Lock()
 			res.Parts++
-			if i == 0 {
+			if self {
 				res.Files += n
 			}
 			mu.Unlock()
