@@ -15,6 +15,13 @@ import (
 	"github.com/cellar-backup/cellar/cloud"
 )
 
+// decodeSlots bound the frames of parts decoded at once, across the parts
+// read in parallel: one per core.
+var decodeSlots = codec.NewLimiter(0)
+
+// decodeDepth is the most frames of one part decoded ahead of its reader.
+const decodeDepth = 2
+
 // eachEntry reads part p of a backup as a stream, its tar stream and its
 // file list side by side, and calls fn with each entry and the tar reader
 // positioned at its data. The tar stream must hold exactly the entries of
@@ -27,7 +34,7 @@ func eachEntry(ctx context.Context, store cloud.Storage, c *catalog.Contents, m 
 	}
 	defer rc.Close()
 	stored := &hashingReader{r: rc, h: sha256.New()}
-	zr, err := codec.Codec(m.Compression).NewReader(stored)
+	zr, err := codec.NewParallelReader(stored, codec.Codec(m.Compression), decodeSlots, decodeDepth)
 	if err != nil {
 		return fmt.Errorf("part %s: %w", p.Key, err)
 	}

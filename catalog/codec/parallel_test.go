@@ -41,13 +41,24 @@ func TestParallelWriterRoundTrip(t *testing.T) {
 			if err := w.Close(); err != nil {
 				t.Fatalf("%s %d: close: %v", c, n, err)
 			}
-			r, err := c.NewReader(&out)
+			stream := out.Bytes()
+			r, err := c.NewReader(bytes.NewReader(stream))
 			if err != nil {
 				t.Fatal(err)
 			}
 			got, err := io.ReadAll(r)
 			if err != nil || !bytes.Equal(got, src) {
 				t.Fatalf("%s, %d bytes: read back %d bytes, equal %v, %v", c, n, len(got), bytes.Equal(got, src), err)
+			}
+			// And frame by frame in parallel, in reads of odd sizes.
+			pr, err := NewParallelReader(bytes.NewReader(stream), c, lim, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err = readOdd(pr, rng)
+			pr.Close()
+			if err != nil || !bytes.Equal(got, src) {
+				t.Fatalf("%s, %d bytes: read back in parallel %d bytes, equal %v, %v", c, n, len(got), bytes.Equal(got, src), err)
 			}
 		}
 	}
