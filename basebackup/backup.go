@@ -334,7 +334,7 @@ func (b *backup) record(ctx context.Context, srv *Server, t taken) (*catalog.Man
 		PGData: o.PGData, Standby: srv.Standby, Timeline: timeline, WALSegmentSize: srv.WALSegmentSize,
 		BeginLSN: t.startLSN.String(), EndLSN: t.endLSN.String(), BeginWAL: startWAL, EndWAL: endWAL,
 		BeginTime: t.begin, EndTime: o.Now().UTC(), Label: t.label, Method: t.method, Fast: o.Fast,
-		Compression: string(o.Codec), CompressionLevel: b.level(), CellarVersion: o.CellarVersion,
+		Compression: string(o.Codec), CompressionLevel: o.Level, CellarVersion: o.CellarVersion,
 		BackupLabel: t.backupLabel, TablespaceMap: t.tablespaceMap, Tablespaces: srv.Tablespaces,
 	}
 	m.Host, _ = os.Hostname()

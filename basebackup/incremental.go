@@ -7,7 +7,6 @@ import (
 	"iter"
 
 	"github.com/cellar-backup/cellar/catalog"
-	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/pg"
 )
@@ -211,23 +210,4 @@ func (b *backup) parentStillThere(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// incrementalZstdLevel is the zstd level of an incremental's parts when
-// compression_level is 0 (the codec's fastest for a full and for WAL).
-// An incremental's bytes are mostly changed pages, which compress less
-// than a freshly loaded table, and fewer of them: on pgbench scale 100
-// after pgbench -T 60 (2,700 tps), in the 1 MiB frames of a part, level 3
-// stores the changed pages of the accounts index in 38.4 MB against 51.0
-// at level 1 (-25%) and its heap pages in 22.6 MB against 21.4 (+6%), at
-// 197 and 681 MB/s against 219 and 739 on a core, with 4 MiB of encoder
-// instead of 8.
-const incrementalZstdLevel = 3
-
-// level is the compression level of the backup's parts.
-func (b *backup) level() int {
-	if b.parent != nil && b.o.Level == 0 && b.o.Codec == codec.Zstd {
-		return incrementalZstdLevel
-	}
-	return b.o.Level
 }

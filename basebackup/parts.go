@@ -58,7 +58,7 @@ func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) 
 	pr, pw := io.Pipe()
 	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), b: b, list: catalog.NewFileList(key), blocks: catalog.NewBlockMap(key)}
 	p.stored = &counter{w: pw, sum: sha256.New()}
-	zw, err := codec.NewParallelWriter(p.stored, b.o.Codec, b.level(), b.lim, 4)
+	zw, err := codec.NewParallelWriter(p.stored, b.o.Codec, b.o.Level, b.lim, 4)
 	if err != nil {
 		return nil, err
 	}
