@@ -90,6 +90,7 @@ func newApp(st *state) *cli.App {
 			cronCommand(st),
 			receiveWALCommand(st),
 			replicationStatusCommand(st),
+			keygenCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {
