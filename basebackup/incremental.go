@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"strings"
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
@@ -81,6 +82,10 @@ func (b *backup) chooseParent(ctx context.Context, srv *Server) (*catalog.Manife
 		return full("the parent %s is compressed with %s, this backup with %s (compression)", parent.ID, parent.Compression, o.Codec)
 	case parent.Method == "stream":
 		return full("the parent %s was taken with backup_method = stream, whose file lists are not in path order", parent.ID)
+	case parent.Sealed:
+		return full("the parent %s is encrypted and this host has no encryption_identity_file to read its block maps", parent.ID)
+	case (parent.Encryption == catalog.EncryptionAge) != catalog.Sealing(o.Store):
+		return full("the parent %s is %s and this backup would not be (encryption)", parent.ID, map[bool]string{true: "encrypted", false: "not encrypted"}[parent.Encryption == catalog.EncryptionAge])
 	case parent.Chain()+1 > o.MaxChain:
 		return full("the chain on %s would hold %d backups, incremental_max_chain is %d", parent.ID, parent.Chain()+1, o.MaxChain)
 	}
@@ -126,7 +131,9 @@ func (b *backup) checkChain(ctx context.Context, parent *catalog.Manifest) (*cat
 				if err != nil {
 					return nil, err
 				}
-				if k == p.Key && oi.Size != p.Size {
+				// A sealed part is larger than what it holds by age's
+				// overhead: its size is checked when it is opened.
+				if k == p.Key && oi.Size != p.Size && !strings.HasSuffix(k, catalog.SealedSuffix) {
 					return nil, fmt.Errorf("backup %s, which this incremental builds on: %w: %s holds %d bytes, the backup records %d (take a full backup: --type full)", m.ID, ErrParent, k, oi.Size, p.Size)
 				}
 			}

@@ -55,6 +55,9 @@ func (c *counter) Write(p []byte) (int, error) {
 
 func (b *backup) openPart(ctx context.Context, number int) (*partWriter, error) {
 	key := catalog.PartKey(b.o.Server, b.id, number, b.o.Codec)
+	if catalog.Sealing(b.o.Store) {
+		key += catalog.SealedSuffix // age -d | zstd -d | tar -x
+	}
 	pr, pw := io.Pipe()
 	p := &partWriter{number: number, key: key, pw: pw, put: make(chan error, 1), b: b, list: catalog.NewFileList(key), blocks: catalog.NewBlockMap(key)}
 	p.stored = &counter{w: pw, sum: sha256.New()}

@@ -147,6 +147,27 @@ type Manifest struct {
 	Type        string `json:"type,omitempty"`
 	Parent      string `json:"parent,omitempty"`
 	ChainLength int    `json:"chain_length,omitempty"`
+
+	// Encryption is "age" for a backup stored sealed (empty: in the
+	// clear). Sealed is set on a manifest read without the private key:
+	// only the fields of catalogView are known.
+	Encryption string `json:"encryption,omitempty"`
+	Sealed     bool   `json:"-"`
+}
+
+// catalogView is what a sealed manifest keeps readable, for the catalog
+// (list-backups, retention, check, cron) on a host without the private
+// key: the backup's place in time, WAL and chain, and what the repository
+// holds for it; not the data's size or file count, paths, label or host.
+func (m *Manifest) catalogView() *Manifest {
+	return &Manifest{
+		Version: m.Version, ID: m.ID, Server: m.Server, Status: m.Status, SystemIdentifier: m.SystemIdentifier,
+		PGVersion: m.PGVersion, Timeline: m.Timeline, WALSegmentSize: m.WALSegmentSize,
+		BeginLSN: m.BeginLSN, EndLSN: m.EndLSN, BeginWAL: m.BeginWAL, EndWAL: m.EndWAL,
+		BeginTime: m.BeginTime, EndTime: m.EndTime, Method: m.Method, Compression: m.Compression,
+		StoredSize: m.StoredSize, PartCount: m.PartCount, CellarVersion: m.CellarVersion,
+		Type: m.Type, Parent: m.Parent, ChainLength: m.ChainLength, Encryption: m.Encryption,
+	}
 }
 
 // BackupType is the backup's type: TypeFull for manifests without one.
@@ -260,12 +281,20 @@ const maxManifest = 4 << 30
 // WriteManifest stores m, compressed, with a conditional create: a
 // manifest is never replaced.
 func WriteManifest(ctx context.Context, store cloud.Storage, m *Manifest) error {
+	if Sealing(store) {
+		m.Encryption = EncryptionAge
+	}
 	js, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	sum := sha256.Sum256(js)
 	h := Header{Type: "manifest", Name: m.ID, Codec: codec.Zstd, Size: int64(len(js)), SHA256: hex.EncodeToString(sum[:])}
+	if Sealing(store) {
+		if h.Clear, err = json.Marshal(m.catalogView()); err != nil {
+			return err
+		}
+	}
 	var buf bytes.Buffer
 	if err := Encode(&buf, h, 0, bytes.NewReader(js)); err != nil {
 		return err
@@ -277,14 +306,37 @@ func WriteManifest(ctx context.Context, store cloud.Storage, m *Manifest) error 
 // its version (OpenContents reads the parts and files). A missing
 // manifest gives an error that wraps cloud.ErrNotExist.
 func ReadManifest(ctx context.Context, store cloud.Storage, server, id string) (*Manifest, error) {
-	var o manifestObject
-	if err := readManifestInto(ctx, store, ManifestKey(server, id), &o); err != nil {
+	m, err := readSummary(ctx, store, ManifestKey(server, id))
+	if err != nil {
 		return nil, err
 	}
-	m := o.summary()
 	if m.ID != id || m.Server != server {
 		return nil, fmt.Errorf("%s: %w: the manifest is of backup %s of server %s", ManifestKey(server, id), ErrCorrupt, m.ID, m.Server)
 	}
+	return m, nil
+}
+
+// readSummary reads the manifest under key as ReadManifest returns it. Of
+// a sealed manifest that this host cannot open, it returns what stays
+// readable (catalogView), marked Sealed.
+func readSummary(ctx context.Context, store cloud.Storage, key string) (*Manifest, error) {
+	var o manifestObject
+	err := readManifestInto(ctx, store, key, &o)
+	sealed := false
+	if errors.Is(err, ErrNoIdentity) {
+		var js []byte
+		if js, err = readClear(ctx, store, key, "manifest", err); err == nil {
+			o, sealed = manifestObject{}, true
+			if uerr := json.Unmarshal(js, &o); uerr != nil {
+				err = fmt.Errorf("%s: %w: %v", key, ErrCorrupt, uerr)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := o.summary()
+	m.Sealed = sealed
 	return m, nil
 }
 
@@ -438,9 +490,7 @@ func ListBackups(ctx context.Context, store cloud.Storage, server string) ([]Bac
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			if ids[id].manifest {
-				var o manifestObject
-				errs[i] = readManifestInto(ctx, store, ManifestKey(server, id), &o)
-				out[i].Manifest = o.summary()
+				out[i].Manifest, errs[i] = readSummary(ctx, store, ManifestKey(server, id))
 				return
 			}
 			var s Started

@@ -234,6 +234,9 @@ type manifestLists struct {
 // grows with the data (a part holds up to backup_part_size), not with the
 // number of files.
 func OpenContents(ctx context.Context, store cloud.Storage, m *Manifest) (*Contents, error) {
+	if m.Sealed {
+		return nil, fmt.Errorf("%s: %w: the backup is encrypted and no encryption_identity_file is configured that opens it", ManifestKey(m.Server, m.ID), ErrNoIdentity)
+	}
 	c := &Contents{store: store}
 	if m.Version == 1 {
 		var l manifestLists

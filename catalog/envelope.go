@@ -44,8 +44,19 @@ type Header struct {
 	// Size and SHA256 describe the original (uncompressed) bytes.
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
-	// Encryption is "none"; a later version adds client-side encryption.
+	// Encryption is how the payload is sealed: "none", or "age" for an
+	// object of a sealed repository, whose payload is the age stream of
+	// the whole original object (see SealedStore); such an outer header
+	// has only Type, Encryption, MAC, MACKey and Clear.
 	Encryption string `json:"encryption"`
+	// MAC is, in a sealed WAL object's outer header, the HMAC-SHA256 of
+	// its SHA256 under the key that MACKey names (see MACOf), so that a
+	// repeated push is recognised without opening the object.
+	MAC    string `json:"mac,omitempty"`
+	MACKey string `json:"mac_key,omitempty"`
+	// Clear is what the catalog reads of a sealed object without opening
+	// it: a manifest's catalog fields, a marker.
+	Clear json.RawMessage `json:"clear,omitempty"`
 	// Streamed marks a .partial segment that receive-wal uploads and
 	// replaces as the segment grows; its Size is the bytes received so
 	// far, not a whole segment. wal-push replaces such an object.
@@ -108,7 +119,11 @@ func ReadHeader(r io.Reader) (Header, error) {
 	if _, err := codec.Parse(string(h.Codec)); err != nil {
 		return Header{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	if h.Encryption != "none" {
+	switch h.Encryption {
+	case EncryptionNone:
+	case EncryptionAge:
+		return Header{}, fmt.Errorf("%w: the object is encrypted (age): set encryption_identity_file to a private key that opens it", ErrNoIdentity)
+	default:
 		return Header{}, fmt.Errorf("object is encrypted with %q, which this Cellar cannot read: upgrade cellar", h.Encryption)
 	}
 	return h, nil

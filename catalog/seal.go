@@ -25,6 +25,32 @@ type Keyring struct {
 	// Identities are the private keys objects are opened with; none on a
 	// host that only writes.
 	Identities []age.Identity
+
+	mac   []byte // the key of WAL objects' MACs, from the recipients
+	macID string
+}
+
+// NewKeyring reads the settings: encryption_recipients (may be empty on a
+// host that only reads) and encryption_identity_file (may be empty on a
+// host that only writes).
+func NewKeyring(recipients, identityFiles string) (*Keyring, error) {
+	k := &Keyring{}
+	if strings.TrimSpace(recipients) != "" {
+		rs, texts, err := parseRecipients(recipients)
+		if err != nil {
+			return nil, err
+		}
+		k.Recipients = rs
+		k.mac, k.macID = walMACKey(texts)
+	}
+	if strings.TrimSpace(identityFiles) != "" {
+		ids, err := ReadIdentities(identityFiles)
+		if err != nil {
+			return nil, err
+		}
+		k.Identities = ids
+	}
+	return k, nil
 }
 
 // ErrNoIdentity marks an object that the keyring cannot open: no
@@ -76,14 +102,21 @@ func (o *openReader) Read(p []byte) (int, error) {
 // of a file of them, one a line, blank lines and lines starting with #
 // ignored, as `age -R` reads it. Errors name the key or the line.
 func ParseRecipients(value string) ([]age.Recipient, error) {
+	rs, _, err := parseRecipients(value)
+	return rs, err
+}
+
+// parseRecipients also returns each key's text.
+func parseRecipients(value string) ([]age.Recipient, []string, error) {
 	value = strings.TrimSpace(value)
 	if value == "" {
-		return nil, errors.New("encryption_recipients is empty: give one or more public keys (age1...), or a file of them")
+		return nil, nil, errors.New("encryption_recipients is empty: give one or more public keys (age1...), or a file of them")
 	}
+	var texts []string
 	if !looksLikeKey(value) {
 		f, err := os.Open(value)
 		if err != nil {
-			return nil, fmt.Errorf("encryption_recipients: %v (give public keys, age1..., or a file of them)", err)
+			return nil, nil, fmt.Errorf("encryption_recipients: %v (give public keys, age1..., or a file of them)", err)
 		}
 		defer f.Close()
 		var out []age.Recipient
@@ -95,17 +128,18 @@ func ParseRecipients(value string) ([]age.Recipient, error) {
 			}
 			r, err := parseRecipient(line)
 			if err != nil {
-				return nil, fmt.Errorf("encryption_recipients: %s, line %d: %v", value, n, err)
+				return nil, nil, fmt.Errorf("encryption_recipients: %s, line %d: %v", value, n, err)
 			}
 			out = append(out, r)
+			texts = append(texts, line)
 		}
 		if err := sc.Err(); err != nil {
-			return nil, fmt.Errorf("encryption_recipients: %s: %v", value, err)
+			return nil, nil, fmt.Errorf("encryption_recipients: %s: %v", value, err)
 		}
 		if len(out) == 0 {
-			return nil, fmt.Errorf("encryption_recipients: %s holds no public key", value)
+			return nil, nil, fmt.Errorf("encryption_recipients: %s holds no public key", value)
 		}
-		return out, nil
+		return out, texts, nil
 	}
 	var out []age.Recipient
 	for _, s := range strings.Split(value, ",") {
@@ -115,11 +149,12 @@ func ParseRecipients(value string) ([]age.Recipient, error) {
 		}
 		r, err := parseRecipient(s)
 		if err != nil {
-			return nil, fmt.Errorf("encryption_recipients: %v", err)
+			return nil, nil, fmt.Errorf("encryption_recipients: %v", err)
 		}
 		out = append(out, r)
+		texts = append(texts, s)
 	}
-	return out, nil
+	return out, texts, nil
 }
 
 // looksLikeKey tells a list of keys from a file name.

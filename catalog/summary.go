@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -10,12 +11,18 @@ import (
 // and show-backup print it as text or JSON (its field names are that
 // JSON's contract).
 type Summary struct {
-	ID               string       `json:"id"`
-	Server           string       `json:"server"`
-	Status           string       `json:"status"`
-	Type             string       `json:"type,omitempty"`
-	Parent           string       `json:"parent,omitempty"`
-	ChainLength      int          `json:"chain_length,omitempty"`
+	ID          string `json:"id"`
+	Server      string `json:"server"`
+	Status      string `json:"status"`
+	Type        string `json:"type,omitempty"`
+	Parent      string `json:"parent,omitempty"`
+	ChainLength int    `json:"chain_length,omitempty"`
+	// Encryption is "age" for a backup stored encrypted, else "none";
+	// Sealed says that this host could read only its catalog fields (no
+	// encryption_identity_file opens it): sizes of the data, files and
+	// paths are then absent.
+	Encryption       string       `json:"encryption"`
+	Sealed           bool         `json:"sealed,omitempty"`
 	BeginTime        time.Time    `json:"begin_time"`
 	EndTime          time.Time    `json:"end_time,omitzero"`
 	Duration         float64      `json:"duration_seconds,omitempty"`
@@ -125,6 +132,7 @@ func SummaryOf(m *Manifest) Summary {
 		BeginWAL: m.BeginWAL, EndWAL: m.EndWAL, BeginLSN: m.BeginLSN, EndLSN: m.EndLSN,
 		DataSize: m.DataSize, StoredSize: m.StoredSize, Ratio: m.Ratio(), Compression: m.Compression,
 		Files: m.FileCount, Parts: m.PartCount, Tablespaces: m.Tablespaces, Host: m.Host, CellarVer: m.CellarVersion,
+		Encryption: cmp.Or(m.Encryption, EncryptionNone), Sealed: m.Sealed,
 	}
 }
 

@@ -73,6 +73,10 @@ type Settings struct {
 	RetentionPolicy string
 	Policy          retention.Policy
 	PolicyErr       error
+	// Encryption is the setting (none or age); Identity says an
+	// encryption_identity_file is configured.
+	Encryption string
+	Identity   bool
 }
 
 // Options are one run of the checks.
@@ -145,6 +149,9 @@ func Run(ctx context.Context, o Options) []Result {
 		default:
 			results = append(results, BackupAge(o.Settings, cat, o.now()))
 		}
+	}
+	if repoOK {
+		results = append(results, Encryption(cctx, o.Settings, store, cat)...)
 	}
 	// The backup catalog is checked for a server set up for backups (a
 	// repository alone is checked as such).
@@ -528,4 +535,71 @@ func Failures(results []Result) int {
 		}
 	}
 	return n
+}
+
+// Encryption compares the repository with the encryption settings: the
+// newest backup's manifest and the newest archived WAL segment (when cat
+// lists WAL) are encrypted exactly when encryption = age, and a configured
+// encryption_identity_file opens the newest backup. A repository that
+// holds older objects of the other kind (encryption was turned on or off
+// since) is fine.
+func Encryption(ctx context.Context, s Settings, store cloud.Storage, cat *catalog.Catalog) []Result {
+	const name = "encryption"
+	want := s.Encryption
+	if want == "" {
+		want = catalog.EncryptionNone
+	}
+	var newest string
+	err := store.List(ctx, catalog.BackupsPrefix(s.Server), func(oi cloud.ObjectInfo) error {
+		if strings.HasSuffix(oi.Key, ".manifest") {
+			newest = oi.Key
+		}
+		return nil
+	})
+	if err != nil {
+		return []Result{failErr(name, err)}
+	}
+	type object struct{ what, key string }
+	var objects []object
+	if newest != "" {
+		objects = append(objects, object{"the newest backup", newest})
+	}
+	if cat != nil {
+		if names := cat.WALNames(); len(names) > 0 {
+			objects = append(objects, object{"the newest archived WAL", catalog.WALKey(s.Server, names[len(names)-1])})
+		}
+	}
+	for _, ob := range objects {
+		h, err := catalog.ClearHeader(ctx, store, ob.key)
+		if errors.Is(err, cloud.ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return []Result{failErr(name, err)}
+		}
+		got := h.Encryption
+		switch {
+		case want == catalog.EncryptionNone && got == catalog.EncryptionAge:
+			return []Result{fail(name, fmt.Sprintf("%s (%s) is encrypted (age) but encryption = none here: set encryption = age and encryption_recipients as the host that wrote it has them", ob.what, ob.key))}
+		case want == catalog.EncryptionAge && got != catalog.EncryptionAge && ob.what != "the newest backup":
+			return []Result{fail(name, fmt.Sprintf("%s (%s) is not encrypted but encryption = age here: another host archives with encryption = none; set encryption = age there too", ob.what, ob.key))}
+		}
+	}
+	if want == catalog.EncryptionNone && !s.Identity {
+		return nil // nothing configured, nothing encrypted: nothing to say
+	}
+	out := []Result{ok(name)}
+	if s.Identity && newest != "" {
+		id := strings.TrimSuffix(strings.TrimPrefix(newest, catalog.BackupsPrefix(s.Server)), ".manifest")
+		m, err := catalog.ReadManifest(ctx, store, s.Server, id)
+		switch {
+		case err != nil:
+			out = append(out, failErr("encryption identity", err))
+		case m.Sealed:
+			out = append(out, fail("encryption identity", fmt.Sprintf("encryption_identity_file opens no key of the newest backup %s: add the private key of a recipient it was encrypted to", id)))
+		default:
+			out = append(out, ok("encryption identity"))
+		}
+	}
+	return out
 }

@@ -249,6 +249,9 @@ func (p *pusher) push(ctx context.Context, path string, w pg.WALName) (PushResul
 		return PushResult{Name: name}, fmt.Errorf("reading %s: %w", path, err)
 	}
 	res := PushResult{Name: name, Key: key, Size: h.Size, SHA256: h.SHA256}
+	// In a sealed repository, the MAC by which a repeated push is
+	// recognised without opening what is archived.
+	h.MAC, h.MACKey, _ = catalog.MACOf(o.Store, h.SHA256)
 	// A .partial that receive-wal streamed is replaced by PostgreSQL's
 	// own copy of the segment; anything else archived is never replaced.
 	replace := archived != nil && w.Kind == pg.Partial && archived.Streamed
@@ -355,15 +358,12 @@ func sameContent(ctx context.Context, store cloud.Storage, key string, h catalog
 // archivedHeader reads the envelope header of what the repository has
 // under key, or returns nil when it has nothing there.
 func archivedHeader(ctx context.Context, store cloud.Storage, key, name string) (*catalog.Header, error) {
-	rc, err := store.Get(ctx, key)
+	// As stored: of a sealed object, its outer header, which holds its
+	// MAC (this host need not be able to open it).
+	old, err := catalog.ClearHeader(ctx, store, key)
 	if errors.Is(err, cloud.ErrNotExist) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the archived %s to compare: %w", name, err)
-	}
-	defer rc.Close()
-	old, err := catalog.ReadHeader(rc)
 	if err != nil {
 		return nil, fmt.Errorf("the archived %s (%s) is unreadable: %w", name, key, err)
 	}
@@ -373,6 +373,19 @@ func archivedHeader(ctx context.Context, store cloud.Storage, key, name string) 
 // compareArchived succeeds when the archived object holds the same bytes
 // as this file, and otherwise refuses to go on.
 func compareArchived(old, h catalog.Header, res *PushResult) error {
+	if old.Encryption == catalog.EncryptionAge {
+		switch {
+		case old.MAC == "" || h.MAC == "":
+			return fmt.Errorf("%s is already archived, encrypted, and this push cannot tell whether it holds the same bytes: set encryption = age and the encryption_recipients it was archived with", h.Name)
+		case old.MACKey != h.MACKey:
+			return fmt.Errorf("%s is already archived, encrypted to other encryption_recipients (key %s, this push %s): it cannot tell whether it holds the same bytes; push it with the recipients it was archived with", h.Name, old.MACKey, h.MACKey)
+		case old.MAC == h.MAC:
+			res.AlreadyArchived = true
+			return nil
+		}
+		return fmt.Errorf("%s is already %w (encrypted, with another MAC than this file's): refusing to overwrite it. Another cluster may be archiving to the same server in the repository, or this server was restored without a new timeline",
+			h.Name, ErrConflict)
+	}
 	if old.Size == h.Size && old.SHA256 == h.SHA256 {
 		res.AlreadyArchived = true
 		return nil

@@ -225,9 +225,17 @@ func listBackupsCommand(st *state) *cli.Command {
 						fmt.Fprintln(st.stdout, st.scrub(line))
 						continue
 					}
-					fmt.Fprintf(st.stdout, "%s %s - %s - %s - Size: %s - Stored: %s - WAL Size: %s - Type: %s\n",
+					size := humanSize(r.DataSize)
+					if r.Sealed {
+						size = "(encrypted)"
+					}
+					line := fmt.Sprintf("%s %s - %s - %s - Size: %s - Stored: %s - WAL Size: %s - Type: %s",
 						srv.Name, r.ID, r.EndTime.Local().Format(time.ANSIC), r.Status,
-						humanSize(r.DataSize), humanSize(r.StoredSize), humanSize(r.WALSize), backupType(r))
+						size, humanSize(r.StoredSize), humanSize(r.WALSize), backupType(r))
+					if r.Encryption == catalog.EncryptionAge {
+						line += " - Encrypted"
+					}
+					fmt.Fprintln(st.stdout, line)
 				}
 				return nil
 			})
@@ -320,6 +328,7 @@ func printBackup(st *state, r backupRow) {
 		line("Stored size", humanSize(r.StoredSize))
 	}
 	line("Compression", fmt.Sprintf("%s, ratio %.2f", r.Compression, r.Ratio))
+	line("Encryption", map[bool]string{true: r.Encryption + " (this host cannot open it: set encryption_identity_file)", false: r.Encryption}[r.Sealed])
 	line("Files", r.Files)
 	line("Parts", r.Parts)
 	fmt.Fprintln(w, "\n  WAL information:")

@@ -112,6 +112,7 @@ func (st *state) healthOptions(srv *config.Server) health.Options {
 		SlotName: srv.SlotName, StreamingLagMax: int64(srv.StreamingLagMax),
 		LastBackupMaximumAge: srv.LastBackupMaximumAge, MinimumRedundancy: srv.MinimumRedundancy,
 		RetentionPolicy: srv.RetentionPolicy,
+		Encryption:      srv.Encryption, Identity: srv.EncryptionIdentityFile != "",
 	}
 	if s.LastBackupMaximumAge != "" {
 		s.MaximumAge, s.AgeErr = config.ParseAge(srv.LastBackupMaximumAge)

@@ -20,6 +20,7 @@ import (
 
 	"gopkg.in/ini.v1"
 
+	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 )
 
@@ -66,6 +67,15 @@ type Server struct {
 	StreamingSyncInterval   Duration `ini:"streaming_sync_interval" default:"0s" min:"0" max:"60"`
 	StreamingLagMax         Size     `ini:"streaming_lag_max" default:"0" min:"0" max:"1099511627776"`
 	PrimaryConninfo         string   `ini:"primary_conninfo" secret:"conninfo"`
+
+	// Encryption seals everything stored (but the server's identity) with
+	// age to EncryptionRecipients; EncryptionIdentityFile names the
+	// private keys that open it, needed only where the repository is
+	// read back (wal-fetch, restore, verify).
+	Encryption             string `ini:"encryption" default:"none" enum:"none,age"`
+	EncryptionRecipients   string `ini:"encryption_recipients"`
+	EncryptionIdentityFile string `ini:"encryption_identity_file"`
+	keys                   *catalog.Keyring
 
 	BackupPartSize Size `ini:"backup_part_size" default:"512MiB" min:"1048576" max:"107374182400"`
 	// BackupType is the type of a backup taken without --type.
@@ -317,6 +327,16 @@ func (s *Server) validate(requireRepository bool) error {
 		if _, err := ParseAge(s.LastBackupMaximumAge); err != nil {
 			return errorf("%s: last_backup_maximum_age: %v", s.sources["last_backup_maximum_age"], err)
 		}
+	}
+	if s.Encryption == "age" && strings.TrimSpace(s.EncryptionRecipients) == "" {
+		return errorf("%s: encryption = age needs encryption_recipients: the public keys to encrypt to (cellar keygen prints one)", s.sources["encryption"])
+	}
+	if s.EncryptionRecipients != "" || s.EncryptionIdentityFile != "" {
+		keys, err := catalog.NewKeyring(s.EncryptionRecipients, s.EncryptionIdentityFile)
+		if err != nil {
+			return errorf("server [%s]: %v", s.Name, err)
+		}
+		s.keys = keys
 	}
 	for _, u := range []struct{ name, value string }{{"s3_endpoint", s.S3Endpoint}, {"azure_endpoint", s.AzureEndpoint}, {"gcs_endpoint", s.GCSEndpoint}} {
 		if u.value == "" {

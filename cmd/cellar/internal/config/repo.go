@@ -31,5 +31,6 @@ func (s *Server) RepoOptions(getenv func(string) string) repo.Options {
 		o.AzureSASToken = getenv("AZURE_STORAGE_SAS_TOKEN")
 	}
 	o.FileOwner = repo.FileOwner(s.Repository, s.PGData)
+	o.Keys, o.Seal = s.keys, s.Encryption == "age"
 	return o
 }

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cloud/azure"
 	"github.com/cellar-backup/cellar/cloud/fs"
@@ -41,6 +42,11 @@ type Options struct {
 	AzureKey              string
 	AzureSASToken         string
 	AzureConnectionString string
+
+	// Keys open sealed objects; with Seal, what is written is sealed to
+	// their recipients (encryption = age).
+	Keys *catalog.Keyring
+	Seal bool
 }
 
 // Parse checks the shape of a repository URL: a known scheme, an absolute
@@ -88,17 +94,17 @@ func Open(ctx context.Context, o Options) (cloud.Storage, error) {
 	switch u.Scheme {
 	case "file":
 		root, _ := fs.ParseURL(u)
-		return storage(fs.New(ctx, fs.Config{Root: root, Owner: o.FileOwner}))
+		return o.storage(fs.New(ctx, fs.Config{Root: root, Owner: o.FileOwner}))
 	case "s3":
 		bucket, prefix, _ := s3.ParseURL(u)
-		return storage(s3.New(ctx, s3.Config{
+		return o.storage(s3.New(ctx, s3.Config{
 			Bucket: bucket, Prefix: prefix,
 			Endpoint: o.S3Endpoint, Region: o.S3Region, ForcePathStyle: o.S3ForcePathStyle,
 			PartSize: o.PartSize, Concurrency: o.Concurrency,
 		}))
 	case "gs":
 		bucket, prefix, _ := gcs.ParseURL(u)
-		return storage(gcs.New(ctx, gcs.Config{
+		return o.storage(gcs.New(ctx, gcs.Config{
 			Bucket: bucket, Prefix: prefix,
 			Endpoint:     o.GCSEndpoint,
 			EmulatorHost: o.GCSEmulatorHost,
@@ -106,7 +112,7 @@ func Open(ctx context.Context, o Options) (cloud.Storage, error) {
 		}))
 	case "azure":
 		container, prefix, _ := azure.ParseURL(u)
-		return storage(azure.New(ctx, azure.Config{
+		return o.storage(azure.New(ctx, azure.Config{
 			Container: container, Prefix: prefix,
 			Account: o.AzureAccount, Endpoint: o.AzureEndpoint,
 			ConnectionString: o.AzureConnectionString, Key: o.AzureKey, SASToken: o.AzureSASToken,
@@ -117,12 +123,14 @@ func Open(ctx context.Context, o Options) (cloud.Storage, error) {
 }
 
 // storage converts a backend's constructor result, so that a failed
-// constructor gives a nil interface rather than a typed nil.
-func storage[T cloud.Storage](s T, err error) (cloud.Storage, error) {
+// constructor gives a nil interface rather than a typed nil, and wraps it:
+// checked keys and errors, and sealing (a repository in the clear is read
+// through it too, so that a sealed object met there is named as such).
+func (o Options) storage(s cloud.Storage, err error) (cloud.Storage, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cloud.Checked(s), nil
+	return catalog.NewSealedStore(cloud.Checked(s), o.Keys, o.Seal), nil
 }
 
 // Endpoint names where the repository's requests go and the setting that
