@@ -120,6 +120,11 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # (/usr/bin/time %I) and bytes the repository grew by; then the restore of
 # a full and 3 incrementals against that of a full of the same data.
 #
+# Then encryption (testdata/bench-encrypt.sh): backup, restore, wal-push
+# and wal-fetch of pgbench scale 100 and 32 of its WAL segments with
+# encryption = none and encryption = age, interleaved, to local
+# repositories, page cache dropped before each, medians of three.
+#
 # Then `cellar retention` on a synthetic MinIO repository of 200 backups
 # and 50,000 WAL objects (cmd/cellar/internal/retbench): wall time and
 # storage requests counted by a proxy, the result checked.
@@ -137,6 +142,7 @@ bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	testdata/bench-backup.sh $(TOOLS) bin/cellar 3
 	testdata/bench-manyfiles.sh $(TOOLS) bin/cellar 3
 	testdata/bench-incr.sh $(TOOLS) bin/cellar 3
+	testdata/bench-encrypt.sh $(TOOLS) bin/cellar 3
 	$(GO) build -o bin/retbench ./cmd/cellar/internal/retbench
 	CELLARTEST_SERVERS=s3 testdata/servers.sh $(TOOLS) bin/retbench bin/cellar
 	testdata/bench-stream.sh $(TOOLS) bin/cellar 3
