@@ -326,3 +326,72 @@ func archivedSegment(t *testing.T, c interface{ DataDir() string }) string {
 	t.Fatal("no archived segment left in pg_wal")
 	return ""
 }
+
+// TestEncryptionMixed turns encryption on in a repository that has a
+// backup and WAL in the clear: both kinds read on, list-backups says which
+// backups are encrypted, a restore of the old backup replays WAL of both
+// kinds, and incrementals need the private key on the backing-up host.
+func TestEncryptionMixed(t *testing.T) {
+	keys := openTempDir(t, "cellar-keys")
+	key, pub := keygen(t, keys, "restore.key")
+	c, conf, env := backupCluster(t, "file", "")
+	c.Chown(key)
+	c.Pgbench(t, "-i", "-s", "2", "-q")
+	c.Exec(t, "CREATE TABLE marker (id int primary key)")
+	if r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--quiet"); r.code != 0 {
+		t.Fatalf("backup in the clear: exit %d: %s", r.code, r.stderr)
+	}
+	markers(t, c, 1, 3)
+	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+
+	// Encryption on, for archive_command too.
+	appendConf(t, conf, "\nencryption = age\nencryption_recipients = "+pub+"\n")
+	markers(t, c, 4, 3)
+	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+	r := cellar(t, env, "--config", conf, "backup", "main", "--fast", "--type", "incr")
+	if r.code != 0 || !strings.Contains(r.stderr, "taking a full backup instead") {
+		t.Fatalf("incr on the database host (no private key): exit %d: %s", r.code, r.stderr)
+	}
+	rows := listBackups(t, env, conf)
+	if len(rows) != 2 || rows[0].Type != "full" {
+		t.Fatalf("list-backups: %+v", rows)
+	}
+	restoreConf := withSetting(t, conf, "restore.conf", "encryption_identity_file = "+key)
+	text := cellar(t, env, "--config", restoreConf, "list-backups", "main").stdout
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	if len(lines) != 2 || !strings.HasSuffix(lines[0], " - Encrypted") || strings.Contains(lines[1], "Encrypted") {
+		t.Fatalf("list-backups should mark the newer backup only as encrypted:\n%s", text)
+	}
+	// With the private key, an incremental on the encrypted backup.
+	markers(t, c, 7, 3)
+	if r := cellar(t, env, "--config", restoreConf, "backup", "main", "--fast", "--type", "incr", "--quiet"); r.code != 0 {
+		t.Fatalf("incr with the private key: exit %d: %s", r.code, r.stderr)
+	}
+	if rows := listBackups(t, env, restoreConf); rows[0].Type != "incr" || rows[0].Parent != rows[1].ID {
+		t.Fatalf("after incr with the private key: %+v", rows[0])
+	}
+	if r := cellar(t, env, "--config", restoreConf, "check", "main"); r.code != 0 {
+		t.Fatalf("check of the mixed repository: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	// The database host again: the parent's block maps are sealed to it.
+	r = cellar(t, env, "--config", conf, "backup", "main", "--fast", "--type", "incr")
+	if r.code != 0 || !strings.Contains(r.stderr, "no encryption_identity_file") {
+		t.Fatalf("incr on an encrypted parent without the private key: exit %d: %s", r.code, r.stderr)
+	}
+	markers(t, c, 10, 2)
+	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+
+	// The clear backup, recovered through clear and sealed WAL to the end;
+	// the encrypted incremental too.
+	for _, id := range []string{rows[len(rows)-1].ID, "latest"} {
+		dir := restoreDir(t)
+		if r := cellar(t, env, "--config", restoreConf, "restore", "main", id, dir); r.code != 0 {
+			t.Fatalf("restore %s: exit %d: %s", id, r.code, r.stderr)
+		}
+		rc := startRestored(t, c, dir, env)
+		if n := rc.QueryInt64(t, "SELECT count(*) FROM marker"); n != 11 {
+			t.Fatalf("restore %s: %d markers after recovery, want 11", id, n)
+		}
+		rc.Stop(t)
+	}
+}
