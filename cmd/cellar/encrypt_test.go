@@ -8,7 +8,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
+	"github.com/cellar-backup/cellar/internal/pgtest"
 )
 
 // The end-to-end tests of client-side encryption (issue 17): the database
@@ -393,5 +396,23 @@ func TestEncryptionMixed(t *testing.T) {
 			t.Fatalf("restore %s: %d markers after recovery, want 11", id, n)
 		}
 		rc.Stop(t)
+	}
+}
+
+// giveToServerUser gives path to the user PostgreSQL runs as in the tests
+// (when they run as root), before any cluster exists.
+func giveToServerUser(t *testing.T, path string) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		return
+	}
+	u, err := user.Lookup(pgtest.ServerUserName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
 	}
 }

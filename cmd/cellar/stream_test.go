@@ -126,7 +126,32 @@ func streamingCluster(t *testing.T, kind, extraConf string) (*pgtest.Cluster, st
 // synchronous_standby_names, every commit that returned is in the
 // repository when the database host is lost right after it.
 func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
-	c, conf, env := streamingCluster(t, "s3", "")
+	synchronousLosesNothing(t, "s3", "", nil)
+}
+
+// TestReceiveWALEncrypted: the same with encryption = age, on a
+// receive-wal host that holds the private key: what it streams (the
+// .partial segment, the chunks) is sealed, and restore reads it.
+func TestReceiveWALEncrypted(t *testing.T) {
+	keys := openTempDir(t, "cellar-keys")
+	key, pub := keygen(t, keys, "restore.key")
+	giveToServerUser(t, key) // archive_command reads this configuration too
+	synchronousLosesNothing(t, "file", "encryption = age\nencryption_recipients = "+pub+"\nencryption_identity_file = "+key+"\n",
+		func(c *pgtest.Cluster, raw cloud.Storage, key string) {
+			if strings.HasPrefix(key, "main/wal-stream/") || strings.HasSuffix(key, ".partial") {
+				h, err := catalog.ClearHeader(context.Background(), raw, key)
+				if err != nil || h.Encryption != catalog.EncryptionAge {
+					t.Fatalf("%s: %+v, %v; want it encrypted", key, h, err)
+				}
+			}
+		})
+}
+
+// synchronousLosesNothing runs the synchronous receive-wal case on a
+// repository of kind with extraConf; each stored object's key is passed
+// to check, when given, before the restore.
+func synchronousLosesNothing(t *testing.T, kind, extraConf string, check func(*pgtest.Cluster, cloud.Storage, string)) {
+	c, conf, env := streamingCluster(t, kind, extraConf)
 	if r := cellar(t, env, "--config", conf, "receive-wal", "main", "--create-slot"); r.code != 0 || !strings.Contains(r.stdout, "already exists") {
 		t.Fatalf("receive-wal --create-slot again: exit %d: %s%s", r.code, r.stdout, r.stderr)
 	}
@@ -155,7 +180,11 @@ func TestReceiveWALSynchronousLosesNothing(t *testing.T) {
 	// The last markers are in no archived segment: only in the streamed
 	// segment in progress, its .partial and the chunks stored since.
 	partials, chunks := 0, 0
-	openRepository(t, conf, env).List(context.Background(), "main/", func(o cloud.ObjectInfo) error {
+	store := openRepository(t, conf, env)
+	store.List(context.Background(), "main/", func(o cloud.ObjectInfo) error {
+		if check != nil {
+			check(c, catalog.Unsealed(store), o.Key)
+		}
 		switch {
 		case strings.HasPrefix(o.Key, "main/wal/") && strings.HasSuffix(o.Key, ".partial"):
 			partials++
