@@ -142,11 +142,7 @@ func parseRecipients(value string) ([]age.Recipient, []string, error) {
 		return out, texts, nil
 	}
 	var out []age.Recipient
-	for _, s := range strings.Split(value, ",") {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
+	for _, s := range splitKeys(value) {
 		r, err := parseRecipient(s)
 		if err != nil {
 			return nil, nil, fmt.Errorf("encryption_recipients: %v", err)
@@ -155,6 +151,24 @@ func parseRecipients(value string) ([]age.Recipient, []string, error) {
 		texts = append(texts, s)
 	}
 	return out, texts, nil
+}
+
+// splitKeys splits an inline list of public keys: commas separate keys,
+// and so do blanks between age1 keys (an ssh key has blanks of its own:
+// type, key, comment).
+func splitKeys(value string) []string {
+	var out []string
+	for _, item := range strings.Split(value, ",") {
+		item = strings.TrimSpace(item)
+		switch {
+		case item == "":
+		case strings.HasPrefix(item, "ssh-"):
+			out = append(out, item)
+		default:
+			out = append(out, strings.Fields(item)...)
+		}
+	}
+	return out
 }
 
 // looksLikeKey tells a list of keys from a file name.

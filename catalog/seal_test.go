@@ -141,8 +141,10 @@ func TestParseRecipients(t *testing.T) {
 	if rs, err := ParseRecipients(list); err != nil || len(rs) != 2 {
 		t.Fatalf("a recipients file: %d recipients, %v", len(rs), err)
 	}
-	if rs, err := ParseRecipients(pub + "," + pub); err != nil || len(rs) != 2 {
-		t.Fatalf("two keys inline: %d recipients, %v", len(rs), err)
+	for _, inline := range []string{pub + "," + pub, pub + " " + pub, sshPub + ", " + pub} {
+		if rs, err := ParseRecipients(inline); err != nil || len(rs) != 2 {
+			t.Fatalf("two keys inline (%q): %d recipients, %v", inline, len(rs), err)
+		}
 	}
 	secret, _ := os.ReadFile(keyFile)
 	secretLine := strings.TrimSpace(string(secret[strings.Index(string(secret), "AGE-SECRET-KEY-"):]))

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -209,6 +210,9 @@ func Repository(ctx context.Context, open func(context.Context) (cloud.Storage, 
 
 // probeWrite writes a small random object, reads it back and deletes it.
 func probeWrite(ctx context.Context, store cloud.Storage) error {
+	// The store as it is: a host that encrypts and holds no private key
+	// writes what it cannot read back, which is what encryption is for.
+	store = catalog.Unsealed(store)
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	host, _ := os.Hostname()
@@ -564,9 +568,25 @@ func Encryption(ctx context.Context, s Settings, store cloud.Storage, cat *catal
 	if newest != "" {
 		objects = append(objects, object{"the newest backup", newest})
 	}
-	if cat != nil {
+	switch {
+	case cat != nil:
 		if names := cat.WALNames(); len(names) > 0 {
 			objects = append(objects, object{"the newest archived WAL", catalog.WALKey(s.Server, names[len(names)-1])})
+		}
+	case want == catalog.EncryptionAge:
+		// Not read for the other checks: the newest segment by listing.
+		var last string
+		err := store.List(ctx, catalog.WALPrefix(s.Server), func(oi cloud.ObjectInfo) error {
+			if w, err := pg.ParseWALName(path.Base(oi.Key)); err == nil && w.Kind == pg.Segment && oi.Key > last {
+				last = oi.Key
+			}
+			return nil
+		})
+		if err != nil {
+			return []Result{failErr(name, err)}
+		}
+		if last != "" {
+			objects = append(objects, object{"the newest archived WAL", last})
 		}
 	}
 	for _, ob := range objects {

@@ -105,8 +105,18 @@ func TestEncryption(t *testing.T) {
 			if r := cellar(t, env, "--config", restoreConf, "list-backups", "main"); r.code != 0 || !strings.Contains(r.stdout, "Encrypted") || strings.Contains(r.stdout, "(encrypted)") {
 				t.Fatalf("list-backups on the restore side: exit %d: %s%s", r.code, r.stdout, r.stderr)
 			}
-			// check: the restore side's key opens the newest backup; a host
-			// with encryption = none is told; a wrong key is told.
+			// check: the database host, which cannot read back, is fine;
+			// the restore side's key opens the newest backup; a host with
+			// encryption = none is told; a wrong key is told.
+			if r := cellar(t, env, "--config", conf, "check", "main"); r.code != 0 {
+				t.Fatalf("check on the database host: exit %d: %s%s", r.code, r.stdout, r.stderr)
+			}
+			policy := withSetting(t, conf, "policy.conf", "retention_policy = REDUNDANCY 1")
+			for _, args := range [][]string{{"cron"}, {"retention", "main", "--dry-run"}, {"show-backup", "main", "latest"}} {
+				if r := cellar(t, env, append([]string{"--config", policy}, args...)...); r.code != 0 {
+					t.Fatalf("%v on the database host: exit %d: %s%s", args, r.code, r.stdout, r.stderr)
+				}
+			}
 			if r := cellar(t, env, "--config", restoreConf, "check", "main"); r.code != 0 {
 				t.Fatalf("check on the restore side: exit %d: %s%s", r.code, r.stdout, r.stderr)
 			}
@@ -346,6 +356,21 @@ func TestEncryptionMixed(t *testing.T) {
 	}
 	markers(t, c, 1, 3)
 	c.WaitArchived(t, c.SwitchWAL(t), 2*time.Minute)
+
+	// A host set to encrypt that meets WAL in the clear is told, even
+	// with only the repository configured.
+	b, _ := os.ReadFile(conf)
+	var repoOnly []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "conninfo") && !strings.HasPrefix(l, "pgdata") {
+			repoOnly = append(repoOnly, l)
+		}
+	}
+	ageConf := filepath.Join(filepath.Dir(conf), "repo-only.conf")
+	os.WriteFile(ageConf, []byte(strings.Join(repoOnly, "\n")+"\nencryption = age\nencryption_recipients = "+pub+"\n"), 0o644)
+	if r := cellar(t, env, "--config", ageConf, "check", "main"); r.code == 0 || !strings.Contains(r.stdout, "is not encrypted but encryption = age") {
+		t.Fatalf("check with encryption = age on WAL in the clear: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
 
 	// Encryption on, for archive_command too.
 	appendConf(t, conf, "\nencryption = age\nencryption_recipients = "+pub+"\n")

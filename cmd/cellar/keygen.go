@@ -18,15 +18,18 @@ func keygenCommand(st *state) *cli.Command {
 	return &cli.Command{
 		Name:      "keygen",
 		Usage:     "write a new encryption key pair: the private key to FILE (mode 0600), the public key to standard output",
-		ArgsUsage: "--output FILE",
+		ArgsUsage: "--output FILE (or FILE)",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the `FILE` to write the private key to; it must not exist"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("keygen takes no arguments: name the private key's file with --output FILE")
-			}
 			path := c.String("output")
+			switch {
+			case c.NArg() == 1 && path == "":
+				path = c.Args().First()
+			case c.NArg() > 0:
+				return usagef("keygen takes one file: the private key's, as --output FILE or FILE")
+			}
 			if path == "" {
 				return usagef("keygen needs --output FILE, the file to write the private key to (created with mode 0600)")
 			}

@@ -54,7 +54,11 @@ func TestKeygen(t *testing.T) {
 		t.Fatalf("opened %q, %v", got, err)
 	}
 
-	for _, args := range [][]string{{"keygen", "--output", key}, {"keygen"}, {"keygen", "extra"}} {
+	// The file as an argument, as age-keygen -o.
+	if r := cellar(t, nil, "keygen", filepath.Join(dir, "second.key")); r.code != 0 || !strings.HasPrefix(r.stdout, "Public key: age1") {
+		t.Fatalf("keygen FILE: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, args := range [][]string{{"keygen", "--output", key}, {"keygen"}, {"keygen", key}, {"keygen", "a", "b"}} {
 		r := cellar(t, nil, args...)
 		if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "--output") {
 			t.Errorf("%v: exit %d, stderr %q; want exit 2 and one line about --output", args, r.code, r.stderr)
