@@ -104,9 +104,9 @@ func ReadHeader(r io.Reader) (Header, error) {
 	if v := pre[7]; v == 0 || v > FormatVersion {
 		return Header{}, fmt.Errorf("object format version %d is newer than this Cellar reads (%d): upgrade cellar", v, FormatVersion)
 	}
-	n := binary.BigEndian.Uint32(pre[8:])
-	if n == 0 || n > maxHeaderLen {
-		return Header{}, fmt.Errorf("%w: header length %d", ErrCorrupt, n)
+	n, err := headerLength(pre[:])
+	if err != nil {
+		return Header{}, err
 	}
 	js := make([]byte, n)
 	if _, err := io.ReadFull(r, js); err != nil {
@@ -127,6 +127,16 @@ func ReadHeader(r io.Reader) (Header, error) {
 		return Header{}, fmt.Errorf("object is encrypted with %q, which this Cellar cannot read: upgrade cellar", h.Encryption)
 	}
 	return h, nil
+}
+
+// headerLength is the JSON header's length that an envelope's first 12
+// bytes give, checked.
+func headerLength(pre []byte) (int, error) {
+	n := binary.BigEndian.Uint32(pre[8:12])
+	if n == 0 || n > maxHeaderLen {
+		return 0, fmt.Errorf("%w: header length %d", ErrCorrupt, n)
+	}
+	return int(n), nil
 }
 
 // Digest computes the size and SHA-256 of a stream, as Header records them.

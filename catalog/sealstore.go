@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/cellar-backup/cellar/catalog/codec"
 	"github.com/cellar-backup/cellar/cloud"
@@ -104,35 +104,31 @@ func KeyringOf(s cloud.Storage) *Keyring {
 
 // Put stores r under key, sealed when the store seals.
 func (s *SealedStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	if !s.seal || exempt(key) {
-		return s.Storage.Put(ctx, key, r, size)
-	}
-	sr, err := s.sealed(r)
-	if err != nil {
-		return err
-	}
-	defer sr.Close()
-	return s.Storage.Put(ctx, key, sr, cloud.SizeUnknown)
+	return s.write(key, r, size, func(r io.Reader, size int64) error { return s.Storage.Put(ctx, key, r, size) })
 }
 
 // Create stores r under key if it is absent, sealed when the store seals.
 func (s *SealedStore) Create(ctx context.Context, key string, r io.Reader, size int64) error {
+	return s.write(key, r, size, func(r io.Reader, size int64) error { return cloud.Create(ctx, s.Storage, key, r, size) })
+}
+
+// write stores r with store, sealed (of unknown size) unless the store
+// does not seal or key is exempt.
+func (s *SealedStore) write(key string, r io.Reader, size int64, store func(io.Reader, int64) error) error {
 	if !s.seal || exempt(key) {
-		return cloud.Create(ctx, s.Storage, key, r, size)
+		return store(r, size)
 	}
 	sr, err := s.sealed(r)
 	if err != nil {
 		return err
 	}
 	defer sr.Close()
-	return cloud.Create(ctx, s.Storage, key, sr, cloud.SizeUnknown)
+	return store(sr, cloud.SizeUnknown)
 }
 
 // exempt tells the objects that stay readable: a server's identity, which
 // holds nothing of the database's.
-func exempt(key string) bool {
-	return len(key) > len("/identity") && key[len(key)-len("/identity"):] == "/identity"
-}
+func exempt(key string) bool { return strings.HasSuffix(key, "/identity") }
 
 // sealed returns the sealed stream of r, produced as it is read.
 func (s *SealedStore) sealed(r io.Reader) (io.ReadCloser, error) {
@@ -173,9 +169,9 @@ func peekHeader(br *bufio.Reader) (h Header, n int, ok bool, err error) {
 	if len(pre) < 12 || !bytes.Equal(pre[:7], magic) {
 		return h, 0, false, nil
 	}
-	l := int(binary.BigEndian.Uint32(pre[8:]))
-	if l == 0 || l > maxHeaderLen {
-		return h, 0, false, fmt.Errorf("%w: header length %d", ErrCorrupt, l)
+	l, err := headerLength(pre)
+	if err != nil {
+		return h, 0, false, err
 	}
 	b, err := br.Peek(12 + l)
 	if err != nil {

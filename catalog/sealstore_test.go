@@ -110,10 +110,7 @@ func TestSealedStore(t *testing.T) {
 	if m2, k2, _ := MACOf(NewSealedStore(raw, other, true), h.SHA256); m2 != mac || k2 != macKey {
 		t.Fatal("the same recipients gave another MAC")
 	}
-	_, pub2 := func() (string, string) {
-		p, _ := NewIdentityFile(filepath.Join(dir, "key2.txt"), "now")
-		return "", p
-	}()
+	pub2, _ := NewIdentityFile(filepath.Join(dir, "key2.txt"), "now")
 	rotated, _ := NewKeyring(pub2, "")
 	if _, k3, _ := MACOf(NewSealedStore(raw, rotated, true), h.SHA256); k3 == macKey {
 		t.Fatal("other recipients gave the same MAC key")

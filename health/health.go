@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -576,8 +575,8 @@ func Encryption(ctx context.Context, s Settings, store cloud.Storage, cat *catal
 	case want == catalog.EncryptionAge:
 		// Not read for the other checks: the newest segment by listing.
 		var last string
-		err := store.List(ctx, catalog.WALPrefix(s.Server), func(oi cloud.ObjectInfo) error {
-			if w, err := pg.ParseWALName(path.Base(oi.Key)); err == nil && w.Kind == pg.Segment && oi.Key > last {
+		err := catalog.ListWALFiles(ctx, store, s.Server, func(w pg.WALName, oi cloud.ObjectInfo) error {
+			if w.Kind == pg.Segment && oi.Key > last {
 				last = oi.Key
 			}
 			return nil

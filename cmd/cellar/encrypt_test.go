@@ -49,9 +49,10 @@ func withSetting(t *testing.T, conf, name, lines string) string {
 		t.Fatal(err)
 	}
 	out := filepath.Join(filepath.Dir(conf), name)
-	if err := os.WriteFile(out, append(b, []byte("\n"+lines+"\n")...), 0o644); err != nil {
+	if err := os.WriteFile(out, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	appendConf(t, out, "\n"+lines+"\n")
 	return out
 }
 
