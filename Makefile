@@ -125,6 +125,11 @@ $(STAMPS)/benchstat-$(BENCHSTAT_VERSION):
 # encryption = none and encryption = age, interleaved, to local
 # repositories, page cache dropped before each, medians of three.
 #
+# Then restore drills (testdata/bench-drill.sh): `cellar drill` of the
+# pgbench scale 100 backup with 30 s of pgbench WAL to replay (its file
+# restore, start and replay, and total) beside `cellar restore` alone,
+# interleaved, page cache dropped before each, medians of three.
+#
 # Then `cellar retention` on a synthetic MinIO repository of 200 backups
 # and 50,000 WAL objects (cmd/cellar/internal/retbench): wall time and
 # storage requests counted by a proxy, the result checked.
@@ -143,6 +148,7 @@ bench: tools build $(STAMPS)/benchstat-$(BENCHSTAT_VERSION)
 	testdata/bench-manyfiles.sh $(TOOLS) bin/cellar 3
 	testdata/bench-incr.sh $(TOOLS) bin/cellar 3
 	testdata/bench-encrypt.sh $(TOOLS) bin/cellar 3
+	testdata/bench-drill.sh $(TOOLS) bin/cellar 3
 	$(GO) build -o bin/retbench ./cmd/cellar/internal/retbench
 	CELLARTEST_SERVERS=s3 testdata/servers.sh $(TOOLS) bin/retbench bin/cellar
 	testdata/bench-stream.sh $(TOOLS) bin/cellar 3

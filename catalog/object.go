@@ -119,9 +119,10 @@ func EnsureIdentity(ctx context.Context, store cloud.Storage, server string, id 
 // clearMarker is what stays readable of a sealed marker, so that cron and
 // retention work on a host without the private key: a backup's marker
 // (id, status, host, pid, times: nothing of the database's, and not its
-// error, which may name files) and a keep.
+// error, which may name files), a keep, and a drill's record (for check,
+// cron and list-drills: not its error or the query's answer).
 func clearMarker(typ string, js []byte) json.RawMessage {
-	if typ != "backup-started" && typ != "backup-keep" {
+	if typ != "backup-started" && typ != "backup-keep" && typ != "drill" {
 		return nil
 	}
 	var m map[string]any
@@ -129,6 +130,7 @@ func clearMarker(typ string, js []byte) json.RawMessage {
 		return nil
 	}
 	delete(m, "error")
+	delete(m, "answer")
 	out, err := json.Marshal(m)
 	if err != nil {
 		return nil

@@ -77,6 +77,10 @@ type Settings struct {
 	// encryption_identity_file is configured.
 	Encryption string
 	Identity   bool
+	// DrillMaximumAge is the setting as written ("" for none) and
+	// DrillAge its value.
+	DrillMaximumAge string
+	DrillAge        time.Duration
 }
 
 // Options are one run of the checks.
@@ -152,6 +156,7 @@ func Run(ctx context.Context, o Options) []Result {
 	}
 	if repoOK {
 		results = append(results, Encryption(cctx, o.Settings, store, cat)...)
+		results = append(results, Drills(cctx, o.Settings, store, o.now())...)
 	}
 	// The backup catalog is checked for a server set up for backups (a
 	// repository alone is checked as such).
@@ -621,4 +626,34 @@ func Encryption(ctx context.Context, s Settings, store cloud.Storage, cat *catal
 		}
 	}
 	return out
+}
+
+// Drills checks the restore drills: the last one must not have failed,
+// and with drill_maximum_age the last good one must be that recent. A
+// server without drills and without the setting has no such line.
+func Drills(ctx context.Context, s Settings, store cloud.Storage, now time.Time) []Result {
+	const name = "drill"
+	drills, err := catalog.ListDrills(ctx, store, s.Server, 50)
+	if err != nil {
+		return []Result{failErr(name, err)}
+	}
+	last, lastOK := catalog.LastDrills(drills)
+	switch {
+	case last == nil && s.DrillMaximumAge == "":
+		return nil
+	case last != nil && last.Result == catalog.DrillFailed:
+		why := ""
+		if last.Error != "" {
+			why = ": " + last.Error
+		}
+		return []Result{fail(name, fmt.Sprintf("the last drill, %s of backup %s, FAILED%s (see list-drills %s; run cellar drill %s once it is mended)",
+			last.ID, last.Backup, why, s.Server, s.Server))}
+	case s.DrillMaximumAge == "":
+	case lastOK == nil:
+		return []Result{fail(name, fmt.Sprintf("no drill has succeeded, and drill_maximum_age is %s: run cellar drill %s (or set drill_schedule for cron)", s.DrillMaximumAge, s.Server))}
+	case now.Sub(lastOK.EndTime) > s.DrillAge:
+		return []Result{fail(name, fmt.Sprintf("the last good drill (%s) is %s old, more than drill_maximum_age (%s): run cellar drill %s and check drill_schedule",
+			lastOK.ID, now.Sub(lastOK.EndTime).Round(time.Minute), s.DrillMaximumAge, s.Server))}
+	}
+	return []Result{ok(name)}
 }

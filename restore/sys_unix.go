@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cellar-backup/cellar/pg"
 )
 
 func processAlive(pid int) bool {
@@ -58,4 +60,15 @@ func ownerFor(dest string) *owner {
 // disk, without waiting.
 func startWriteBack(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+}
+
+// StartOwner is the user a restore into dest gives the files to, and so
+// the user that VerifyStart runs PostgreSQL as: nil when this process is
+// not root (it runs as itself) or the files stay root's.
+func StartOwner(dest string) *pg.Owner {
+	o := ownerFor(dest)
+	if o == nil {
+		return nil
+	}
+	return &pg.Owner{UID: o.uid, GID: o.gid}
 }

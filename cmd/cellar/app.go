@@ -91,6 +91,8 @@ func newApp(st *state) *cli.App {
 			receiveWALCommand(st),
 			replicationStatusCommand(st),
 			keygenCommand(st),
+			drillCommand(st),
+			listDrillsCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

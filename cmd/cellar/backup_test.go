@@ -312,25 +312,8 @@ func TestBackupKilledAndConcurrent(t *testing.T) {
 	held.release()
 
 	// A backup killed halfway is not DONE, and the next one works.
-	cmd := exec.Command(cellarBin, "--config", conf, "backup", "main", "--fast")
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		parts, _ := filepath.Glob(filepath.Join(repoDir, "main", "base", "*", ".cellar-tmp-*"))
-		if len(parts) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatal("the backup never started writing a part")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
+	killWhen(t, env, filepath.Join(repoDir, "main", "base", "*", ".cellar-tmp-*"), time.Minute, "the backup never started writing a part",
+		"--config", conf, "backup", "main", "--fast")
 	rows := listBackups(t, env, conf)
 	if len(rows) != 1 || rows[0].Status != catalog.StatusFailed {
 		t.Fatalf("after a killed backup, list-backups shows %+v, want one FAILED", rows)

@@ -117,6 +117,10 @@ func (st *state) healthOptions(srv *config.Server) health.Options {
 	if s.LastBackupMaximumAge != "" {
 		s.MaximumAge, s.AgeErr = config.ParseAge(srv.LastBackupMaximumAge)
 	}
+	if srv.DrillMaximumAge != "" {
+		s.DrillMaximumAge = srv.DrillMaximumAge
+		s.DrillAge, _ = config.ParseAge(srv.DrillMaximumAge) // checked when loaded
+	}
 	s.Policy, s.PolicyErr = policyOf(srv)
 	o := health.Options{
 		Settings:  s,

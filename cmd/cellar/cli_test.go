@@ -106,6 +106,30 @@ func cellar(t *testing.T, env []string, args ...string) result {
 	return r
 }
 
+// killWhen runs cellar with args and kills it (SIGKILL) as soon as a file
+// matching glob exists; the test fails with never when none does within
+// limit.
+func killWhen(t *testing.T, env []string, glob string, limit time.Duration, never string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(cellarBin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	deadline := time.Now().Add(limit)
+	for {
+		if found, _ := filepath.Glob(glob); len(found) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(never)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func writeConfig(t *testing.T, text string) string {
 	t.Helper()
 	if strings.HasPrefix(text, "[cellar]\n") && !strings.Contains(text, "lock_directory") {

@@ -36,6 +36,7 @@ func restoreCommand(st *state) *cli.Command {
 			&cli.BoolFlag{Name: "delta", Usage: "re-sync an existing directory: fetch only the files that differ, remove what the backup lacks"},
 			&cli.StringSliceFlag{Name: "tablespace", Usage: "put tablespace NAME at PATH (NAME:PATH, repeatable)"},
 			&cli.IntFlag{Name: "parallel", Aliases: []string{"j"}, Usage: "parts fetched at once (default: the parallel setting)"},
+			&cli.BoolFlag{Name: "verify-start", Usage: "then start PostgreSQL on it privately, wait until recovery reaches the target, run drill_query (and pg_amcheck with drill_amcheck = on), and shut it down cleanly"},
 		},
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
@@ -54,6 +55,9 @@ func restoreCommand(st *state) *cli.Command {
 			tgt, err := parseTarget(c)
 			if err != nil {
 				return err
+			}
+			if c.Bool("verify-start") && c.Bool("standby") {
+				return usagef("--verify-start needs a restore that ends recovery: a --standby never does")
 			}
 			spc, err := parseTablespaces(c.StringSlice("tablespace"))
 			if err != nil {
@@ -81,6 +85,12 @@ func restoreCommand(st *state) *cli.Command {
 			}
 			if err := checkTarget(cat, srv, m, tgt); err != nil {
 				return err
+			}
+			var vs *verifyStart
+			if c.Bool("verify-start") {
+				if vs, err = st.prepareVerifyStart(ctx, c, srv, store, m, tgt, dest); err != nil {
+					return fmt.Errorf("--verify-start: %w", err)
+				}
 			}
 			rec := restore.Recovery{Settings: [][2]string{{"restore_command", st.restoreCommand(c, srv)}}, Signal: "recovery"}
 			if c.Bool("standby") {
@@ -111,15 +121,45 @@ func restoreCommand(st *state) *cli.Command {
 				// were not given to anybody else.
 				st.log.Warn("the restored files belong to root, and PostgreSQL refuses to run as root: give them to PostgreSQL's user (chown -R postgres: " + dest + ") before starting it, or restore into a directory that user owns")
 			}
+			restoreTime := time.Since(began)
+			var started restore.StartResult
+			if vs != nil {
+				work, remove, err := socketWorkDir("")
+				if err != nil {
+					return err
+				}
+				started, err = vs.run(ctx, work, false)
+				remove()
+				if err != nil {
+					return st.startError(fmt.Errorf("--verify-start: backup %s was restored to %s, but PostgreSQL started on it failed: %w", m.ID, dest, err))
+				}
+			}
+			total := time.Since(began)
 			if st.format == "json" {
-				return st.printJSON(map[string]any{"backup": m.ID, "server": srv.Name, "destination": dest,
+				out := map[string]any{"backup": m.ID, "server": srv.Name, "destination": dest,
 					"files": res.Files, "fetched": res.Fetched, "kept": res.Kept, "removed": res.Removed,
-					"bytes": res.Bytes, "parts": res.Parts, "seconds": time.Since(began).Seconds(), "recovery": recoveryMap(rec)})
+					"bytes": res.Bytes, "parts": res.Parts, "seconds": restoreTime.Seconds(), "recovery": recoveryMap(rec)}
+				if vs != nil {
+					out["verify_start"] = startJSON(started, restoreTime, total)
+				}
+				return st.printJSON(out)
 			}
 			if !st.quiet {
 				fmt.Fprintf(st.stdout, "Restored backup %s of server %s to %s: %d files (%d fetched, %d kept, %d removed), %s in %s\n",
-					m.ID, srv.Name, dest, res.Files, res.Fetched, res.Kept, res.Removed, humanSize(res.Bytes), time.Since(began).Round(time.Second))
-				fmt.Fprintf(st.stdout, "Start PostgreSQL on it to recover%s; it fetches WAL with: %s\n", tgt.Describe(), rec.Settings[0][1])
+					m.ID, srv.Name, dest, res.Files, res.Fetched, res.Kept, res.Removed, humanSize(res.Bytes), restoreTime.Round(time.Second))
+				if vs == nil {
+					fmt.Fprintf(st.stdout, "Start PostgreSQL on it to recover%s; it fetches WAL with: %s\n", tgt.Describe(), rec.Settings[0][1])
+				}
+			}
+			if vs != nil && !st.quiet {
+				w := st.stdout
+				fmt.Fprintf(w, "Started PostgreSQL %s on it: recovery reached %s\n", started.Version, pointText(started))
+				fmt.Fprintf(w, "Query %q answered: %s\n", srv.DrillQuery, started.Answer)
+				if started.Amcheck != "" {
+					fmt.Fprintf(w, "pg_amcheck: %s\n", started.Amcheck)
+				}
+				fmt.Fprintf(w, "Time: file restore %s, WAL replay %s, total %s\n", secs(restoreTime.Seconds()), secs(started.Replay.Seconds()), secs(total.Seconds()))
+				fmt.Fprintf(w, "Then %s\n", describeStart(started))
 			}
 			return nil
 		},

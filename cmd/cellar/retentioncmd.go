@@ -77,7 +77,7 @@ func orphanAge(srv *config.Server) time.Duration {
 func cronCommand(st *state) *cli.Command {
 	return &cli.Command{
 		Name:  "cron",
-		Usage: "maintenance for every active server: receive-wal kept running (streaming_archiver = on), retention, failed backups and orphan parts; safe to run every minute",
+		Usage: "maintenance for every active server: receive-wal kept running (streaming_archiver = on), retention, failed backups and orphan parts, restore drills when drill_schedule says one is due; safe to run every minute",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
 				return usagef("cron takes no arguments")
@@ -87,11 +87,12 @@ func cronCommand(st *state) *cli.Command {
 				return err
 			}
 			var failed []string
+			drilling := drillRunning(cfg.Servers())
 			for _, srv := range cfg.Servers() {
 				if !srv.Active || srv.Repository == "" {
 					continue
 				}
-				err := errors.Join(st.cronReceiveWAL(c, srv), st.cronServer(c.Context, srv))
+				err := errors.Join(st.cronReceiveWAL(c, srv), st.cronServer(c.Context, srv), st.cronDrill(c, srv, &drilling))
 				if err != nil {
 					failed = append(failed, srv.Name)
 					fmt.Fprintf(st.stderr, "cellar: cron: server %s: %s\n", srv.Name, st.scrub(oneLine(err.Error())))

@@ -90,6 +90,21 @@ type Server struct {
 	LastBackupMaximumAge string `ini:"last_backup_maximum_age"`
 	LockDirectory        string `ini:"lock_directory" default:"/tmp"`
 
+	// Restore drills (cellar drill, restore --verify-start).
+	// DrillDirectory holds the drills' scratch directories; DrillSchedule
+	// (an age, e.g. 7 DAYS) makes cron start one when the last is that
+	// old; check fails when the last good one is older than
+	// DrillMaximumAge, or the last one failed. PGBinDir holds the
+	// PostgreSQL binaries a drill starts; empty means pg_config's or the
+	// usual paths of the backup's major version.
+	DrillQuery      string   `ini:"drill_query" default:"select 1"`
+	DrillAmcheck    bool     `ini:"drill_amcheck" default:"off"`
+	DrillDirectory  string   `ini:"drill_directory" default:"/var/tmp"`
+	DrillSchedule   string   `ini:"drill_schedule"`
+	DrillMaximumAge string   `ini:"drill_maximum_age"`
+	DrillTimeout    Duration `ini:"drill_timeout" default:"1h" min:"1" max:"604800"`
+	PGBinDir        string   `ini:"pg_bin_dir"`
+
 	RetentionPolicy    string `ini:"retention_policy"`
 	MinimumRedundancy  int    `ini:"minimum_redundancy" default:"0" min:"0" max:"10000"`
 	WALRetentionPolicy string `ini:"wal_retention_policy" default:"main" enum:"main"`
@@ -323,10 +338,19 @@ func (s *Server) validate(requireRepository bool) error {
 	if _, err := ParseAge(s.OrphanAge); err != nil {
 		return errorf("%s: orphan_age: %v", s.sources["orphan_age"], err)
 	}
-	if s.LastBackupMaximumAge != "" {
-		if _, err := ParseAge(s.LastBackupMaximumAge); err != nil {
-			return errorf("%s: last_backup_maximum_age: %v", s.sources["last_backup_maximum_age"], err)
+	for _, a := range []struct{ name, value string }{{"last_backup_maximum_age", s.LastBackupMaximumAge}, {"drill_schedule", s.DrillSchedule}, {"drill_maximum_age", s.DrillMaximumAge}} {
+		if a.value == "" {
+			continue
 		}
+		if _, err := ParseAge(a.value); err != nil {
+			return errorf("%s: %s: %v", s.sources[a.name], a.name, err)
+		}
+	}
+	if strings.TrimSpace(s.DrillQuery) == "" {
+		return errorf("%s: drill_query is empty: give the query a drill runs on the restored server (e.g. select 1)", s.sources["drill_query"])
+	}
+	if !filepath.IsAbs(s.DrillDirectory) {
+		return errorf("%s: drill_directory %q is not an absolute path", s.sources["drill_directory"], s.DrillDirectory)
 	}
 	if s.Encryption == "age" && strings.TrimSpace(s.EncryptionRecipients) == "" {
 		return errorf("%s: encryption = age needs encryption_recipients: the public keys to encrypt to (cellar keygen prints one)", s.sources["encryption"])
@@ -389,9 +413,9 @@ func ParseRetentionPolicy(v string) (RetentionPolicy, error) {
 	return RetentionPolicy{}, fmt.Errorf("%q is not a policy: use REDUNDANCY n or RECOVERY WINDOW OF n DAYS|WEEKS|MONTHS", v)
 }
 
-var ageRe = regexp.MustCompile(`^(\d+)\s+(HOUR|HOURS|DAY|DAYS|WEEK|WEEKS|MONTH|MONTHS)$`)
+var ageRe = regexp.MustCompile(`^(\d+)\s+(MINUTE|MINUTES|HOUR|HOURS|DAY|DAYS|WEEK|WEEKS|MONTH|MONTHS)$`)
 
-// ParseAge parses an age in Barman's form, "n HOURS|DAYS|WEEKS|MONTHS"
+// ParseAge parses an age in Barman's form, "n MINUTES|HOURS|DAYS|WEEKS|MONTHS"
 // (case-insensitive), as last_backup_maximum_age = 1 DAYS.
 func ParseAge(v string) (time.Duration, error) {
 	m := ageRe.FindStringSubmatch(strings.ToUpper(strings.Join(strings.Fields(v), " ")))
@@ -403,13 +427,17 @@ func ParseAge(v string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: the age must be at least 1", v)
 	}
 	unit := time.Hour
+	switch m[2][:2] {
+	case "MI":
+		unit = time.Minute
+	case "MO":
+		unit = 31 * 24 * time.Hour
+	}
 	switch m[2][0] {
 	case 'D':
 		unit = 24 * time.Hour
 	case 'W':
 		unit = 7 * 24 * time.Hour
-	case 'M':
-		unit = 31 * 24 * time.Hour
 	}
 	return time.Duration(n) * unit, nil
 }
