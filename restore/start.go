@@ -48,6 +48,10 @@ type StartOptions struct {
 	Amcheck, InstallAmcheck bool
 	// Timeout bounds the wait for recovery and the query.
 	Timeout time.Duration
+	// Port is the port to give the server, 0 for a free one. Its socket
+	// is in WorkDir and it listens on no TCP port, so a port another
+	// server uses does not stand in its way.
+	Port int
 	// FirstWAL is the first segment recovery needs (the backup's), and
 	// SegmentSize the segments' size: a failed recovery names the segment
 	// it missed from them. LastWAL, when set, is the last segment archived
@@ -121,8 +125,11 @@ func VerifyStart(ctx context.Context, o StartOptions) (StartResult, error) {
 	var srv *pg.Server
 	var port int
 	for attempt := 1; ; attempt++ {
-		if port, err = freePort(); err != nil {
-			return StartResult{}, err
+		port = o.Port
+		if port == 0 || attempt > 1 {
+			if port, err = freePort(); err != nil {
+				return StartResult{}, err
+			}
 		}
 		logStart := fileSize(logFile)
 		srv, err = pg.StartServer(pg.ServerOptions{
@@ -229,6 +236,7 @@ func awaitRecovery(ctx context.Context, o StartOptions, srv *pg.Server, port int
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	users := o.Users
+	replayed := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -238,7 +246,11 @@ func awaitRecovery(ctx context.Context, o StartOptions, srv *pg.Server, port int
 		case <-tick.C:
 		}
 		if time.Now().After(deadline) {
-			return res, failure(o, logFile, fmt.Sprintf("recovery did not finish within drill_timeout (%s)", o.Timeout), nil)
+			what := fmt.Sprintf("recovery did not finish within drill_timeout (%s)", o.Timeout)
+			if replayed != "" {
+				what += " (it had replayed WAL to " + replayed + ")"
+			}
+			return res, failure(o, logFile, what, nil)
 		}
 		conn, err := connectAs(ctx, o.WorkDir, port, users[0])
 		if err != nil {
@@ -254,7 +266,8 @@ func awaitRecovery(ctx context.Context, o StartOptions, srv *pg.Server, port int
 		}
 		var inRecovery bool
 		var pause string
-		err = conn.QueryRow(ctx, `SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END`).Scan(&inRecovery, &pause)
+		err = conn.QueryRow(ctx, `SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END,
+			coalesce(pg_last_wal_replay_lsn()::text, '')`).Scan(&inRecovery, &pause, &replayed)
 		if err == nil && (!inRecovery || pause == "paused") {
 			res.User = users[0]
 			res.Promoted = !inRecovery
