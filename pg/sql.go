@@ -34,9 +34,12 @@ func Connect(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 // Archiver is pg_stat_archiver.
 type Archiver struct {
 	Archived, Failed int64
-	// LastArchivedWAL and LastFailedWAL are "" when there was none.
-	LastArchivedWAL, LastFailedWAL string
-	LastArchivedTime               time.Time
+	// LastArchivedWAL and LastFailedWAL are "" when there was none, and
+	// their times zero.
+	LastArchivedWAL, LastFailedWAL   string
+	LastArchivedTime, LastFailedTime time.Time
+	// StatsReset is when the counts began.
+	StatsReset time.Time
 	// Failing is true when the last failure came after the last success.
 	Failing bool
 }
@@ -45,20 +48,50 @@ type Archiver struct {
 func ReadArchiver(ctx context.Context, conn *pgx.Conn) (Archiver, error) {
 	var a Archiver
 	var lastArchived, lastFailed *string
-	var lastTime *time.Time
+	var lastTime, failedTime, reset *time.Time
 	err := conn.QueryRow(ctx, `SELECT archived_count, failed_count, last_archived_wal, last_failed_wal, last_archived_time,
-		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)
-		FROM pg_stat_archiver`).Scan(&a.Archived, &a.Failed, &lastArchived, &lastFailed, &lastTime, &a.Failing)
-	if lastArchived != nil {
-		a.LastArchivedWAL = *lastArchived
-	}
-	if lastFailed != nil {
-		a.LastFailedWAL = *lastFailed
-	}
-	if lastTime != nil {
-		a.LastArchivedTime = *lastTime
-	}
+		last_failed_time, stats_reset, coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)
+		FROM pg_stat_archiver`).Scan(&a.Archived, &a.Failed, &lastArchived, &lastFailed, &lastTime, &failedTime, &reset, &a.Failing)
+	a.LastArchivedWAL, a.LastFailedWAL = deref(lastArchived), deref(lastFailed)
+	a.LastArchivedTime, a.LastFailedTime, a.StatsReset = deref(lastTime), deref(failedTime), deref(reset)
 	return a, err
+}
+
+// deref is what p points to, or T's zero value for NULL.
+func deref[T any](p *T) T {
+	var v T
+	if p != nil {
+		v = *p
+	}
+	return v
+}
+
+// InRecovery says whether the server is in recovery (a standby).
+func InRecovery(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var in bool
+	err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&in)
+	return in, err
+}
+
+// CurrentWAL names the segment a primary writes at lsn (CurrentLSN).
+// pg_walfile_name names the segment before for an LSN on a boundary (as
+// right after a WAL switch): only its timeline is taken from it.
+func CurrentWAL(ctx context.Context, conn *pgx.Conn, lsn string) (string, error) {
+	var name string
+	var segSize int64
+	err := conn.QueryRow(ctx, `SELECT pg_walfile_name($1::pg_lsn), setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'`, lsn).Scan(&name, &segSize)
+	if err != nil {
+		return "", err
+	}
+	w, err := ParseWALName(name)
+	if err != nil {
+		return "", err
+	}
+	at, err := ParseLSN(lsn)
+	if err != nil || segSize <= 0 {
+		return name, err
+	}
+	return at.SegmentName(w.Timeline, segSize), nil
 }
 
 // SwitchWAL closes the current WAL segment and returns its file name.

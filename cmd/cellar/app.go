@@ -93,6 +93,8 @@ func newApp(st *state) *cli.App {
 			keygenCommand(st),
 			drillCommand(st),
 			listDrillsCommand(st),
+			statusCommand(st),
+			diagnoseCommand(st),
 		},
 	}
 	for _, cmd := range app.Commands {

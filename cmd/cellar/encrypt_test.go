@@ -126,6 +126,24 @@ func TestEncryption(t *testing.T) {
 				t.Fatalf("check with encryption = none on an encrypted repository: exit %d: %s%s", r.code, r.stdout, r.stderr)
 			}
 
+			// A drill on the restore side; its record keeps the query's
+			// answer (a table value) sealed, and the database host still
+			// sees the outcome.
+			if kind == "file" {
+				drillConf := withSetting(t, restoreConf, "drill.conf", "drill_directory = "+openTempDir(t, "cellar-drills")+
+					"\ndrill_query = select note from marker where id = 0")
+				if r := cellar(t, env, "--config", drillConf, "drill", "main"); r.code != 0 || !strings.Contains(r.stdout, "Query answered: "+secretValue) {
+					t.Fatalf("drill on the restore side: exit %d: %s%s", r.code, r.stdout, r.stderr)
+				}
+				if r := cellar(t, env, "--config", conf, "--format", "json", "list-drills", "main"); r.code != 0 ||
+					!strings.Contains(r.stdout, `"result": "OK"`) || strings.Contains(r.stdout, "canary") {
+					t.Fatalf("list-drills on the database host: exit %d: %s%s", r.code, r.stdout, r.stderr)
+				}
+				if r := cellar(t, env, "--config", conf, "check", "main"); r.code != 0 || !strings.Contains(r.stdout, "drill: OK") {
+					t.Fatalf("check on the database host after a drill: exit %d: %s%s", r.code, r.stdout, r.stderr)
+				}
+			}
+
 			// The restore side restores to a point in time.
 			target := times[2].Add(10 * time.Millisecond).UTC().Format("2006-01-02 15:04:05.000000+00")
 			dir = restoreDir(t)
