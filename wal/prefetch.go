@@ -373,3 +373,34 @@ func (c *checkingReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// AwaitPrefetches waits, up to limit, until no live process prefetches
+// into the spool of a data directory's pg_wal (or spoolDir when set), so
+// that the directory can be removed without a prefetch writing into it
+// afterwards. It reports whether none is left.
+func AwaitPrefetches(spoolDir, pgWAL string, limit time.Duration) bool {
+	dir := spoolDir
+	if dir == "" {
+		dir = filepath.Join(pgWAL, "cellar", "prefetch")
+	}
+	sp := &prefetchSpool{dir: dir}
+	deadline := time.Now().Add(limit)
+	for {
+		busy := false
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if f := inFlightName.FindStringSubmatch(e.Name()); f != nil {
+				if pid := sp.inFlightBy(f[1]); pid != 0 && processAlive(pid) {
+					busy = true
+				}
+			}
+		}
+		if !busy {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

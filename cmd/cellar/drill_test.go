@@ -105,8 +105,23 @@ func TestDrill(t *testing.T) {
 					t.Fatalf("a recorded drill lacks its figures: %+v", d)
 				}
 			}
+			// Any finished backup, at random (there is one); a backup that
+			// does not exist is an error, not a failed drill.
+			if r := mustCellar(t, env, conf, "--format", "json", "--quiet", "drill", "main", "--backup", "random"); !strings.Contains(r.stdout, `"backup": "`+id+`"`) {
+				t.Fatalf("drill --backup random:\n%s", r.stdout)
+			}
+			if r := cellar(t, env, "--config", conf, "drill", "main", "--backup", "20200101T000000"); r.code != 1 || !strings.Contains(r.stderr, "20200101T000000") {
+				t.Fatalf("drill of a backup that does not exist: exit %d: %s", r.code, r.stderr)
+			}
+			if r := cellar(t, env, "--config", conf, "drill", "main", "--target-time", "yesterday"); r.code != 2 {
+				t.Fatalf("drill --target-time yesterday: exit %d: %s", r.code, r.stderr)
+			}
+			drills = listDrills(t, env, conf)
+			if len(drills) != 3 || drills[0].Result != catalog.DrillOK {
+				t.Fatalf("list-drills after drills of a random and a missing backup: %+v", drills)
+			}
 			r = mustCellar(t, env, conf, "list-drills", "main")
-			if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || !strings.Contains(lines[0], d.ID) || !strings.Contains(lines[0], "OK") {
+			if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 3 || !strings.Contains(lines[1], d.ID) || !strings.Contains(lines[1], "OK") {
 				t.Fatalf("list-drills text:\n%s", r.stdout)
 			}
 			if kind == "file" {

@@ -21,6 +21,7 @@ import (
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
 	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/restore"
+	"github.com/cellar-backup/cellar/wal"
 )
 
 // verifyStart is what restore --verify-start and a drill need to start
@@ -224,8 +225,14 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 	defer store.Close()
 	host, _ := os.Hostname()
 	st.cleanDrills(ctx, srv, store, host)
+	// A backup that does not exist, or a target it cannot reach, is the
+	// caller's mistake: an error, not a failed drill.
+	m, err := st.drillBackup(ctx, srv, store, backup, tgt)
+	if err != nil {
+		return catalog.Drill{}, err
+	}
 
-	d := catalog.Drill{Server: srv.Name, Host: host, PID: os.Getpid(), Target: strings.TrimPrefix(tgt.Describe(), " to ")}
+	d := catalog.Drill{Server: srv.Name, Backup: m.ID, Host: host, PID: os.Getpid(), Target: strings.TrimPrefix(tgt.Describe(), " to ")}
 	if tgt.Kind == "" {
 		d.Target = "end of WAL"
 	}
@@ -235,7 +242,7 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 	}
 	began := d.BeginTime
 	scratch := filepath.Join(srv.DrillDirectory, fmt.Sprintf("cellar-drill-%s-%s", srv.Name, d.ID))
-	res, restoreTime, err := st.runDrill(ctx, c, srv, store, tgt, backup, scratch, &d)
+	res, restoreTime, err := st.runDrill(ctx, c, srv, store, m, tgt, scratch, &d)
 	d.EndTime = time.Now().UTC()
 	d.TotalSeconds = d.EndTime.Sub(began).Seconds()
 	d.RestoreSeconds = restoreTime.Seconds()
@@ -257,6 +264,8 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 	}
 	if keep {
 		st.log.Info("drill: the scratch directory is kept", "path", scratch)
+	} else if !wal.AwaitPrefetches(spoolDir(srv, "prefetch"), filepath.Join(scratch, "data", "pg_wal"), 10*time.Second) {
+		st.log.Warn("drill: a WAL prefetch still runs: the scratch directory is left for the next drill to remove", "path", scratch)
 	} else if rerr := os.RemoveAll(scratch); rerr != nil {
 		st.log.Warn("drill: could not remove the scratch directory", "path", scratch, "error", rerr)
 	}
@@ -270,18 +279,9 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 	return d, nil
 }
 
-// runDrill chooses the backup, restores it into scratch and starts
-// PostgreSQL on it.
-func (st *state) runDrill(ctx context.Context, c *cli.Context, srv *config.Server, store cloud.Storage, tgt restore.Target, backup, scratch string, d *catalog.Drill) (restore.StartResult, time.Duration, error) {
+// runDrill restores the backup into scratch and starts PostgreSQL on it.
+func (st *state) runDrill(ctx context.Context, c *cli.Context, srv *config.Server, store cloud.Storage, m *catalog.Manifest, tgt restore.Target, scratch string, d *catalog.Drill) (restore.StartResult, time.Duration, error) {
 	var res restore.StartResult
-	m, err := st.drillBackup(ctx, srv, store, backup, tgt)
-	if err != nil {
-		return res, 0, err
-	}
-	d.Backup = m.ID
-	if err := catalog.WriteDrill(ctx, store, *d); err != nil {
-		return res, 0, fmt.Errorf("recording the drill in the repository: %w", err)
-	}
 	dest := filepath.Join(scratch, "data")
 	if err := makeScratch(srv, scratch, dest); err != nil {
 		return res, 0, err
