@@ -151,7 +151,7 @@ func VerifyStart(ctx context.Context, o StartOptions) (StartResult, error) {
 		}
 		break
 	}
-	o.Log.Info("started PostgreSQL on the restored directory", "version", o.Bin.Version, "socket", o.WorkDir, "port", port)
+	o.Log.Debug("started PostgreSQL on the restored directory", "version", o.Bin.Version, "socket", o.WorkDir, "port", port)
 	began := time.Now()
 	res, err := awaitRecovery(ctx, o, srv, port, logFile)
 	res.Replay = time.Since(began)

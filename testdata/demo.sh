@@ -3,9 +3,11 @@
 # needed. It makes a throwaway PostgreSQL 15 cluster that archives its WAL
 # with cellar, runs pgbench, takes a backup, writes rows before and after a
 # moment it notes, restores to that moment into a new directory, starts
-# PostgreSQL there and shows which rows came back. Every cellar command is
-# printed before it runs, so you can copy it. Everything is removed at the
-# end.
+# PostgreSQL there and shows which rows came back; then proves the latest
+# backup with a restore drill, and shows the server's status. Every cellar
+# command is
+# printed before it runs, so you can copy it. Everything is removed at
+# the end.
 #
 #   testdata/demo.sh CELLAR_BIN
 set -euo pipefail
@@ -42,6 +44,8 @@ run tee "$conf" >/dev/null <<CONF
 repository = file://$dir/repository
 compression = zstd
 lock_directory = $dir
+drill_directory = $dir
+drill_query = select count(*) from demo_rows
 
 [demo]
 description = "Demo server"
@@ -112,8 +116,21 @@ echo "pgbench_accounts rows:          $accounts"
 show "$cellar" --config "$conf" verify demo latest
 
 echo
+echo "== a restore drill: the latest backup restored into a scratch directory, started, recovered"
+echo "== to the end of the archived WAL and asked drill_query; the outcome is recorded"
+drill=$(show "$cellar" --config "$conf" drill demo) || { echo "$drill"; echo "FAILED: the drill failed." >&2; exit 1; }
+echo "$drill"
+show "$cellar" --config "$conf" list-drills demo
+echo
+show "$cellar" --config "$conf" status demo
+
+echo
+if ! grep -q "Query answered: 10$" <<<"$drill"; then
+	echo "FAILED: the drill did not find the 10 rows." >&2
+	exit 1
+fi
 if [ "$before" = 5 ] && [ "$after" = 0 ] && [ "$accounts" = 500000 ]; then
-	echo "PROVEN: the restore reached exactly the target time, in $(($(date +%s) - start)) s."
+	echo "PROVEN: the restore reached exactly the target time, and the drill recovered every row, in $(($(date +%s) - start)) s."
 else
 	echo "FAILED: the restored server does not hold exactly the rows written before the target." >&2
 	tail -20 "$dir/restored.log" >&2
