@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -354,5 +355,27 @@ func TestCronDrill(t *testing.T) {
 	emptyDir(t, "after cron's drill", drillDir)
 	if r := cellar(t, env, "--config", conf, "check", "main"); r.code != 0 || !strings.Contains(r.stdout, "drill: OK") {
 		t.Fatalf("check after a good drill: exit %d: %s", r.code, r.stdout)
+	}
+
+	// Nine days on: the good drill is too old for check, and cron starts
+	// the next one.
+	later := append(slices.Clone(env), "CELLAR_NOW="+time.Now().Add(9*24*time.Hour).UTC().Format(time.RFC3339))
+	if r := cellar(t, later, "--config", conf, "check", "main"); r.code != 1 || !strings.Contains(r.stdout, "more than drill_maximum_age") {
+		t.Fatalf("check nine days after the last drill: exit %d: %s", r.code, r.stdout)
+	}
+	mustCellar(t, later, conf, "cron")
+	deadline = time.Now().Add(3 * time.Minute)
+	for {
+		drills = listDrills(t, env, conf)
+		if len(drills) == 2 && drills[0].Result != catalog.DrillRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cron nine days later started no drill, or it has not finished: %+v", drills)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if drills[0].Result != catalog.DrillOK {
+		t.Fatalf("the second scheduled drill: %+v", drills[0])
 	}
 }
