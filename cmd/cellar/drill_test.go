@@ -322,7 +322,9 @@ func TestDrillFailures(t *testing.T) {
 }
 
 func TestCronDrill(t *testing.T) {
-	c, conf, env, drillDir := drillCluster(t, "file", "drill_schedule = 7 DAYS\ndrill_maximum_age = 8 DAYS\n")
+	// drill_amcheck: the source has no amcheck extension, and the drill,
+	// whose directory is thrown away, installs it to run pg_amcheck.
+	c, conf, env, drillDir := drillCluster(t, "file", "drill_schedule = 7 DAYS\ndrill_maximum_age = 8 DAYS\ndrill_amcheck = on\n")
 	markers(t, c, 1, 2)
 	// No drill yet: check says one is missing.
 	mustCellar(t, env, conf, "backup", "main", "--fast", "--quiet")
@@ -349,7 +351,7 @@ func TestCronDrill(t *testing.T) {
 	mustCellar(t, env, conf, "cron")
 	time.Sleep(time.Second)
 	drills = listDrills(t, env, conf)
-	if len(drills) != 1 || drills[0].Result != catalog.DrillOK || drills[0].Answer != "2 | 2" {
+	if len(drills) != 1 || drills[0].Result != catalog.DrillOK || drills[0].Answer != "2 | 2" || drills[0].Amcheck != "OK" {
 		t.Fatalf("drills after three cron runs: %+v", drills)
 	}
 	emptyDir(t, "after cron's drill", drillDir)

@@ -518,6 +518,20 @@ func (st *state) cronDrill(c *cli.Context, srv *config.Server, drilling *bool) e
 	if err != nil {
 		return err
 	}
+	// One cron at a time decides, and hands over only once the drill
+	// holds its lock: a later cron sees the lock, or the drill's record.
+	decide, err := lockServer(srv, "drill-cron")
+	if errors.Is(err, errBusy) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer decide.release()
+	if _, running := lockHolderOf(srv, "drill"); running {
+		*drilling = true
+		return nil
+	}
 	ctx := c.Context
 	store, err := st.openStore(ctx, srv)
 	if err != nil {
@@ -545,5 +559,17 @@ func (st *state) cronDrill(c *cli.Context, srv *config.Server, drilling *bool) e
 	}
 	*drilling = true
 	st.log.Info("cron: started a drill", "server", srv.Name, "pid", cmd.Process.Pid, "log", logPath)
-	return cmd.Process.Release()
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if _, running := lockHolderOf(srv, "drill"); running {
+			return nil
+		}
+		select {
+		case <-exited:
+			return nil // done already, or failed: its log and record say
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
