@@ -87,24 +87,40 @@ func WriteDrill(ctx context.Context, store cloud.Storage, d Drill) error {
 	return PutJSON(ctx, store, DrillKey(d.Server, d.ID), "drill", d, false)
 }
 
-// ListDrills reads a server's drill records, oldest first, from one paged
-// listing and a read of each of the newest limit (all when limit <= 0).
-func ListDrills(ctx context.Context, store cloud.Storage, server string, limit int) ([]Drill, error) {
+// ValidDrillID says whether id has the form of a drill's id.
+func ValidDrillID(id string) bool { return drillIDRe.MatchString(id) }
+
+// DrillIDs lists the ids of a server's drill records, oldest first, from
+// one paged listing.
+func DrillIDs(ctx context.Context, store cloud.Storage, server string) ([]string, error) {
 	prefix := DrillsPrefix(server)
 	var ids []string
 	err := store.List(ctx, prefix, func(o cloud.ObjectInfo) error {
-		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), ".json"); ok && drillIDRe.MatchString(id) {
+		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), ".json"); ok && ValidDrillID(id) {
 			ids = append(ids, id)
 		}
 		return nil
 	})
+	sort.Strings(ids)
+	return ids, err
+}
+
+// ListDrills reads a server's drill records, oldest first, from one paged
+// listing and a read of each of the newest limit (all when limit <= 0).
+func ListDrills(ctx context.Context, store cloud.Storage, server string, limit int) ([]Drill, error) {
+	ids, err := DrillIDs(ctx, store, server)
 	if err != nil {
 		return nil, err
 	}
-	sort.Strings(ids)
 	if limit > 0 && len(ids) > limit {
 		ids = ids[len(ids)-limit:]
 	}
+	return ReadDrills(ctx, store, server, ids)
+}
+
+// ReadDrills reads the records of the drills ids, several at once, in
+// their order; a record removed since it was listed is left out.
+func ReadDrills(ctx context.Context, store cloud.Storage, server string, ids []string) ([]Drill, error) {
 	out := make([]Drill, len(ids))
 	errs := make([]error, len(ids))
 	sem := make(chan struct{}, 8)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -313,20 +312,12 @@ func readRepository(ctx context.Context, o Options, s *Status) error {
 
 // readDrills reads the newest drill records and counts them all.
 func readDrills(ctx context.Context, store cloud.Storage, server string) ([]catalog.Drill, int, error) {
-	count := 0
-	err := store.List(ctx, catalog.DrillsPrefix(server), func(oi cloud.ObjectInfo) error {
-		if strings.HasSuffix(oi.Key, ".json") {
-			count++
-		}
-		return nil
-	})
+	ids, err := catalog.DrillIDs(ctx, store, server)
 	if err != nil {
 		return nil, 0, err
 	}
-	if count == 0 {
-		return nil, 0, nil
-	}
-	drills, err := catalog.ListDrills(ctx, store, server, drillsRead)
+	count := len(ids)
+	drills, err := catalog.ReadDrills(ctx, store, server, ids[max(0, count-drillsRead):])
 	return drills, count, err
 }
 
