@@ -8,7 +8,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,24 +19,20 @@ import (
 	"github.com/cellar-backup/cellar/catalog"
 	"github.com/cellar-backup/cellar/cloud"
 	"github.com/cellar-backup/cellar/cmd/cellar/internal/config"
+	"github.com/cellar-backup/cellar/cmd/cellar/internal/repo"
 	"github.com/cellar-backup/cellar/pg"
 	"github.com/cellar-backup/cellar/restore"
 	"github.com/cellar-backup/cellar/wal"
 )
 
-// verifyStart is what restore --verify-start and a drill need to start
-// PostgreSQL on a restored directory, found before anything is restored.
-type verifyStart struct {
-	bin   pg.Binaries
-	owner *pg.Owner
-	opts  restore.StartOptions
-}
-
 // prepareVerifyStart finds the PostgreSQL binaries of the backup's major
-// version and the user to run them as, and what recovery should reach.
-func (st *state) prepareVerifyStart(ctx context.Context, c *cli.Context, srv *config.Server, store cloud.Storage, m *catalog.Manifest, tgt restore.Target, dest string) (*verifyStart, error) {
+// version and the user to run them as, and what recovery should reach
+// (cat is read with its WAL listing): what restore --verify-start and a
+// drill need, found before anything is restored.
+func (st *state) prepareVerifyStart(ctx context.Context, srv *config.Server, cat *catalog.Catalog, m *catalog.Manifest, tgt restore.Target, dest string) (restore.StartOptions, error) {
+	var o restore.StartOptions
 	if m.PGVersion == 0 {
-		return nil, fmt.Errorf("the manifest of backup %s does not say its PostgreSQL version", m.ID)
+		return o, fmt.Errorf("the manifest of backup %s does not say its PostgreSQL version", m.ID)
 	}
 	major := m.PGVersion / 10000
 	bin, err := pg.FindBinaries(ctx, srv.PGBinDir, major)
@@ -45,14 +41,13 @@ func (st *state) prepareVerifyStart(ctx context.Context, c *cli.Context, srv *co
 		if srv.PGBinDir != "" {
 			hint = "set pg_bin_dir to the directory of PostgreSQL " + strconv.Itoa(major) + "'s postgres"
 		}
-		return nil, fmt.Errorf("backup %s is of PostgreSQL %d: %v: %s", m.ID, major, err, hint)
+		return o, fmt.Errorf("backup %s is of PostgreSQL %d: %v: %s", m.ID, major, err, hint)
 	}
 	owner := restore.StartOwner(dest)
 	if owner == nil && os.Geteuid() == 0 {
-		return nil, fmt.Errorf("%w, and the restored files in %s would belong to root: restore into a directory PostgreSQL's user owns, or run cellar as that user", restore.ErrStartRoot, dest)
+		return o, fmt.Errorf("%w, and the restored files in %s would belong to root: restore into a directory PostgreSQL's user owns, or run cellar as that user", restore.ErrStartRoot, dest)
 	}
-	v := &verifyStart{bin: bin, owner: owner}
-	v.opts = restore.StartOptions{
+	o = restore.StartOptions{
 		Bin: bin, DataDir: dest, Owner: owner, Env: st.env, Query: srv.DrillQuery, Amcheck: srv.DrillAmcheck,
 		Timeout: time.Duration(srv.DrillTimeout), FirstWAL: m.BeginWAL, SegmentSize: m.WALSegmentSize, Log: st.log,
 		Users: startUsers(srv, owner),
@@ -62,21 +57,17 @@ func (st *state) prepareVerifyStart(ctx context.Context, c *cli.Context, srv *co
 			// Shut down at the target, the server could not be
 			// asked anything: it pauses there for the check, and
 			// the directory keeps the setting.
-			v.opts.Settings = append(v.opts.Settings, [2]string{"recovery_target_action", "pause"})
+			o.Settings = append(o.Settings, [2]string{"recovery_target_action", "pause"})
 		}
 	}
 	if tgt.Kind == "" {
 		// To the end of WAL: recovery must get as far as the
 		// repository holds WAL on the backup's timeline.
-		cat, err := st.readCatalog(ctx, srv, store, true)
-		if err != nil {
-			return nil, err
-		}
 		if r, err := cat.Recoverable(m); err == nil {
-			v.opts.LastWAL = r.LastWAL.Name
+			o.LastWAL = r.LastWAL.Name
 		}
 	}
-	return v, nil
+	return o, nil
 }
 
 // startUsers are the roles a verification start connects as: the user
@@ -84,7 +75,7 @@ func (st *state) prepareVerifyStart(ctx context.Context, c *cli.Context, srv *co
 func startUsers(srv *config.Server, owner *pg.Owner) []string {
 	var out []string
 	add := func(u string) {
-		if u != "" && !strings.Contains(strings.Join(out, "\x00")+"\x00", u+"\x00") {
+		if u != "" && !slices.Contains(out, u) {
 			out = append(out, u)
 		}
 	}
@@ -104,18 +95,17 @@ func startUsers(srv *config.Server, owner *pg.Owner) []string {
 	return out
 }
 
-// run starts PostgreSQL on the restored directory, in workDir (made here,
-// given to the owner).
-func (v *verifyStart) run(ctx context.Context, workDir string, installAmcheck bool) (restore.StartResult, error) {
+// verifyStartIn starts PostgreSQL on the restored directory as o says,
+// in workDir (made here, given to the owner).
+func verifyStartIn(ctx context.Context, o restore.StartOptions, workDir string, installAmcheck bool) (restore.StartResult, error) {
 	if err := os.MkdirAll(workDir, 0o700); err != nil {
 		return restore.StartResult{}, err
 	}
-	if v.owner != nil {
-		if err := os.Chown(workDir, v.owner.UID, v.owner.GID); err != nil {
+	if o.Owner != nil {
+		if err := os.Chown(workDir, o.Owner.UID, o.Owner.GID); err != nil {
 			return restore.StartResult{}, err
 		}
 	}
-	o := v.opts
 	o.WorkDir, o.InstallAmcheck = workDir, installAmcheck
 	return restore.VerifyStart(ctx, o)
 }
@@ -227,7 +217,7 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 	st.cleanDrills(ctx, srv, store, host)
 	// A backup that does not exist, or a target it cannot reach, is the
 	// caller's mistake: an error, not a failed drill.
-	m, err := st.drillBackup(ctx, srv, store, backup, tgt)
+	cat, m, err := st.drillBackup(ctx, srv, store, backup, tgt)
 	if err != nil {
 		return catalog.Drill{}, err
 	}
@@ -241,8 +231,8 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 		return d, fmt.Errorf("recording the drill in the repository: %w", err)
 	}
 	began := d.BeginTime
-	scratch := filepath.Join(srv.DrillDirectory, fmt.Sprintf("cellar-drill-%s-%s", srv.Name, d.ID))
-	res, restoreTime, err := st.runDrill(ctx, c, srv, store, m, tgt, scratch, &d)
+	scratch := filepath.Join(srv.DrillDirectory, scratchPrefix(srv)+d.ID)
+	res, restoreTime, err := st.runDrill(ctx, c, srv, store, cat, m, tgt, scratch, &d)
 	d.EndTime = time.Now().UTC()
 	d.TotalSeconds = d.EndTime.Sub(began).Seconds()
 	d.RestoreSeconds = restoreTime.Seconds()
@@ -280,13 +270,13 @@ func (st *state) drill(c *cli.Context, srv *config.Server, tgt restore.Target, b
 }
 
 // runDrill restores the backup into scratch and starts PostgreSQL on it.
-func (st *state) runDrill(ctx context.Context, c *cli.Context, srv *config.Server, store cloud.Storage, m *catalog.Manifest, tgt restore.Target, scratch string, d *catalog.Drill) (restore.StartResult, time.Duration, error) {
+func (st *state) runDrill(ctx context.Context, c *cli.Context, srv *config.Server, store cloud.Storage, cat *catalog.Catalog, m *catalog.Manifest, tgt restore.Target, scratch string, d *catalog.Drill) (restore.StartResult, time.Duration, error) {
 	var res restore.StartResult
 	dest := filepath.Join(scratch, "data")
 	if err := makeScratch(srv, scratch, dest); err != nil {
 		return res, 0, err
 	}
-	v, err := st.prepareVerifyStart(ctx, c, srv, store, m, tgt, dest)
+	v, err := st.prepareVerifyStart(ctx, srv, cat, m, tgt, dest)
 	if err != nil {
 		return res, 0, err
 	}
@@ -303,34 +293,35 @@ func (st *state) runDrill(ctx context.Context, c *cli.Context, srv *config.Serve
 		return res, restoreTime, err
 	}
 	defer remove()
-	res, err = v.run(ctx, work, true)
+	res, err = verifyStartIn(ctx, v, work, true)
 	return res, restoreTime, err
 }
 
-// drillBackup reads the manifest of the backup to drill.
-func (st *state) drillBackup(ctx context.Context, srv *config.Server, store cloud.Storage, backup string, tgt restore.Target) (*catalog.Manifest, error) {
+// drillBackup reads the catalog, with its WAL listing, and the manifest
+// of the backup to drill.
+func (st *state) drillBackup(ctx context.Context, srv *config.Server, store cloud.Storage, backup string, tgt restore.Target) (*catalog.Catalog, *catalog.Manifest, error) {
 	switch {
 	case backup == "" && tgt.Kind == "time":
 		backup = "auto"
 	case backup == "":
 		backup = "latest"
 	}
+	cat, err := st.readCatalog(ctx, srv, store, true)
+	if err != nil {
+		return nil, nil, err
+	}
 	if strings.EqualFold(backup, "random") {
-		cat, err := st.readCatalog(ctx, srv, store, false)
-		if err != nil {
-			return nil, err
-		}
 		done := cat.Done()
 		if len(done) == 0 {
-			return nil, fmt.Errorf("server %s has no finished backup to drill (see list-backups)", srv.Name)
+			return nil, nil, fmt.Errorf("server %s has no finished backup to drill (see list-backups)", srv.Name)
 		}
 		backup = done[rand.IntN(len(done))].ID
 	}
-	cat, m, err := chooseBackup(ctx, st, srv, store, backup, tgt)
+	m, err := pickBackup(ctx, srv, store, cat, backup, tgt)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return m, checkTarget(cat, srv, m, tgt)
+	return cat, m, checkTarget(cat, srv, m, tgt)
 }
 
 // makeScratch makes the drill's scratch directory and the data directory
@@ -360,15 +351,16 @@ func makeScratch(srv *config.Server, scratch, dest string) error {
 	return nil
 }
 
+// scratchPrefix begins the names of the scratch directories of srv's
+// drills; the drill's id ends them.
+func scratchPrefix(srv *config.Server) string { return "cellar-drill-" + srv.Name + "-" }
+
 // drillOwner is the user a drill run by root starts PostgreSQL as: the
 // owner of drill_directory, else of pgdata, else the user postgres.
 func drillOwner(srv *config.Server) *pg.Owner {
 	for _, p := range []string{srv.DrillDirectory, srv.PGData} {
-		if p == "" {
-			continue
-		}
-		if o := restore.StartOwner(filepath.Join(p, "x")); o != nil {
-			return o
+		if o := repo.OwnerOf(p); o != nil {
+			return &pg.Owner{UID: o.UID, GID: o.GID}
 		}
 	}
 	if u, err := user.Lookup("postgres"); err == nil {
@@ -386,10 +378,10 @@ func drillOwner(srv *config.Server) *pg.Owner {
 // this host, their RUNNING records, which become FAILED. The caller holds
 // the drill lock, so no drill of srv runs here.
 func (st *state) cleanDrills(ctx context.Context, srv *config.Server, store cloud.Storage, host string) {
-	stale, _ := filepath.Glob(filepath.Join(srv.DrillDirectory, "cellar-drill-"+srv.Name+"-*"))
-	ours := regexp.MustCompile(`^cellar-drill-` + regexp.QuoteMeta(srv.Name) + `-\d{8}T\d{6}\.\d{3}Z$`)
+	prefix := scratchPrefix(srv)
+	stale, _ := filepath.Glob(filepath.Join(srv.DrillDirectory, prefix+"*"))
 	for _, dir := range stale {
-		if !ours.MatchString(filepath.Base(dir)) {
+		if !catalog.ValidDrillID(strings.TrimPrefix(filepath.Base(dir), prefix)) {
 			continue // another server's, whose name begins with this one's
 		}
 		pg.StopStale(filepath.Join(dir, "data"))

@@ -79,18 +79,21 @@ func restoreCommand(st *state) *cli.Command {
 				return err
 			}
 			defer store.Close()
-			cat, m, err := chooseBackup(ctx, st, srv, store, id, tgt)
+			// --verify-start checks recovery against the WAL listing.
+			cat, m, err := chooseBackup(ctx, st, srv, store, id, tgt, c.Bool("verify-start"))
 			if err != nil {
 				return err
 			}
 			if err := checkTarget(cat, srv, m, tgt); err != nil {
 				return err
 			}
-			var vs *verifyStart
+			var vs *restore.StartOptions
 			if c.Bool("verify-start") {
-				if vs, err = st.prepareVerifyStart(ctx, c, srv, store, m, tgt, dest); err != nil {
+				o, err := st.prepareVerifyStart(ctx, srv, cat, m, tgt, dest)
+				if err != nil {
 					return fmt.Errorf("--verify-start: %w", err)
 				}
+				vs = &o
 			}
 			rec := restore.Recovery{Settings: [][2]string{{"restore_command", st.restoreCommand(c, srv)}}, Signal: "recovery"}
 			if c.Bool("standby") {
@@ -128,7 +131,7 @@ func restoreCommand(st *state) *cli.Command {
 				if err != nil {
 					return err
 				}
-				started, err = vs.run(ctx, work, false)
+				started, err = verifyStartIn(ctx, *vs, work, false)
 				remove()
 				if err != nil {
 					return st.startError(fmt.Errorf("--verify-start: backup %s was restored to %s, but PostgreSQL started on it failed: %w", m.ID, dest, err))
@@ -247,34 +250,41 @@ func parseTablespaces(specs []string) (map[string]string, error) {
 // chooseBackup reads the catalog and the manifest of the backup named by
 // id: an id, latest/last, oldest/first, or auto (the newest that ended
 // before the target time).
-func chooseBackup(ctx context.Context, st *state, srv *config.Server, store cloud.Storage, id string, tgt restore.Target) (*catalog.Catalog, *catalog.Manifest, error) {
-	// The WAL is listed only for a target it must be checked against:
-	// a plain restore in the bad hour spends no time on it.
-	cat, err := st.readCatalog(ctx, srv, store, tgt.Kind == "time" || tgt.Kind == "lsn")
+// The WAL is listed with listWAL, or for a target it must be checked
+// against: a plain restore in the bad hour spends no time on it.
+func chooseBackup(ctx context.Context, st *state, srv *config.Server, store cloud.Storage, id string, tgt restore.Target, listWAL bool) (*catalog.Catalog, *catalog.Manifest, error) {
+	cat, err := st.readCatalog(ctx, srv, store, listWAL || tgt.Kind == "time" || tgt.Kind == "lsn")
 	if err != nil {
 		return nil, nil, err
 	}
+	m, err := pickBackup(ctx, srv, store, cat, id, tgt)
+	return cat, m, err
+}
+
+// pickBackup reads the manifest of the backup of cat named by id, as
+// chooseBackup.
+func pickBackup(ctx context.Context, srv *config.Server, store cloud.Storage, cat *catalog.Catalog, id string, tgt restore.Target) (*catalog.Manifest, error) {
+	var err error
 	done := cat.Done()
 	if len(done) == 0 {
-		return nil, nil, fmt.Errorf("server %s has no finished backup to restore (see list-backups)", srv.Name)
+		return nil, fmt.Errorf("server %s has no finished backup to restore (see list-backups)", srv.Name)
 	}
 	var e catalog.Entry
 	if strings.EqualFold(id, "auto") {
 		if tgt.Kind != "time" {
-			return nil, nil, usagef("BACKUP_ID auto needs --target-time")
+			return nil, usagef("BACKUP_ID auto needs --target-time")
 		}
 		if e, err = cat.NewestBefore(tgt.Time); err != nil {
-			return nil, nil, fmt.Errorf("no backup of server %s ended before %s: the oldest ended at %s, so the recoverable range starts there",
+			return nil, fmt.Errorf("no backup of server %s ended before %s: the oldest ended at %s, so the recoverable range starts there",
 				srv.Name, tgt.Text, done[0].EndTime.UTC().Format(time.RFC3339))
 		}
 	} else if e, err = cat.FindDone(id); err != nil {
 		if errors.Is(err, catalog.ErrNotFinished) {
-			return nil, nil, fmt.Errorf("backup %s of server %s is %s, not a finished backup: choose another (see list-backups)", e.ID, srv.Name, e.Status)
+			return nil, fmt.Errorf("backup %s of server %s is %s, not a finished backup: choose another (see list-backups)", e.ID, srv.Name, e.Status)
 		}
-		return nil, nil, fmt.Errorf("server %s: %w (see list-backups)", srv.Name, err)
+		return nil, fmt.Errorf("server %s: %w (see list-backups)", srv.Name, err)
 	}
-	m, err := catalog.ReadManifest(ctx, store, srv.Name, e.ID)
-	return cat, m, err
+	return catalog.ReadManifest(ctx, store, srv.Name, e.ID)
 }
 
 // checkTarget refuses a target before the backup's end or after the last
@@ -321,7 +331,7 @@ func verifyCommand(st *state) *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			return st.storeCommand(c, 2, "verify takes SERVER and BACKUP_ID (an id, latest or oldest)", func(srv *config.Server, store cloud.Storage) error {
-				_, m, err := chooseBackup(c.Context, st, srv, store, c.Args().Get(1), restore.Target{})
+				_, m, err := chooseBackup(c.Context, st, srv, store, c.Args().Get(1), restore.Target{}, false)
 				if err != nil {
 					return err
 				}
