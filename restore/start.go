@@ -122,34 +122,20 @@ func VerifyStart(ctx context.Context, o StartOptions) (StartResult, error) {
 	if err != nil {
 		return StartResult{}, err
 	}
-	var srv *pg.Server
-	var port int
-	for attempt := 1; ; attempt++ {
-		port = o.Port
-		if port == 0 || attempt > 1 {
-			if port, err = freePort(); err != nil {
-				return StartResult{}, err
-			}
+	port := o.Port
+	if port == 0 {
+		if port, err = freePort(); err != nil {
+			return StartResult{}, err
 		}
-		logStart := fileSize(logFile)
-		srv, err = pg.StartServer(pg.ServerOptions{
-			Bin: o.Bin, DataDir: o.DataDir, Env: o.Env, LogFile: logFile, Owner: o.Owner,
-			Settings: append(append([][2]string{{"port", strconv.Itoa(port)}}, settings...), o.Settings...),
-		})
-		if err != nil {
-			return StartResult{}, fmt.Errorf("starting %s: %w", o.Bin.Path("postgres"), err)
-		}
-		// A port is taken only by another server's lock file in the
-		// same socket directory, which is private: retry all the same.
-		select {
-		case <-srv.Exited():
-			if logged := readFrom(logFile, logStart); attempt < 3 && strings.Contains(logged, "already in use") {
-				o.Log.Info("the port was taken, trying another", "port", port)
-				continue
-			}
-		case <-time.After(200 * time.Millisecond):
-		}
-		break
+	}
+	// The socket and its lock file are in WorkDir, private, and nothing
+	// listens on TCP: no other server can have taken the port.
+	srv, err := pg.StartServer(pg.ServerOptions{
+		Bin: o.Bin, DataDir: o.DataDir, Env: o.Env, LogFile: logFile, Owner: o.Owner,
+		Settings: append(append([][2]string{{"port", strconv.Itoa(port)}}, settings...), o.Settings...),
+	})
+	if err != nil {
+		return StartResult{}, fmt.Errorf("starting %s: %w", o.Bin.Path("postgres"), err)
 	}
 	o.Log.Debug("started PostgreSQL on the restored directory", "version", o.Bin.Version, "socket", o.WorkDir, "port", port)
 	began := time.Now()
@@ -223,10 +209,14 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// notYet are the messages of a server that is starting or recovering and
-// will take connections later.
-var notYet = []string{"starting up", "not yet accepting connections", "consistent recovery state has not been yet reached",
-	"no such file or directory", "connection refused", "shutting down", "recovery is in progress"}
+// refusing are the messages of a server that refuses connections while it
+// starts, recovers or stops.
+var refusing = []string{"the database system is starting up", "not yet accepting connections", "the database system is shutting down"}
+
+// notYet are the errors of connections and queries to a server that is
+// starting or recovering and will take them later.
+var notYet = append([]string{"consistent recovery state has not been yet reached", "no such file or directory", "connection refused",
+	"recovery is in progress"}, refusing...)
 
 // awaitRecovery waits until the server accepts connections and has
 // reached its target (paused there) or the end of WAL (promoted).
@@ -422,9 +412,9 @@ func oneLineText(s string, limit int) string {
 	return s
 }
 
-// connectionFatal are the FATAL messages of connections refused while
-// the server starts or recovers.
-var connectionFatal = []string{"the database system is starting up", "not yet accepting connections", "does not exist", "the database system is shutting down"}
+// connectionFatal are the FATAL messages of the connections awaitRecovery
+// made: refused while the server started, or as a role it lacks.
+var connectionFatal = append([]string{`role "`}, refusing...)
 
 var notInstalledRe = regexp.MustCompile(`skipping database "([^"]*)": amcheck is not installed`)
 
@@ -474,8 +464,11 @@ func nextSegment(o StartOptions, last string) string {
 // its log: its last FATAL or PANIC message, and the segment it could not
 // fetch when it ran out of WAL.
 func failure(o StartOptions, logFile, what string, exit error) error {
-	var fatal, cellarMsg string
+	var fatal, cellarMsg, last string
 	scanLog(logFile, func(line string) {
+		if m := restoredRe.FindStringSubmatch(line); m != nil {
+			last = m[1]
+		}
 		if containsAny(line, connectionFatal) {
 			return // our own connection attempts, refused while recovery ran
 		}
@@ -488,7 +481,6 @@ func failure(o StartOptions, logFile, what string, exit error) error {
 			cellarMsg = strings.TrimSpace(line[i:])
 		}
 	})
-	last := lastRestored(logFile)
 	e := &StartError{Msg: what, Log: logTail(logFile)}
 	if fatal != "" {
 		e.Msg += ": " + fatal
@@ -544,28 +536,6 @@ func markHistory(o StartOptions, timeline uint32) {
 	if o.Owner != nil {
 		_ = os.Chown(p, o.Owner.UID, o.Owner.GID)
 	}
-}
-
-func fileSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
-func readFrom(path string, offset int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, 0); err != nil {
-		return ""
-	}
-	b := make([]byte, 64<<10)
-	n, _ := f.Read(b)
-	return string(b[:n])
 }
 
 // logTail is the last lines of the server's log.
