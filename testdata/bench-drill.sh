@@ -66,20 +66,6 @@ until [ "$(psql -c "SELECT last_archived_wal >= '$seg' FROM pg_stat_archiver")" 
 echo "pgbench scale $scale, $(du -sm "$dir/pg/base" | cut -f1) MiB in base/; backup $id; then ${replay} s of pgbench: $rows rows in pgbench_history, WAL to $seg"
 
 declare -A wall
-# timed KEY CMD...: one run, the page cache dropped before it.
-timed() {
-	local k=$1 tf="$dir/time/t" e
-	shift
-	drop_caches
-	if ! /usr/bin/time -f '%e' -o "$tf" "$@" >"$dir/time/log" 2>&1; then
-		echo "bench: $k failed: $*" >&2
-		cat "$dir/time/log" >&2
-		exit 1
-	fi
-	e=$(tail -1 "$tf")
-	wall[$k]+="$e "
-	printf '%-22s %8.2f s\n' "$k" "$e"
-}
 
 for r in $(seq 1 "$rounds"); do
 	order=(restore drill)
@@ -88,11 +74,11 @@ for r in $(seq 1 "$rounds"); do
 		if [ "$what" = restore ]; then
 			dest=$dir/restored
 			rm -rf "$dest"
-			timed restore "${as[@]}" "$cellar" --config "$conf" restore main "$id" "$dest"
+			timed_wall restore "${as[@]}" "$cellar" --config "$conf" restore main "$id" "$dest"
 			rm -rf "$dest"
 			continue
 		fi
-		timed drill "${as[@]}" "$cellar" --config "$conf" --format json --quiet drill main
+		timed_wall drill "${as[@]}" "$cellar" --config "$conf" --format json --quiet drill main
 		d=$(cat "$dir/time/log")
 		[ "$(jq -r .answer <<<"$d")" = "$rows" ] || { echo "bench: the drill's answer is not $rows: $d" >&2; exit 1; }
 		for f in restore_seconds replay_seconds total_seconds; do

@@ -74,20 +74,6 @@ chown -R "$user" "$dir/segs"
 echo "$(find "$dir/segs" -type f | wc -l) segments of WAL; pgbench scale $scale, $(du -sm "$dir/pg/base" | cut -f1) MiB in base/"
 
 declare -A wall
-# timed KEY CMD...: one run, the page cache dropped before it.
-timed() {
-	local k=$1 tf="$dir/time/t" e
-	shift
-	drop_caches
-	if ! /usr/bin/time -f '%e' -o "$tf" "$@" >"$dir/time/log" 2>&1; then
-		echo "bench: $k failed: $*" >&2
-		cat "$dir/time/log" >&2
-		exit 1
-	fi
-	e=$(tail -1 "$tf")
-	wall[$k]+="$e "
-	printf '%-22s %8.2f s\n' "$k" "$e"
-}
 push_all() { for s in "$dir"/segs/*; do "$cellar" --config "$1" wal-push main "$s" || return 1; done; }
 fetch_all() { for s in "$dir"/segs/*; do "$cellar" --config "$1" wal-fetch main "$(basename "$s")" "$2/$(basename "$s")" || return 1; done; }
 
@@ -101,18 +87,18 @@ for r in $(seq 1 "$rounds"); do
 		[ "$mode" = age ] && extra=$age
 		conf "$mode-$r" "$repo" "$extra"
 		c=$dir/$mode-$r.conf
-		timed "wal-push $mode" runuser -u "$user" -- bash -c "$(declare -f push_all); dir=$dir cellar=$cellar push_all $c"
+		timed_wall "wal-push $mode" runuser -u "$user" -- bash -c "$(declare -f push_all); dir=$dir cellar=$cellar push_all $c"
 		out=$dir/fetched-$mode && rm -rf "$out" && mkdir -p "$out" && chown "$user" "$out"
-		timed "wal-fetch $mode" runuser -u "$user" -- bash -c "$(declare -f fetch_all); dir=$dir cellar=$cellar fetch_all $c $out"
+		timed_wall "wal-fetch $mode" runuser -u "$user" -- bash -c "$(declare -f fetch_all); dir=$dir cellar=$cellar fetch_all $c $out"
 		cmp -s "$out/$(basename "$(ls "$dir"/segs/* | head -1)")" "$(ls "$dir"/segs/* | head -1)" || { echo "bench: wal-fetch $mode fetched other bytes" >&2; exit 1; }
 		rm -rf "$out"
 		# The backup waits for its WAL: archive to this repository now.
 		psql -c "ALTER SYSTEM SET archive_command = '$cellar --config $c wal-push main %p'" -c "SELECT pg_reload_conf()" >/dev/null
-		timed "backup $mode" "${as[@]}" "$cellar" --config "$c" backup main --fast --quiet
+		timed_wall "backup $mode" "${as[@]}" "$cellar" --config "$c" backup main --fast --quiet
 		id=$("${as[@]}" "$cellar" --config "$c" list-backups main --format json | jq -r '.[0].id')
 		dest=$dir/restore-$mode
 		rm -rf "$dest"
-		timed "restore $mode" "$cellar" --config "$c" restore main "$id" "$dest"
+		timed_wall "restore $mode" "$cellar" --config "$c" restore main "$id" "$dest"
 		rm -rf "$dest" "$repo"
 	done
 done

@@ -21,7 +21,8 @@
 #   load_mixed ROWS      the "mixed" table of ROWS rows (bigint id, timestamp,
 #                        int amount, md5 text note, a short status), through
 #                        the calling script's psql function
-#   median, drop_caches, timed_recovery DATA LOG WANT: below
+#   median, drop_caches, timed_wall KEY CMD..., timed_recovery DATA LOG WANT:
+#                        below
 
 pgbin=/usr/lib/postgresql/15/bin
 
@@ -129,6 +130,23 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR
 drop_caches() {
 	sync
 	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+}
+
+# timed_wall KEY CMD... runs CMD once, the page cache dropped before it,
+# its output in $dir/time/log; it adds the wall time to ${wall[KEY]} (the
+# caller declares -A wall) and prints it. A failed run ends the benchmark.
+timed_wall() {
+	local k=$1 tf="$dir/time/t" e
+	shift
+	drop_caches
+	if ! /usr/bin/time -f '%e' -o "$tf" "$@" >"$dir/time/log" 2>&1; then
+		echo "bench: $k failed: $*" >&2
+		cat "$dir/time/log" >&2
+		exit 1
+	fi
+	e=$(tail -1 "$tf")
+	wall[$k]+="$e "
+	printf '%-22s %8.2f s\n' "$k" "$e"
 }
 
 # timed_recovery DATA LOG WANT starts PostgreSQL on DATA (ready for
